@@ -1,0 +1,4 @@
+//! Built-in capabilities.
+
+pub mod date;
+pub mod math;

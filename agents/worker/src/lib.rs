@@ -1,0 +1,5 @@
+//! The worker role: a pool process with N concurrent slots pulling from its
+//! pool's durable consumer and executing built-in capabilities.
+
+pub mod capability;
+pub mod caps;

@@ -1,0 +1,154 @@
+//! Encoding on the wire. A message says how it is encoded with `Content-Type`:
+//! `application/msgpack` is MessagePack (rmp-serde, structs as maps), anything
+//! JSON-like or no header at all is JSON — which is what `nats req` and `nats pub`
+//! send. Replies use the encoding of the request they answer.
+
+use crate::error::{Error, ErrorCode, Result};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+
+pub const CONTENT_TYPE: &str = "Content-Type";
+pub const JSON: &str = "application/json";
+pub const MSGPACK: &str = "application/msgpack";
+
+/// How a payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Json,
+    Msgpack,
+}
+
+impl Encoding {
+    /// Reads the encoding from headers; no header means JSON.
+    pub fn from_headers(headers: Option<&HeaderMap>) -> Result<Encoding> {
+        let Some(value) = headers.and_then(|h| h.get(CONTENT_TYPE)) else {
+            return Ok(Encoding::Json);
+        };
+        let value = value.as_str().trim().to_ascii_lowercase();
+        let mime = value.split(';').next().unwrap_or("").trim();
+        match mime {
+            "" | JSON | "text/json" | "text/plain" => Ok(Encoding::Json),
+            MSGPACK | "application/x-msgpack" | "application/vnd.msgpack" => Ok(Encoding::Msgpack),
+            other => Err(Error::new(
+                ErrorCode::UnsupportedEncoding,
+                format!("Content-Type {other:?} is not supported; use {JSON} or {MSGPACK}"),
+            )),
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => JSON,
+            Encoding::Msgpack => MSGPACK,
+        }
+    }
+
+    /// Headers that announce this encoding (none for JSON, the default).
+    pub fn headers(self) -> Option<HeaderMap> {
+        match self {
+            Encoding::Json => None,
+            Encoding::Msgpack => {
+                let mut h = HeaderMap::new();
+                h.insert(CONTENT_TYPE, MSGPACK);
+                Some(h)
+            }
+        }
+    }
+
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes> {
+        match self {
+            Encoding::Json => serde_json::to_vec(value)
+                .map(Bytes::from)
+                .map_err(|e| Error::internal(format!("cannot encode JSON: {e}"))),
+            Encoding::Msgpack => rmp_serde::to_vec_named(value)
+                .map(Bytes::from)
+                .map_err(|e| Error::internal(format!("cannot encode MessagePack: {e}"))),
+        }
+    }
+
+    /// Decodes a payload; every failure is `bad_request` with the decoder's reason.
+    pub fn decode<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T> {
+        match self {
+            Encoding::Json => serde_json::from_slice(payload)
+                .map_err(|e| Error::bad_request(format!("malformed JSON body: {e}"))),
+            Encoding::Msgpack => rmp_serde::from_slice(payload)
+                .map_err(|e| Error::bad_request(format!("malformed MessagePack body: {e}"))),
+        }
+    }
+}
+
+/// Decodes a message body by its headers, refusing bodies over `max_bytes`.
+pub fn decode_message<T: DeserializeOwned>(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+    max_bytes: usize,
+) -> Result<(T, Encoding)> {
+    check_size(payload.len(), max_bytes)?;
+    let enc = Encoding::from_headers(headers)?;
+    Ok((enc.decode(payload)?, enc))
+}
+
+pub fn check_size(len: usize, max_bytes: usize) -> Result<()> {
+    if len > max_bytes {
+        return Err(Error::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body is {len} bytes; the maximum is {max_bytes}"),
+        ));
+    }
+    Ok(())
+}
+
+/// JSON encoding of values stored in KV, which people read with `nats kv get`.
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
+    Encoding::Json.encode(value)
+}
+
+pub fn from_json<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    Encoding::Json.decode(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn no_header_is_json() {
+        assert_eq!(Encoding::from_headers(None).unwrap(), Encoding::Json);
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, "application/msgpack");
+        assert_eq!(Encoding::from_headers(Some(&h)).unwrap(), Encoding::Msgpack);
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, "application/json; charset=utf-8");
+        assert_eq!(Encoding::from_headers(Some(&h)).unwrap(), Encoding::Json);
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, "application/xml");
+        assert_eq!(
+            Encoding::from_headers(Some(&h)).unwrap_err().code,
+            ErrorCode::UnsupportedEncoding
+        );
+    }
+
+    #[test]
+    fn round_trips_both_encodings() {
+        let v = json!({"args":[1,2.5,"x"],"nested":{"a":null}});
+        for enc in [Encoding::Json, Encoding::Msgpack] {
+            let bytes = enc.encode(&v).unwrap();
+            let back: Value = enc.decode(&bytes).unwrap();
+            assert_eq!(back, v);
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_bad_requests() {
+        let e = Encoding::Json.decode::<Value>(b"{not json").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = Encoding::Msgpack.decode::<Value>(&[0xc1]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = decode_message::<Value>(None, &[b' '; 20], 10).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+    }
+}

@@ -1,0 +1,411 @@
+//! Configuration: built-in defaults < the TOML file < environment. The file is
+//! `--config PATH`, else `$JETMESH_CONFIG`, else `./config/jetmesh.toml`, else
+//! `/etc/jetmesh/jetmesh.toml`, whichever exists first. Environment variables are
+//! `JETMESH_<SECTION>__<FIELD>` (e.g. `JETMESH_NATS__URL`), and the nats CLI's own
+//! `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `NATS_CREDS` and `NATS_TOKEN` are
+//! honoured the way the nats CLI honours them. `config/jetmesh.toml` documents
+//! every field; a test keeps it loadable.
+
+use crate::codec::Encoding;
+use crate::error::{Error, ErrorCode, Result};
+use crate::ids;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The whole jetmesh configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// How to reach NATS.
+    pub nats: NatsConfig,
+    /// The child nats-server that `jetmesh up` starts when no URL is configured.
+    pub embedded: EmbeddedConfig,
+    /// Protocol-level settings shared by every role.
+    pub mesh: MeshConfig,
+    /// The chief role.
+    pub chief: ChiefConfig,
+    /// The router role.
+    pub router: RouterConfig,
+    /// Worker pools, by pool name. When the configuration names none, the
+    /// built-in `math` and `date` pools are used.
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// Logs and metrics.
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nats: NatsConfig::default(),
+            embedded: EmbeddedConfig::default(),
+            mesh: MeshConfig::default(),
+            chief: ChiefConfig::default(),
+            router: RouterConfig::default(),
+            pools: default_pools(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+fn default_pools() -> BTreeMap<String, PoolConfig> {
+    let mut pools = BTreeMap::new();
+    pools.insert("math".to_string(), PoolConfig::new("math", 4));
+    pools.insert("date".to_string(), PoolConfig::new("date", 2));
+    pools
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated. Empty: `jetmesh up` starts an embedded
+    /// server, and every other command uses `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// User name, with `password`.
+    pub user: Option<String>,
+    /// Password, with `user`. Never logged.
+    pub password: Option<String>,
+    /// Token authentication. Never logged.
+    pub token: Option<String>,
+    /// Path to a `.creds` file (JWT + NKey).
+    pub creds: Option<PathBuf>,
+}
+
+/// The child nats-server of `jetmesh up`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    /// The nats-server binary: a path, or a name looked up on `PATH`.
+    /// `$NATS_SERVER_BIN` overrides it.
+    pub bin: String,
+    /// Where the server keeps JetStream data.
+    pub data_dir: PathBuf,
+    /// Client port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// Largest message the server accepts, in bytes.
+    pub max_payload: usize,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            bin: "nats-server".into(),
+            data_dir: PathBuf::from(".jetmesh/nats"),
+            port: 4222,
+            max_payload: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where JetStream keeps streams and buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    #[default]
+    File,
+    Memory,
+}
+
+/// Protocol-level settings shared by every role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// Subject prefix (and stream/bucket name prefix). Protocol v1 uses `mesh`.
+    pub prefix: String,
+    /// Replicas of every stream and bucket (3 on a 3-node cluster).
+    pub replicas: usize,
+    /// Storage of streams and buckets.
+    pub storage: Storage,
+    /// How long results, plan counts and reports stay in `mesh_results`.
+    pub results_ttl_secs: u64,
+    /// How long plan definitions stay in `mesh_plans`.
+    pub plans_ttl_secs: u64,
+    /// How long events stay in `MESH_EVENTS`.
+    pub events_ttl_secs: u64,
+    /// Window in which a re-published task (same plan and task id) is dropped.
+    pub dedupe_window_secs: u64,
+    /// Largest request body any role accepts, in bytes.
+    pub max_request_bytes: usize,
+    /// Most subtasks one plan may have.
+    pub max_subtasks: usize,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            prefix: crate::names::DEFAULT_PREFIX.into(),
+            replicas: 1,
+            storage: Storage::File,
+            results_ttl_secs: 3600,
+            plans_ttl_secs: 86_400,
+            events_ttl_secs: 86_400,
+            dedupe_window_secs: 120,
+            max_request_bytes: 1024 * 1024,
+            max_subtasks: 10_000,
+        }
+    }
+}
+
+/// The chief.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChiefConfig {
+    /// How long a `"wait": true` submit waits for the report by default.
+    pub wait_timeout_ms: u64,
+    /// How long the chief waits for the planner.
+    pub planner_timeout_ms: u64,
+}
+
+impl Default for ChiefConfig {
+    fn default() -> Self {
+        ChiefConfig {
+            wait_timeout_ms: 300_000,
+            planner_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// How long `mesh.run` waits for a result when the task sets no `timeout_ms`.
+    pub run_timeout_ms: u64,
+    /// Queue publishes awaiting their JetStream ack at once.
+    pub max_inflight: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            run_timeout_ms: 30_000,
+            max_inflight: 1024,
+        }
+    }
+}
+
+/// One worker pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Capabilities this pool serves; defaults to the pool's name.
+    pub capabilities: Vec<String>,
+    /// Concurrent worker slots in one pool process.
+    pub workers: usize,
+    /// Encoding of task messages sent to this pool (`json` or `msgpack`).
+    pub encoding: Encoding,
+    /// Seconds a task may be held without an ack before JetStream redelivers it.
+    pub ack_wait_secs: u64,
+    /// Deliveries of one task before JetStream gives up on it.
+    pub max_deliver: i64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig::new("", 4)
+    }
+}
+
+impl PoolConfig {
+    pub fn new(capability: &str, workers: usize) -> Self {
+        PoolConfig {
+            capabilities: if capability.is_empty() {
+                vec![]
+            } else {
+                vec![capability.to_string()]
+            },
+            workers,
+            encoding: Encoding::Json,
+            ack_wait_secs: 30,
+            max_deliver: 5,
+        }
+    }
+}
+
+/// Log and metric output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Log filter (`info`, `jetmesh=debug`, …); `RUST_LOG` overrides it.
+    pub log: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Address of the Prometheus `/metrics` listener; empty turns it off.
+    pub metrics_listen: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log: "info".into(),
+            log_format: "text".into(),
+            metrics_listen: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults < file < environment. `path` is `--config`.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::base()));
+        if let Some(file) = config_file(path)? {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Config = figment
+            .merge(nats_cli_env())
+            .merge(Env::prefixed("JETMESH_").ignore(&["config"]).split("__"))
+            .extract()
+            .map_err(|e| Error::new(ErrorCode::BadRequest, format!("invalid configuration: {e}")))?;
+        config.finish()
+    }
+
+    /// Parses a TOML string over the defaults (no environment); for tests.
+    pub fn from_toml(toml: &str) -> Result<Config> {
+        let config: Config = Figment::from(Serialized::defaults(Config::base()))
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(|e| Error::new(ErrorCode::BadRequest, format!("invalid configuration: {e}")))?;
+        config.finish()
+    }
+
+    /// The defaults figment starts from: no pools, so that a file naming its own
+    /// pools gets exactly those (figment merges maps key by key).
+    fn base() -> Config {
+        Config {
+            pools: BTreeMap::new(),
+            ..Config::default()
+        }
+    }
+
+    fn finish(mut self) -> Result<Config> {
+        if self.pools.is_empty() {
+            self.pools = default_pools();
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let prefix = &self.mesh.prefix;
+        if !ids::is_valid(prefix) || prefix.contains('-') {
+            return Err(Error::bad_request(format!(
+                "mesh.prefix {prefix:?} must match [A-Za-z0-9_]{{1,64}}"
+            )));
+        }
+        for (name, pool) in &self.pools {
+            ids::validate("pool name", name)?;
+            for cap in &pool.capabilities {
+                ids::validate("capability", cap)?;
+            }
+            if pool.workers == 0 {
+                return Err(Error::bad_request(format!("pools.{name}.workers must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The capabilities a pool serves (its name when none are listed).
+    pub fn pool_capabilities(&self, pool: &str) -> Vec<String> {
+        match self.pools.get(pool) {
+            Some(p) if !p.capabilities.is_empty() => p.capabilities.clone(),
+            _ => vec![pool.to_string()],
+        }
+    }
+
+    /// The pool's settings; an unknown pool gets the defaults.
+    pub fn pool(&self, pool: &str) -> PoolConfig {
+        self.pools.get(pool).cloned().unwrap_or_default()
+    }
+
+    pub fn names(&self) -> crate::names::Names {
+        crate::names::Names::new(self.mesh.prefix.clone())
+    }
+}
+
+fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>> {
+    if let Some(p) = explicit {
+        if !p.exists() {
+            return Err(Error::bad_request(format!("config file {} does not exist", p.display())));
+        }
+        return Ok(Some(p.to_path_buf()));
+    }
+    if let Some(p) = std::env::var_os("JETMESH_CONFIG").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        if !p.exists() {
+            return Err(Error::bad_request(format!(
+                "JETMESH_CONFIG names {}, which does not exist",
+                p.display()
+            )));
+        }
+        return Ok(Some(p));
+    }
+    Ok(["config/jetmesh.toml", "/etc/jetmesh/jetmesh.toml"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists()))
+}
+
+/// The nats CLI's environment variables, mapped onto `[nats]`.
+fn nats_cli_env() -> Serialized<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for (var, key) in [
+        ("NATS_URL", "url"),
+        ("NATS_USER", "user"),
+        ("NATS_PASSWORD", "password"),
+        ("NATS_TOKEN", "token"),
+        ("NATS_CREDS", "creds"),
+    ] {
+        if let Some(v) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            map.insert(key.to_string(), v);
+        }
+    }
+    Serialized::default("nats", map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_loads_and_matches_the_documented_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/jetmesh.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = Config::from_toml(&text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.mesh, defaults.mesh);
+        assert_eq!(config.chief, defaults.chief);
+        assert_eq!(config.router, defaults.router);
+        assert!(config.pools.contains_key("math"));
+        assert!(config.pools.contains_key("date"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = Config::from_toml("[mesh]\nprefx = \"x\"").unwrap_err();
+        assert!(e.message.contains("prefx"), "{}", e.message);
+        assert!(Config::from_toml("[mesh]\nprefix = \"a.b\"").is_err());
+        assert!(Config::from_toml("[pools.math]\nworkers = 0").is_err());
+    }
+
+    #[test]
+    fn environment_overrides_file_and_nats_url_is_honoured() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("j.toml", "[nats]\nurl = \"nats://file:4222\"\n[router]\nrun_timeout_ms = 5")?;
+            let c = Config::load(Some(Path::new("j.toml"))).unwrap();
+            assert_eq!(c.nats.url, "nats://file:4222");
+            assert_eq!(c.router.run_timeout_ms, 5);
+            jail.set_env("NATS_URL", "nats://env:4222");
+            let c = Config::load(Some(Path::new("j.toml"))).unwrap();
+            assert_eq!(c.nats.url, "nats://env:4222");
+            jail.set_env("JETMESH_NATS__URL", "nats://jetmesh:4222");
+            jail.set_env("JETMESH_POOLS__MATH__WORKERS", "7");
+            let c = Config::load(Some(Path::new("j.toml"))).unwrap();
+            assert_eq!(c.nats.url, "nats://jetmesh:4222");
+            assert_eq!(c.pools["math"].workers, 7);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,26 @@
+//! The library every jetmesh role uses. It owns what the roles share and nothing
+//! else: the wire types of protocol v1 ([`wire`]), their encodings ([`codec`]),
+//! every subject and bucket name ([`names`]), error codes ([`error`]), id rules
+//! ([`ids`]), plan validation ([`plan`]), configuration ([`config`]), the
+//! connection and stream setup ([`mesh`]), the live capability view
+//! ([`registry`]), service API registration ([`service`]) and telemetry.
+//! Roles depend on this crate and never on each other.
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod mesh;
+pub mod names;
+pub mod plan;
+pub mod registry;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod wire;
+
+pub use config::Config;
+pub use error::{Error, ErrorCode, Result};
+pub use mesh::Mesh;
+pub use names::{EventKind, Names};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,284 @@
+//! The `Mesh` handle every role runs on: one NATS connection, the JetStream
+//! context, the names, the config, and handles to the KV buckets. `Mesh::connect`
+//! creates every stream and bucket idempotently, so any role can start first.
+
+use crate::codec::{self, Encoding};
+use crate::config::{Config, NatsConfig, Storage};
+use crate::error::{Context, Error, ErrorCode, Result};
+use crate::names::{EventKind, Names};
+use crate::wire::HealthEvent;
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::{Client, ConnectOptions};
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a role needs to talk to the mesh. Cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    pub client: Client,
+    pub js: jetstream::Context,
+    pub names: Names,
+    pub config: Arc<Config>,
+    /// `mesh_registry`: `cap.<capability>`.
+    pub registry: kv::Store,
+    /// `mesh_results`: `plan.*`, `task.*.*`, `report.*`.
+    pub results: kv::Store,
+    /// `mesh_plans`: plan definitions and lifecycle.
+    pub plans: kv::Store,
+}
+
+/// The URL used when none is configured and no embedded server runs.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// Connects to NATS. `role` names the connection (visible in `nats server report
+/// connections`). Fails fast when no server answers.
+pub async fn connect(nats: &NatsConfig, role: &str) -> Result<Client> {
+    let url = if nats.url.is_empty() {
+        DEFAULT_URL
+    } else {
+        nats.url.as_str()
+    };
+    let mut opts = ConnectOptions::new()
+        .name(format!("jetmesh-{role}"))
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .request_timeout(Some(Duration::from_secs(10)));
+    if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
+        opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &nats.token {
+        opts = opts.token(token.clone());
+    }
+    if let Some(creds) = &nats.creds {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| Error::bad_request(format!("cannot read creds file {}: {e}", creds.display())))?;
+    }
+    let urls: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::bad_request(format!("invalid NATS URL {url:?}: {e}")))?;
+    opts.connect(urls)
+        .await
+        .map_err(|e| Error::new(ErrorCode::Unavailable, format!("cannot connect to NATS at {url}: {e}")))
+}
+
+impl Mesh {
+    /// Connects and makes sure every stream and bucket exists.
+    pub async fn connect(config: Config, role: &str) -> Result<Mesh> {
+        let client = connect(&config.nats, role).await?;
+        Mesh::ensure(client, config).await
+    }
+
+    /// Creates (or updates) the streams and buckets, then returns the handle.
+    pub async fn ensure(client: Client, config: Config) -> Result<Mesh> {
+        let names = config.names();
+        let js = jetstream::new(client.clone());
+        let m = &config.mesh;
+        let storage = match m.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        };
+        let dedupe = Duration::from_secs(m.dedupe_window_secs);
+        let msg_size = i32::try_from(m.max_request_bytes.max(64 * 1024) * 2).unwrap_or(i32::MAX);
+        let streams = [
+            stream::Config {
+                name: names.queues_stream(),
+                description: Some("jetmesh pool work queues".into()),
+                subjects: names.queues_subjects(),
+                retention: stream::RetentionPolicy::WorkQueue,
+                duplicate_window: dedupe,
+                ..Default::default()
+            },
+            stream::Config {
+                name: names.intake_stream(),
+                description: Some("jetmesh tasks submitted alone (mesh.tasks.>)".into()),
+                subjects: vec![names.tasks_all()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                duplicate_window: dedupe,
+                max_message_size: msg_size,
+                ..Default::default()
+            },
+            stream::Config {
+                name: names.events_stream(),
+                description: Some("jetmesh events, health and alerts".into()),
+                subjects: names.events_subjects(),
+                retention: stream::RetentionPolicy::Limits,
+                max_age: Duration::from_secs(m.events_ttl_secs),
+                duplicate_window: dedupe,
+                ..Default::default()
+            },
+        ];
+        for mut cfg in streams {
+            cfg.storage = storage;
+            cfg.num_replicas = m.replicas;
+            let name = cfg.name.clone();
+            js.create_or_update_stream(cfg)
+                .await
+                .map_err(|e| Error::unavailable(&format!("cannot create stream {name}"), e))?;
+        }
+        let bucket = |name: String, description: &str, max_age: Duration| kv::Config {
+            bucket: name,
+            description: description.into(),
+            history: 1,
+            max_age,
+            storage,
+            num_replicas: m.replicas,
+            ..Default::default()
+        };
+        let registry = ensure_kv(
+            &js,
+            bucket(names.registry_bucket(), "jetmesh capability registry", Duration::ZERO),
+        )
+        .await?;
+        let results = ensure_kv(
+            &js,
+            bucket(
+                names.results_bucket(),
+                "jetmesh results, plan counts and reports",
+                Duration::from_secs(m.results_ttl_secs),
+            ),
+        )
+        .await?;
+        let plans = ensure_kv(
+            &js,
+            bucket(
+                names.plans_bucket(),
+                "jetmesh plan definitions and state",
+                Duration::from_secs(m.plans_ttl_secs),
+            ),
+        )
+        .await?;
+        Ok(Mesh {
+            client,
+            js,
+            names,
+            config: Arc::new(config),
+            registry,
+            results,
+            plans,
+        })
+    }
+
+    /// Publishes an event to `MESH_EVENTS`, de-duplicated per kind and plan, and
+    /// waits for the stream to store it.
+    pub async fn publish_event<T: Serialize>(
+        &self,
+        kind: EventKind,
+        plan_id: &str,
+        event: &T,
+    ) -> Result<()> {
+        let payload = codec::to_json(event)?;
+        let msg = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(format!("{}.{plan_id}", kind.as_str()));
+        self.js
+            .send_publish(self.names.event(kind, plan_id), msg)
+            .await
+            .context("cannot publish event")?
+            .await
+            .context("event not stored")?;
+        Ok(())
+    }
+
+    /// Publishes a role's health event (best effort: a failure is logged).
+    pub async fn publish_health(&self, role: &str, instance: &str, state: &str) {
+        let event = HealthEvent {
+            role: role.into(),
+            instance: instance.into(),
+            state: state.into(),
+            at: jiff::Timestamp::now(),
+        };
+        let Ok(payload) = codec::to_json(&event) else {
+            return;
+        };
+        if let Err(error) = self
+            .client
+            .publish(self.names.health(role, instance), payload)
+            .await
+        {
+            tracing::warn!(%error, role, "Could not publish a health event.");
+        }
+    }
+
+    /// Reads and decodes a JSON KV value.
+    pub async fn get_json<T: DeserializeOwned>(&self, store: &kv::Store, key: &str) -> Result<Option<T>> {
+        match store.get(key).await.context("cannot read KV")? {
+            Some(bytes) => Ok(Some(codec::from_json(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every live entry of `store` whose key matches `filter` (a KV key with
+    /// `*`/`>` wildcards), latest value per key, in stream order.
+    pub async fn scan(&self, store: &kv::Store, filter: &str) -> Result<Vec<kv::Entry>> {
+        let stream = self
+            .js
+            .get_stream_no_info(&store.stream_name)
+            .await
+            .context("cannot open KV stream")?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}{filter}", store.prefix),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .context("cannot scan KV")?;
+        let pending = consumer.cached_info().num_pending as usize;
+        let mut out = Vec::with_capacity(pending);
+        if pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.context("cannot scan KV")?;
+        while out.len() < pending {
+            let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .map_err(|_| Error::new(ErrorCode::Timeout, "KV scan stalled"))?;
+            let Some(msg) = msg else { break };
+            let msg = msg.context("KV scan failed")?;
+            let deleted = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() != "PUT");
+            let info = msg.info().map_err(|e| Error::internal(e.to_string()))?;
+            let revision = info.stream_sequence;
+            let key = msg
+                .subject
+                .strip_prefix(store.prefix.as_str())
+                .unwrap_or(&msg.subject)
+                .to_string();
+            if !deleted {
+                out.push(kv::Entry {
+                    bucket: store.name.clone(),
+                    key,
+                    value: msg.payload.clone(),
+                    revision,
+                    delta: 0,
+                    created: info.published,
+                    operation: kv::Operation::Put,
+                    seen_current: true,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The default encoding of replies and KV values.
+    pub fn json(&self) -> Encoding {
+        Encoding::Json
+    }
+}
+
+async fn ensure_kv(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store> {
+    let name = cfg.bucket.clone();
+    js.create_or_update_key_value(cfg)
+        .await
+        .map_err(|e| Error::unavailable(&format!("cannot create KV bucket {name}"), e))
+}

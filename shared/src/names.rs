@@ -1,0 +1,324 @@
+//! Every subject, stream, consumer, bucket and key name jetmesh uses is built here,
+//! on top of one configurable prefix (`mesh` by default). No other module spells a
+//! subject: a renamed subject is a one-line change in this file plus an ADR when it
+//! is part of the public protocol (see `docs/adr/0002-protocol-v1.md`).
+
+use crate::wire::Priority;
+
+/// The default subject prefix of protocol v1.
+pub const DEFAULT_PREFIX: &str = "mesh";
+
+/// The seed's message-bus channels, kept by name as `mesh.evt.<kind>.<plan_id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    TaskAvailable,
+    PlanReady,
+    AggregationReady,
+    FinalReport,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::TaskAvailable,
+        EventKind::PlanReady,
+        EventKind::AggregationReady,
+        EventKind::FinalReport,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::TaskAvailable => "task_available",
+            EventKind::PlanReady => "plan_ready",
+            EventKind::AggregationReady => "aggregation_ready",
+            EventKind::FinalReport => "final_report",
+        }
+    }
+}
+
+/// Builds names for one mesh (one prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Names {
+    /// `prefix` must be a valid subject token; config validation checks it.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Names {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn subject(&self, rest: &str) -> String {
+        format!("{}.{rest}", self.prefix)
+    }
+
+    // --- public request/reply and publish subjects (fixed, protocol v1) ---
+
+    /// `mesh.run.<capability>.<action>`: run one task synchronously.
+    pub fn run(&self, capability: &str, action: &str) -> String {
+        self.subject(&format!("run.{capability}.{action}"))
+    }
+
+    /// The wildcard the router's `mesh.run` endpoint listens on.
+    pub fn run_all(&self) -> String {
+        self.subject("run.>")
+    }
+
+    /// `mesh.tasks.<capability>.<action>`: submit one task durably.
+    pub fn tasks(&self, capability: &str, action: &str) -> String {
+        self.subject(&format!("tasks.{capability}.{action}"))
+    }
+
+    pub fn tasks_all(&self) -> String {
+        self.subject("tasks.>")
+    }
+
+    /// `mesh.plans.submit`.
+    pub fn plans_submit(&self) -> String {
+        self.subject("plans.submit")
+    }
+
+    /// `mesh.plans.get.<plan_id>`.
+    pub fn plans_get(&self, plan_id: &str) -> String {
+        self.subject(&format!("plans.get.{plan_id}"))
+    }
+
+    pub fn plans_get_all(&self) -> String {
+        self.subject("plans.get.*")
+    }
+
+    /// `mesh.planner.plan`: the planner's service endpoint.
+    pub fn planner_plan(&self) -> String {
+        self.subject("planner.plan")
+    }
+
+    /// `mesh.evt.<kind>.<plan_id>`.
+    pub fn event(&self, kind: EventKind, plan_id: &str) -> String {
+        self.subject(&format!("evt.{}.{plan_id}", kind.as_str()))
+    }
+
+    /// `mesh.evt.<kind>.*`, the filter for one kind of event.
+    pub fn event_all(&self, kind: EventKind) -> String {
+        self.subject(&format!("evt.{}.*", kind.as_str()))
+    }
+
+    /// `mesh.health.<role>.<instance>`: the seed's `agent_health` channel.
+    pub fn health(&self, role: &str, instance: &str) -> String {
+        self.subject(&format!("health.{role}.{instance}"))
+    }
+
+    /// `mesh.alerts.<pool>`.
+    pub fn alerts(&self, pool: &str) -> String {
+        self.subject(&format!("alerts.{pool}"))
+    }
+
+    // --- queues ---
+
+    /// `mesh.queue.<pool>.<priority>`: where the router puts a ready task.
+    pub fn queue(&self, pool: &str, priority: Priority) -> String {
+        self.subject(&format!("queue.{pool}.{}", priority.as_str()))
+    }
+
+    /// `mesh.queue.<pool>.>`: the filter of a pool's consumer.
+    pub fn queue_filter(&self, pool: &str) -> String {
+        self.subject(&format!("queue.{pool}.>"))
+    }
+
+    // --- streams and consumers ---
+
+    fn stream(&self, what: &str) -> String {
+        format!("{}_{what}", self.prefix.to_ascii_uppercase())
+    }
+
+    /// `MESH_QUEUES`: the pools' work queues.
+    pub fn queues_stream(&self) -> String {
+        self.stream("QUEUES")
+    }
+
+    /// `MESH_INTAKE`: tasks submitted alone on `mesh.tasks.>`.
+    pub fn intake_stream(&self) -> String {
+        self.stream("INTAKE")
+    }
+
+    /// `MESH_EVENTS`: `mesh.evt.>`, `mesh.health.>` and `mesh.alerts.>`.
+    pub fn events_stream(&self) -> String {
+        self.stream("EVENTS")
+    }
+
+    pub fn events_subjects(&self) -> Vec<String> {
+        vec![
+            self.subject("evt.>"),
+            self.subject("health.>"),
+            self.subject("alerts.>"),
+        ]
+    }
+
+    pub fn queues_subjects(&self) -> Vec<String> {
+        vec![self.subject("queue.>")]
+    }
+
+    /// `pool_<pool>`: the durable consumer every worker of a pool shares (fixed).
+    pub fn pool_consumer(&self, pool: &str) -> String {
+        format!("pool_{pool}")
+    }
+
+    /// The router's durable consumer on `MESH_INTAKE`.
+    pub fn router_intake_consumer(&self) -> String {
+        "router_intake".to_string()
+    }
+
+    /// The router's durable consumer on `plan_ready` events.
+    pub fn router_plans_consumer(&self) -> String {
+        "router_plans".to_string()
+    }
+
+    /// The summary's durable consumer on `aggregation_ready` events.
+    pub fn summary_consumer(&self) -> String {
+        "summary".to_string()
+    }
+
+    /// The chief's durable consumer on `final_report` events.
+    pub fn chief_reports_consumer(&self) -> String {
+        "chief_reports".to_string()
+    }
+
+    // --- key-value buckets and keys ---
+
+    fn bucket(&self, what: &str) -> String {
+        format!("{}_{what}", self.prefix)
+    }
+
+    /// `mesh_registry`: `cap.<capability>` entries.
+    pub fn registry_bucket(&self) -> String {
+        self.bucket("registry")
+    }
+
+    /// `mesh_results`: plan counts, task results and reports (TTL).
+    pub fn results_bucket(&self) -> String {
+        self.bucket("results")
+    }
+
+    /// `mesh_plans`: plan definitions and lifecycle state.
+    pub fn plans_bucket(&self) -> String {
+        self.bucket("plans")
+    }
+
+    /// The core-NATS subject a KV write to `key` in `bucket` is published on.
+    /// Subscribing to it is the cheapest way to be told about one write.
+    pub fn kv_subject(&self, bucket: &str, key: &str) -> String {
+        format!("$KV.{bucket}.{key}")
+    }
+
+    /// The stream behind a KV bucket.
+    pub fn kv_stream(&self, bucket: &str) -> String {
+        format!("KV_{bucket}")
+    }
+
+    pub fn cap_key(&self, capability: &str) -> String {
+        format!("cap.{capability}")
+    }
+
+    pub fn cap_key_all(&self) -> String {
+        "cap.*".to_string()
+    }
+
+    pub fn plan_key(&self, plan_id: &str) -> String {
+        format!("plan.{plan_id}")
+    }
+
+    pub fn plan_key_all(&self) -> String {
+        "plan.*".to_string()
+    }
+
+    pub fn task_key(&self, plan_id: &str, task_id: &str) -> String {
+        format!("task.{plan_id}.{task_id}")
+    }
+
+    /// Every task result of one plan.
+    pub fn task_key_plan(&self, plan_id: &str) -> String {
+        format!("task.{plan_id}.*")
+    }
+
+    pub fn task_key_all(&self) -> String {
+        "task.*.*".to_string()
+    }
+
+    pub fn report_key(&self, plan_id: &str) -> String {
+        format!("report.{plan_id}")
+    }
+
+    /// Message id for JetStream de-duplication of a dispatched task.
+    pub fn dispatch_msg_id(&self, plan_id: &str, task_id: &str) -> String {
+        format!("{plan_id}.{task_id}")
+    }
+}
+
+/// Splits a result key `task.<plan_id>.<task_id>` into its ids.
+pub fn parse_task_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix("task.")?;
+    let (plan, task) = rest.split_once('.')?;
+    (!plan.is_empty() && !task.is_empty() && !task.contains('.')).then_some((plan, task))
+}
+
+/// Splits `plan.<plan_id>`.
+pub fn parse_plan_key(key: &str) -> Option<&str> {
+    key.strip_prefix("plan.").filter(|p| !p.is_empty())
+}
+
+/// The last token of a subject (`mesh.evt.plan_ready.<plan_id>` → plan id).
+pub fn last_token(subject: &str) -> &str {
+    subject.rsplit('.').next().unwrap_or(subject)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_names_match_protocol_v1() {
+        let n = Names::default();
+        assert_eq!(n.run("math", "sum"), "mesh.run.math.sum");
+        assert_eq!(n.tasks("math", "sum"), "mesh.tasks.math.sum");
+        assert_eq!(n.plans_submit(), "mesh.plans.submit");
+        assert_eq!(n.plans_get("abc"), "mesh.plans.get.abc");
+        assert_eq!(
+            n.event(EventKind::AggregationReady, "abc"),
+            "mesh.evt.aggregation_ready.abc"
+        );
+        assert_eq!(n.queue("math", Priority::High), "mesh.queue.math.high");
+        assert_eq!(n.queues_stream(), "MESH_QUEUES");
+        assert_eq!(n.pool_consumer("math"), "pool_math");
+        assert_eq!(n.registry_bucket(), "mesh_registry");
+        assert_eq!(n.results_bucket(), "mesh_results");
+        assert_eq!(n.task_key("p", "t"), "task.p.t");
+        assert_eq!(n.kv_subject("mesh_results", "task.p.t"), "$KV.mesh_results.task.p.t");
+    }
+
+    #[test]
+    fn prefix_changes_every_name() {
+        let n = Names::new("edge");
+        assert_eq!(n.run("math", "sum"), "edge.run.math.sum");
+        assert_eq!(n.queues_stream(), "EDGE_QUEUES");
+        assert_eq!(n.results_bucket(), "edge_results");
+    }
+
+    #[test]
+    fn task_keys_parse() {
+        assert_eq!(parse_task_key("task.p1.t1"), Some(("p1", "t1")));
+        assert_eq!(parse_task_key("task.p1"), None);
+        assert_eq!(parse_task_key("plan.p1"), None);
+        assert_eq!(parse_task_key("task.p1.t1.x"), None);
+        assert_eq!(parse_plan_key("plan.p1"), Some("p1"));
+    }
+}

@@ -1,0 +1,250 @@
+//! Plan normalization and validation: ids, duplicates, unknown dependencies,
+//! cycles and size, plus the registry check (every capability and action must be
+//! served by some pool). Pure functions, so the planner, the chief and the CLI
+//! agree on what a valid plan is.
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::ids;
+use crate::wire::{CapabilityEntry, Plan};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Fills defaults (plan id, task ids `t<n>`) and checks the plan's shape.
+/// Registry-independent: see [`check_capabilities`] for that part.
+pub fn normalize(plan: &mut Plan, max_subtasks: usize) -> Result<()> {
+    if plan.plan_id.is_empty() {
+        plan.plan_id = ids::generate();
+    }
+    ids::validate("plan id", &plan.plan_id)?;
+    if plan.subtasks.is_empty() {
+        return Err(Error::bad_request(
+            "the plan has no subtasks (give \"subtasks\", or a \"goal\" for the planner)",
+        ));
+    }
+    if plan.subtasks.len() > max_subtasks {
+        return Err(Error::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the plan has {} subtasks; the maximum is {max_subtasks}",
+                plan.subtasks.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(plan.subtasks.len());
+    for (i, task) in plan.subtasks.iter_mut().enumerate() {
+        if task.id.is_empty() {
+            task.id = format!("t{}", i + 1);
+        }
+        ids::validate("task id", &task.id)?;
+        ids::validate(&format!("capability of task {}", task.id), &task.capability)?;
+        ids::validate(&format!("action of task {}", task.id), &task.action)?;
+        if task.timeout_ms == Some(0) {
+            return Err(Error::bad_request(format!(
+                "task {}: timeout_ms must be greater than 0",
+                task.id
+            )));
+        }
+        if !seen.insert(task.id.clone()) {
+            return Err(Error::new(
+                ErrorCode::DuplicateTaskId,
+                format!("task id {:?} appears more than once", task.id),
+            ));
+        }
+    }
+    for task in &plan.subtasks {
+        for dep in &task.depends_on {
+            if dep == &task.id {
+                return Err(Error::new(
+                    ErrorCode::DependencyCycle,
+                    format!("task {} depends on itself", task.id),
+                ));
+            }
+            if !seen.contains(dep) {
+                return Err(Error::new(
+                    ErrorCode::UnknownDependency,
+                    format!("task {} depends on {dep:?}, which is not in the plan", task.id),
+                ));
+            }
+        }
+    }
+    check_acyclic(plan)
+}
+
+/// Kahn's algorithm; on a cycle, names the tasks that are part of or behind it.
+fn check_acyclic(plan: &Plan) -> Result<()> {
+    let index: HashMap<&str, usize> = plan
+        .subtasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.as_str(), i))
+        .collect();
+    let mut indegree: Vec<usize> = plan.subtasks.iter().map(|t| t.depends_on.len()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); plan.subtasks.len()];
+    for (i, t) in plan.subtasks.iter().enumerate() {
+        for d in &t.depends_on {
+            dependents[index[d.as_str()]].push(i);
+        }
+    }
+    let mut ready: VecDeque<usize> = (0..indegree.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut visited = 0;
+    while let Some(i) = ready.pop_front() {
+        visited += 1;
+        for &j in &dependents[i] {
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                ready.push_back(j);
+            }
+        }
+    }
+    if visited == plan.subtasks.len() {
+        return Ok(());
+    }
+    let stuck: Vec<&str> = plan
+        .subtasks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| indegree[*i] > 0)
+        .map(|(_, t)| t.id.as_str())
+        .take(10)
+        .collect();
+    Err(Error::new(
+        ErrorCode::DependencyCycle,
+        format!("the dependencies form a cycle among tasks {}", stuck.join(", ")),
+    ))
+}
+
+/// Checks every subtask's capability and action against the registry.
+pub fn check_capabilities<'a>(
+    plan: &Plan,
+    lookup: impl Fn(&str) -> Option<&'a CapabilityEntry>,
+) -> Result<()> {
+    for task in &plan.subtasks {
+        check_one(&task.id, &task.capability, &task.action, &lookup)?;
+    }
+    Ok(())
+}
+
+/// Checks one capability/action pair; `what` names the task in the message.
+pub fn check_one<'a>(
+    what: &str,
+    capability: &str,
+    action: &str,
+    lookup: impl Fn(&str) -> Option<&'a CapabilityEntry>,
+) -> Result<&'a CapabilityEntry> {
+    let Some(entry) = lookup(capability) else {
+        return Err(Error::new(
+            ErrorCode::UnknownCapability,
+            format!("task {what}: no pool serves capability {capability:?}"),
+        ));
+    };
+    if !entry.actions.iter().any(|a| a == action) {
+        return Err(Error::new(
+            ErrorCode::UnknownAction,
+            format!(
+                "task {what}: capability {capability:?} has no action {action:?} (it has: {})",
+                entry.actions.join(", ")
+            ),
+        ));
+    }
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn plan(v: serde_json::Value) -> Plan {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn fills_ids_and_accepts_the_seed_plan() {
+        let mut p = plan(json!({"subtasks":[
+            {"type":"math","action":"sum","args":[1]},
+            {"type":"math","action":"sum","args":[2],"depends_on":["t1"]}
+        ]}));
+        normalize(&mut p, 100).unwrap();
+        assert_eq!(p.plan_id.len(), 32);
+        assert_eq!(p.subtasks[0].id, "t1");
+        assert_eq!(p.subtasks[1].id, "t2");
+    }
+
+    #[test]
+    fn rejects_bad_shapes_with_stable_codes() {
+        let cases = [
+            (json!({"subtasks":[]}), ErrorCode::BadRequest),
+            (json!({"plan_id":"a.b","subtasks":[{"type":"m","action":"a"}]}), ErrorCode::InvalidId),
+            (json!({"subtasks":[{"id":"x y","type":"m","action":"a"}]}), ErrorCode::InvalidId),
+            (json!({"subtasks":[{"id":"a","type":"m*","action":"a"}]}), ErrorCode::InvalidId),
+            (
+                json!({"subtasks":[{"id":"a","type":"m","action":"a"},{"id":"a","type":"m","action":"a"}]}),
+                ErrorCode::DuplicateTaskId,
+            ),
+            (
+                json!({"subtasks":[{"id":"a","type":"m","action":"a","depends_on":["zz"]}]}),
+                ErrorCode::UnknownDependency,
+            ),
+            (
+                json!({"subtasks":[{"id":"a","type":"m","action":"a","depends_on":["a"]}]}),
+                ErrorCode::DependencyCycle,
+            ),
+            (
+                json!({"subtasks":[
+                    {"id":"a","type":"m","action":"x","depends_on":["c"]},
+                    {"id":"b","type":"m","action":"x","depends_on":["a"]},
+                    {"id":"c","type":"m","action":"x","depends_on":["b"]},
+                    {"id":"d","type":"m","action":"x"}
+                ]}),
+                ErrorCode::DependencyCycle,
+            ),
+            (
+                json!({"subtasks":[{"id":"a","type":"m","action":"a","timeout_ms":0}]}),
+                ErrorCode::BadRequest,
+            ),
+        ];
+        for (v, code) in cases {
+            let mut p = plan(v.clone());
+            assert_eq!(normalize(&mut p, 100).unwrap_err().code, code, "{v}");
+        }
+        let mut big = plan(json!({"subtasks":[{"type":"m","action":"a"},{"type":"m","action":"a"}]}));
+        assert_eq!(
+            normalize(&mut big, 1).unwrap_err().code,
+            ErrorCode::PayloadTooLarge
+        );
+    }
+
+    #[test]
+    fn cycle_message_names_the_tasks() {
+        let mut p = plan(json!({"subtasks":[
+            {"id":"a","type":"m","action":"x","depends_on":["b"]},
+            {"id":"b","type":"m","action":"x","depends_on":["a"]}
+        ]}));
+        let e = normalize(&mut p, 10).unwrap_err();
+        assert!(e.message.contains("a, b"), "{}", e.message);
+    }
+
+    #[test]
+    fn registry_check() {
+        let math = CapabilityEntry {
+            capability: "math".into(),
+            actions: vec!["sum".into()],
+            pool: "math".into(),
+            encoding: Default::default(),
+            description: None,
+            registered_at: None,
+        };
+        let lookup = |c: &str| (c == "math").then_some(&math);
+        let ok = plan(json!({"subtasks":[{"type":"math","action":"sum"}]}));
+        check_capabilities(&ok, lookup).unwrap();
+        let bad = plan(json!({"subtasks":[{"type":"email","action":"send"}]}));
+        assert_eq!(
+            check_capabilities(&bad, lookup).unwrap_err().code,
+            ErrorCode::UnknownCapability
+        );
+        let bad = plan(json!({"subtasks":[{"type":"math","action":"pow"}]}));
+        assert_eq!(
+            check_capabilities(&bad, lookup).unwrap_err().code,
+            ErrorCode::UnknownAction
+        );
+    }
+}

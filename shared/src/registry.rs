@@ -1,0 +1,137 @@
+//! A live view of the capability registry (`mesh_registry`, keys `cap.*`). A pool
+//! registers a capability by putting its key; this view follows the bucket with
+//! a KV watch, so the router and planner see a new capability the moment it is
+//! written, with no restart and no code change. A miss falls back to a direct
+//! read, which covers the instant between a registration and its watch delivery.
+
+use crate::codec;
+use crate::error::{Context, Result};
+use crate::mesh::Mesh;
+
+use crate::wire::CapabilityEntry;
+use async_nats::jetstream::kv::Operation;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct Registry {
+    mesh: Mesh,
+    caps: Arc<RwLock<HashMap<String, CapabilityEntry>>>,
+}
+
+impl Registry {
+    /// Starts following the registry until `shutdown`.
+    pub async fn follow(mesh: Mesh, shutdown: CancellationToken) -> Result<Registry> {
+        let registry = Registry {
+            mesh: mesh.clone(),
+            caps: Arc::default(),
+        };
+        let watch = mesh
+            .registry
+            .watch(mesh.names.cap_key_all())
+            .await
+            .context("cannot watch the registry")?;
+        let this = registry.clone();
+        tokio::spawn(async move { this.run(watch, shutdown).await });
+        Ok(registry)
+    }
+
+    async fn run(self, mut watch: async_nats::jetstream::kv::Watch, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = watch.next() => match next {
+                    Some(Ok(entry)) => self.apply(entry),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "The registry watch failed; it resumes.");
+                    }
+                    None => {
+                        // The watch ended (server restart, consumer gone): start a new one.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        match self.mesh.registry.watch(self.mesh.names.cap_key_all()).await {
+                            Ok(w) => watch = w,
+                            Err(error) => tracing::warn!(%error, "Cannot re-watch the registry."),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&self, entry: async_nats::jetstream::kv::Entry) {
+        let Some(cap) = entry.key.strip_prefix("cap.") else {
+            return;
+        };
+        let mut caps = self.caps.write().expect("registry lock");
+        match entry.operation {
+            Operation::Put => match codec::from_json::<CapabilityEntry>(&entry.value) {
+                Ok(e) if e.capability == cap => {
+                    tracing::info!(capability = cap, pool = %e.pool, actions = ?e.actions, "A capability is registered.");
+                    caps.insert(cap.to_string(), e);
+                }
+                Ok(e) => tracing::warn!(key = %entry.key, capability = %e.capability, "A registry entry names another capability than its key; ignored."),
+                Err(error) => tracing::warn!(key = %entry.key, %error, "A registry entry cannot be read; ignored."),
+            },
+            Operation::Delete | Operation::Purge => {
+                tracing::info!(capability = cap, "A capability is unregistered.");
+                caps.remove(cap);
+            }
+        }
+    }
+
+    /// The capability, from the view or, on a miss, straight from the bucket.
+    pub async fn resolve(&self, capability: &str) -> Result<Option<CapabilityEntry>> {
+        if let Some(e) = self.get(capability) {
+            return Ok(Some(e));
+        }
+        if !crate::ids::is_valid(capability) {
+            return Ok(None);
+        }
+        let entry: Option<CapabilityEntry> = self
+            .mesh
+            .get_json(&self.mesh.registry, &self.mesh.names.cap_key(capability))
+            .await?;
+        if let Some(e) = &entry {
+            self.caps
+                .write()
+                .expect("registry lock")
+                .insert(capability.to_string(), e.clone());
+        }
+        Ok(entry)
+    }
+
+    pub fn get(&self, capability: &str) -> Option<CapabilityEntry> {
+        self.caps.read().expect("registry lock").get(capability).cloned()
+    }
+
+    /// Every capability known now, by name.
+    pub fn snapshot(&self) -> HashMap<String, CapabilityEntry> {
+        self.caps.read().expect("registry lock").clone()
+    }
+}
+
+/// Writes `cap.<capability>` (what a pool does when it starts).
+pub async fn register(mesh: &Mesh, entry: &CapabilityEntry) -> Result<()> {
+    crate::ids::validate("capability", &entry.capability)?;
+    crate::ids::validate("pool", &entry.pool)?;
+    mesh.registry
+        .put(mesh.names.cap_key(&entry.capability), codec::to_json(entry)?)
+        .await
+        .context("cannot register capability")?;
+    Ok(())
+}
+
+/// Every registered capability, read once (for `jetmesh caps`).
+pub async fn list(mesh: &Mesh) -> Result<Vec<CapabilityEntry>> {
+    let entries = mesh.scan(&mesh.registry, &mesh.names.cap_key_all()).await?;
+    let mut out: Vec<CapabilityEntry> = entries
+        .iter()
+        .filter(|e| e.key.starts_with("cap."))
+        .filter_map(|e| codec::from_json(&e.value).ok())
+        .collect();
+    out.sort_by(|a, b| a.capability.cmp(&b.capability));
+    Ok(out)
+}

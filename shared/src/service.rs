@@ -1,0 +1,53 @@
+//! Service API registration and replies. Every role process registers with the
+//! NATS service API (`$SRV.PING`, `$SRV.INFO`, `$SRV.STATS`), so `nats micro ls`
+//! lists the running agents; request/reply endpoints hang off that service and
+//! answer in the encoding of the request.
+
+use crate::codec::Encoding;
+use crate::error::{Error, Result};
+use crate::wire::ErrorReply;
+use async_nats::Client;
+use async_nats::service::{Service, ServiceExt};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Registers `jetmesh-<role>` with the service API.
+pub async fn start(client: &Client, role: &str, instance: &str, description: &str) -> Result<Service> {
+    let mut metadata = HashMap::new();
+    metadata.insert("instance".to_string(), instance.to_string());
+    metadata.insert("role".to_string(), role.to_string());
+    metadata.insert("protocol".to_string(), crate::wire::PROTOCOL_VERSION.to_string());
+    client
+        .service_builder()
+        .description(description)
+        .metadata(metadata)
+        .start(format!("jetmesh-{role}"), env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| Error::unavailable("cannot register with the service API", e))
+}
+
+/// Answers a service request with `result` (a value, or an error reply), in `enc`.
+pub async fn respond<T: Serialize>(
+    request: &async_nats::service::Request,
+    enc: Encoding,
+    result: &Result<T>,
+) {
+    let body = match result {
+        Ok(value) => enc.encode(value),
+        Err(err) => enc.encode(&ErrorReply::new(err)),
+    };
+    let body = body.unwrap_or_else(|e| {
+        Encoding::Json
+            .encode(&ErrorReply::new(&e))
+            .unwrap_or_default()
+    });
+    let headers = enc.headers().unwrap_or_default();
+    if let Err(error) = request.respond_with_headers(Ok(body), headers).await {
+        tracing::debug!(%error, "Could not send a reply (the requester may have gone).");
+    }
+}
+
+/// The encoding a request asks for; a bad `Content-Type` answers in JSON.
+pub fn request_encoding(request: &async_nats::service::Request) -> Result<Encoding> {
+    Encoding::from_headers(request.message.headers.as_ref())
+}

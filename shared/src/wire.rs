@@ -1,0 +1,520 @@
+//! Wire types of protocol v1: the only things jetmesh serializes onto subjects,
+//! streams and KV buckets. Readers ignore unknown fields and writers never remove
+//! or rename one, so a v1 reader understands any later v1.x message. Fields that
+//! can be absent are `Option` or `#[serde(default)]`, which is also what lets a
+//! foreign worker write the minimal result object `{"status":"success","output":6}`.
+
+use crate::error::{Error, ErrorCode};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Task priority; the queue subject ends with it (`mesh.queue.<pool>.high`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+/// One unit of work as users write it. Everything that is not a known field
+/// (`args`, `url`, `to`, …) is kept in `params` and handed to the capability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subtask {
+    /// Unique within its plan; defaults to `t<n>` (1-based position) when absent.
+    #[serde(default)]
+    pub id: String,
+    /// The capability (`math`, `date`, …); the seed calls it `type`.
+    #[serde(rename = "type")]
+    pub capability: String,
+    pub action: String,
+    /// Ids of tasks of the same plan that must finish first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub priority: Priority,
+    /// How long one attempt may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// How many times a retryable failure is retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// The action's parameters, e.g. `{"args":[1,2,3]}`.
+    #[serde(flatten)]
+    pub params: Map<String, Value>,
+}
+
+/// A plan: a goal, explicit subtasks, or both.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Plan {
+    /// Generated when absent.
+    #[serde(default)]
+    pub plan_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subtasks: Vec<Subtask>,
+}
+
+/// The body of `mesh.plans.submit`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    #[serde(flatten)]
+    pub plan: Plan,
+    /// Reply with the final report instead of `accepted`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub wait: bool,
+    /// With `wait`: how long to wait for the report, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_ms: Option<u64>,
+}
+
+/// The reply of `mesh.plans.submit` without `wait`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitReply {
+    pub plan_id: String,
+    /// `accepted`.
+    pub status: String,
+    #[serde(default)]
+    pub total_tasks: usize,
+}
+
+/// What the chief asks the planner: turn a goal into subtasks, or validate them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannerRequest {
+    pub plan: Plan,
+}
+
+/// A task as it sits on a pool queue: the subtask plus its plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    pub plan_id: String,
+    #[serde(flatten)]
+    pub task: Subtask,
+    /// 1 on first dispatch; a worker takes the larger of this and the delivery count.
+    #[serde(default = "one")]
+    pub attempt: u32,
+}
+
+/// The body of `mesh.run.<cap>.<action>` and `mesh.tasks.<cap>.<action>`: the
+/// task's parameters, plus optional ids and options.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SingleTask {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(flatten)]
+    pub params: Map<String, Value>,
+}
+
+/// `success` or `error`; anything else a foreign worker writes reads as `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Success,
+    Error,
+    /// Not a terminal state: shown for tasks without a result yet.
+    Pending,
+    #[serde(other)]
+    Unknown,
+}
+
+/// An error inside a result. `code` is a string, not [`ErrorCode`], because a
+/// foreign worker may use codes of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl From<&Error> for ErrorBody {
+    fn from(e: &Error) -> Self {
+        ErrorBody {
+            code: e.code.as_str().to_string(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// The result object of one task: the value of `task.<plan_id>.<task_id>` in
+/// `mesh_results` and the reply of `mesh.run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    #[serde(default)]
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default = "one")]
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+}
+
+impl TaskResult {
+    pub fn success(output: Value) -> Self {
+        TaskResult {
+            status: TaskStatus::Success,
+            output: Some(output),
+            error: None,
+            duration_ms: 0,
+            worker: None,
+            attempt: 1,
+            plan_id: None,
+            task_id: None,
+            finished_at: Some(Timestamp::now()),
+        }
+    }
+
+    pub fn failure(error: &Error) -> Self {
+        TaskResult {
+            status: TaskStatus::Error,
+            output: None,
+            error: Some(error.into()),
+            ..TaskResult::success(Value::Null)
+        }
+    }
+
+    pub fn for_task(mut self, plan_id: &str, task_id: &str) -> Self {
+        self.plan_id = Some(plan_id.to_string());
+        self.task_id = Some(task_id.to_string());
+        self
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.status == TaskStatus::Success
+    }
+
+    /// Whether the task is finished (success or any error).
+    pub fn is_terminal(&self) -> bool {
+        self.status != TaskStatus::Pending
+    }
+}
+
+/// Lifecycle of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanStatus {
+    /// Accepted, tasks running.
+    Running,
+    /// Every task finished (some may have failed); the report follows.
+    Completed,
+    /// The final report was published.
+    Reported,
+}
+
+/// `plan.<plan_id>` in `mesh_results`: the seed's result-store counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanCounts {
+    pub plan_id: String,
+    pub total_tasks: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub pending: usize,
+    pub status: PlanStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Timestamp>,
+}
+
+/// `plan.<plan_id>` in `mesh_plans`: the definition and lifecycle of a plan, the
+/// state a chief (or a router, or an aggregator) needs to carry on after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    #[serde(default = "one")]
+    pub v: u32,
+    pub plan: Plan,
+    pub status: PlanStatus,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+}
+
+/// `mesh.evt.task_available.<plan_id>`: a request was received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAvailable {
+    pub plan_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<String>,
+    pub subtasks: usize,
+    pub at: Timestamp,
+}
+
+/// `mesh.evt.plan_ready.<plan_id>`: the plan is stored in `mesh_plans`; the router
+/// may dispatch it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanReady {
+    pub plan_id: String,
+    pub total_tasks: usize,
+    pub at: Timestamp,
+}
+
+/// `mesh.evt.aggregation_ready.<plan_id>`: every task of the plan is terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregationReady {
+    pub plan_id: String,
+    pub total_tasks: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub at: Timestamp,
+}
+
+/// One task in a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportTask {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub capability: String,
+    pub action: String,
+    pub status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    #[serde(default)]
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default = "one")]
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+}
+
+/// The final report: `report.<plan_id>` in `mesh_results`, the body of
+/// `mesh.evt.final_report.<plan_id>`, and the reply of a waiting submit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub plan_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<String>,
+    /// `completed` (every task finished, some may have failed).
+    pub status: PlanStatus,
+    pub total_tasks: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub pending: usize,
+    /// Wall time from acceptance to the last result.
+    pub duration_ms: u64,
+    pub created_at: Timestamp,
+    pub finished_at: Timestamp,
+    /// Per task, in plan order. Empty when `truncated`.
+    #[serde(default)]
+    pub tasks: Vec<ReportTask>,
+    /// The same report as markdown, for people.
+    pub markdown: String,
+    /// Set when the per-task list was left out to fit the server's payload limit;
+    /// every result is still in `mesh_results`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub truncated: bool,
+}
+
+/// The reply of `mesh.plans.get.<plan_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanView {
+    pub plan_id: String,
+    pub status: PlanStatus,
+    pub total_tasks: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub pending: usize,
+    /// Per task id: its result, or `{"status":"pending"}`.
+    pub tasks: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Report>,
+}
+
+/// `cap.<capability>` in `mesh_registry`: a pool serves this capability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapabilityEntry {
+    pub capability: String,
+    pub actions: Vec<String>,
+    pub pool: String,
+    /// How the pool wants its task messages encoded (`json` or `msgpack`).
+    #[serde(default)]
+    pub encoding: crate::codec::Encoding,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_at: Option<Timestamp>,
+}
+
+/// `mesh.health.<role>.<instance>`: a role started, is alive, or is stopping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthEvent {
+    pub role: String,
+    pub instance: String,
+    /// `started`, `alive` or `stopping`.
+    pub state: String,
+    pub at: Timestamp,
+}
+
+/// An error reply: `{"status":"error","error":{...}}`, plus ids when known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub status: TaskStatus,
+    pub error: ErrorBody,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+}
+
+impl ErrorReply {
+    pub fn new(error: &Error) -> Self {
+        ErrorReply {
+            status: TaskStatus::Error,
+            error: error.into(),
+            plan_id: None,
+            task_id: None,
+        }
+    }
+}
+
+/// Decodes a reply that is either `T` or an [`ErrorReply`].
+pub fn decode_reply<T: serde::de::DeserializeOwned>(
+    enc: crate::codec::Encoding,
+    payload: &[u8],
+) -> Result<T, Error> {
+    let value: Value = enc.decode(payload)?;
+    if value.get("status").and_then(Value::as_str) == Some("error")
+        && let Some(err) = value.get("error")
+        && let Ok(body) = serde_json::from_value::<ErrorBody>(err.clone())
+    {
+        let code = serde_json::from_value::<ErrorCode>(Value::String(body.code.clone()))
+            .unwrap_or(ErrorCode::Internal);
+        return Err(Error::new(code, body.message));
+    }
+    serde_json::from_value(value).map_err(|e| Error::bad_request(format!("unexpected reply: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Encoding;
+    use serde_json::json;
+
+    #[test]
+    fn seed_plan_parses_with_params_kept() {
+        let plan: Plan = serde_json::from_value(json!({
+            "plan_id": "abc123",
+            "subtasks": [
+                {"id": "t1", "type": "math", "action": "sum", "args": [1, 2, 3]},
+                {"id": "t2", "type": "date", "action": "today"},
+                {"id": "t3", "type": "web", "action": "navigate", "url": "https://x"},
+                {"id": "t4", "type": "math", "action": "multiply", "args": [5, 6],
+                 "depends_on": ["t1"], "priority": "high", "timeout_ms": 5000}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(plan.subtasks.len(), 4);
+        assert_eq!(plan.subtasks[0].params["args"], json!([1, 2, 3]));
+        assert_eq!(plan.subtasks[2].params["url"], json!("https://x"));
+        assert_eq!(plan.subtasks[3].depends_on, vec!["t1"]);
+        assert_eq!(plan.subtasks[3].priority, Priority::High);
+        assert!(!plan.subtasks[3].params.contains_key("priority"));
+    }
+
+    #[test]
+    fn task_message_is_subtask_plus_plan_in_both_encodings() {
+        let msg: TaskMessage = serde_json::from_value(json!({
+            "plan_id":"abc123","id":"t1","type":"math","action":"sum","args":[1,2,3],"attempt":1
+        }))
+        .unwrap();
+        assert_eq!(msg.task.capability, "math");
+        assert_eq!(msg.task.params.len(), 1);
+        for enc in [Encoding::Json, Encoding::Msgpack] {
+            let back: TaskMessage = enc.decode(&enc.encode(&msg).unwrap()).unwrap();
+            assert_eq!(back, msg);
+        }
+        let v = serde_json::to_value(&msg).unwrap();
+        assert_eq!(
+            v,
+            json!({"plan_id":"abc123","id":"t1","type":"math","action":"sum","args":[1,2,3],"attempt":1})
+        );
+    }
+
+    #[test]
+    fn minimal_foreign_results_parse() {
+        let r: TaskResult = serde_json::from_str(r#"{"status":"success","output":6}"#).unwrap();
+        assert!(r.is_success());
+        assert_eq!(r.attempt, 1);
+        let r: TaskResult =
+            serde_json::from_str(r#"{"status":"failed","error":{"code":"smtp_down"}}"#).unwrap();
+        assert_eq!(r.status, TaskStatus::Unknown);
+        assert!(r.is_terminal() && !r.is_success());
+    }
+
+    #[test]
+    fn wrong_types_are_rejected() {
+        assert!(serde_json::from_value::<Plan>(json!({"subtasks": "t1"})).is_err());
+        assert!(
+            serde_json::from_value::<Plan>(json!({"subtasks":[{"id":"t1","type":"math"}]}))
+                .is_err()
+        );
+        assert!(
+            serde_json::from_value::<Plan>(
+                json!({"subtasks":[{"id":"t1","type":"math","action":"sum","depends_on":"t0"}]})
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn error_replies_decode_to_errors() {
+        let body = serde_json::to_vec(&ErrorReply::new(&Error::new(
+            ErrorCode::UnknownCapability,
+            "no pool serves x",
+        )))
+        .unwrap();
+        let err = decode_reply::<SubmitReply>(Encoding::Json, &body).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownCapability);
+        let ok = serde_json::to_vec(&json!({"plan_id":"p","status":"accepted"})).unwrap();
+        assert_eq!(
+            decode_reply::<SubmitReply>(Encoding::Json, &ok).unwrap().plan_id,
+            "p"
+        );
+    }
+}
