@@ -2,7 +2,7 @@
 //! context, the names, the config, and handles to the KV buckets. `Mesh::connect`
 //! creates every stream and bucket idempotently, so any role can start first.
 
-use crate::codec::{self, Encoding};
+use crate::codec;
 use crate::config::{Config, NatsConfig, Storage};
 use crate::error::{Context, Error, ErrorCode, Result};
 use crate::names::{EventKind, Names};
@@ -78,7 +78,10 @@ impl Mesh {
     /// Creates (or updates) the streams and buckets, then returns the handle.
     pub async fn ensure(client: Client, config: Config) -> Result<Mesh> {
         let names = config.names();
-        let js = jetstream::new(client.clone());
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(config.router.max_inflight.max(1))
+            .backpressure_on_inflight(true)
+            .build(client.clone());
         let m = &config.mesh;
         let storage = match m.storage {
             Storage::File => stream::StorageType::File,
@@ -270,9 +273,74 @@ impl Mesh {
         Ok(out)
     }
 
-    /// The default encoding of replies and KV values.
-    pub fn json(&self) -> Encoding {
-        Encoding::Json
+    /// The durable consumer `pool_<pool>` on `MESH_QUEUES`, created with the
+    /// documented config of the foreign-worker contract if it does not exist.
+    pub async fn pool_consumer(&self, pool: &str) -> Result<consumer::Consumer<consumer::pull::Config>> {
+        crate::ids::validate("pool", pool)?;
+        let stream = self
+            .js
+            .get_stream_no_info(self.names.queues_stream())
+            .await
+            .context("cannot open the queue stream")?;
+        stream
+            .get_or_create_consumer(&self.names.pool_consumer(pool), self.pool_consumer_config(pool))
+            .await
+            .context("cannot create the pool consumer")
+    }
+
+    /// The documented config of `pool_<pool>` (README, "Foreign workers").
+    pub fn pool_consumer_config(&self, pool: &str) -> consumer::pull::Config {
+        let p = self.config.pool(pool);
+        consumer::pull::Config {
+            durable_name: Some(self.names.pool_consumer(pool)),
+            description: Some(format!("jetmesh pool {pool}")),
+            filter_subject: self.names.queue_filter(pool),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(p.ack_wait_secs),
+            max_deliver: p.max_deliver,
+            max_ack_pending: 10_000,
+            num_replicas: self.config.mesh.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// A durable consumer on one kind of event, from the start of `MESH_EVENTS`
+    /// (a role that starts late still sees what was published before it).
+    pub async fn event_consumer(
+        &self,
+        durable: &str,
+        kind: EventKind,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.names.events_stream())
+            .await
+            .context("cannot open the event stream")?;
+        stream
+            .get_or_create_consumer(
+                durable,
+                consumer::pull::Config {
+                    durable_name: Some(durable.to_string()),
+                    filter_subject: self.names.event_all(kind),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    num_replicas: self.config.mesh.replicas,
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("cannot create an event consumer")
+    }
+
+    /// Watches every key matching `filter` in `store` from now on (no history):
+    /// what was written before is the caller's to read with [`Mesh::scan`].
+    pub async fn watch_new(&self, store: &kv::Store, filter: &str) -> Result<kv::Watch> {
+        let status = store.status().await.context("cannot read bucket status")?;
+        let next = status.info.state.last_sequence + 1;
+        store
+            .watch_from_revision(filter, next)
+            .await
+            .context("cannot watch bucket")
     }
 }
 

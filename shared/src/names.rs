@@ -84,6 +84,17 @@ impl Names {
         self.subject("tasks.>")
     }
 
+    /// The `(capability, action)` of a `mesh.run.*.*` or `mesh.tasks.*.*`
+    /// subject; `None` when the subject has another shape (the caller rejects it).
+    pub fn cap_action_of<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let rest = rest
+            .strip_prefix("run.")
+            .or_else(|| rest.strip_prefix("tasks."))?;
+        let (cap, action) = rest.split_once('.')?;
+        (!action.contains('.')).then_some((cap, action))
+    }
+
     /// `mesh.plans.submit`.
     pub fn plans_submit(&self) -> String {
         self.subject("plans.submit")
@@ -311,6 +322,16 @@ mod tests {
         assert_eq!(n.run("math", "sum"), "edge.run.math.sum");
         assert_eq!(n.queues_stream(), "EDGE_QUEUES");
         assert_eq!(n.results_bucket(), "edge_results");
+    }
+
+    #[test]
+    fn run_subjects_parse() {
+        let n = Names::default();
+        assert_eq!(n.cap_action_of("mesh.run.math.sum"), Some(("math", "sum")));
+        assert_eq!(n.cap_action_of("mesh.tasks.date.today"), Some(("date", "today")));
+        assert_eq!(n.cap_action_of("mesh.run.math"), None);
+        assert_eq!(n.cap_action_of("mesh.run.math.sum.x"), None);
+        assert_eq!(n.cap_action_of("other.run.math.sum"), None);
     }
 
     #[test]

@@ -1,1 +1,326 @@
-//! placeholder
+//! The chief role: the front of the mesh. It answers
+//! - `mesh.plans.submit`: announce the request (`task_available`), have the
+//!   planner turn it into a valid plan, store it in `mesh_plans`, announce
+//!   `plan_ready`, and reply `accepted` — or, with `"wait": true`, the final report;
+//! - `mesh.plans.get.<plan_id>`: the plan's status with every task's result;
+//!
+//! and it follows `final_report` events to close each plan's lifecycle.
+
+use async_nats::jetstream::kv;
+use async_nats::service::Request;
+use futures::StreamExt;
+use jetmesh_shared::codec::{self, Encoding};
+use jetmesh_shared::error::{Context, Result};
+use jetmesh_shared::names::{self, EventKind};
+use jetmesh_shared::wire::{
+    self, Plan, PlanCounts, PlanReady, PlanRecord, PlanStatus, PlanView, PlannerRequest, Report,
+    SubmitReply, SubmitRequest, TaskAvailable, TaskResult,
+};
+use jetmesh_shared::{Error, ErrorCode, Mesh, ids, service, shutdown, telemetry};
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Runs the chief until `shutdown`.
+pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
+    let instance = shutdown::instance_id("chief");
+    let svc = service::start(&mesh.client, "chief", &instance, "jetmesh chief").await?;
+    let serve = |subject: String| {
+        let svc = &svc;
+        async move {
+            svc.endpoint(subject)
+                .await
+                .map_err(|e| Error::unavailable("cannot serve a chief endpoint", e))
+        }
+    };
+    let mut submit = serve(mesh.names.plans_submit()).await?;
+    let mut get = serve(mesh.names.plans_get_all()).await?;
+    let reports = tokio::spawn(follow_reports(mesh.clone(), shutdown.clone()));
+    mesh.publish_health("chief", &instance, "started").await;
+    tracing::info!(instance = %instance, "The chief is taking requests.");
+
+    let inflight = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = submit.next() => match r {
+                Some(request) => { inflight.spawn(on_submit(mesh.clone(), request)); }
+                None => break,
+            },
+            r = get.next() => match r {
+                Some(request) => { inflight.spawn(on_get(mesh.clone(), request)); }
+                None => break,
+            },
+        }
+    }
+    // Waiting submitters keep their plans; they are answered or time out.
+    inflight.close();
+    let _ = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, inflight.wait()).await;
+    let _ = reports.await;
+    mesh.publish_health("chief", &instance, "stopping").await;
+    let _ = svc.stop().await;
+    Ok(())
+}
+
+async fn on_submit(mesh: Mesh, request: Request) {
+    let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
+    let result = submit(&mesh, &request).await;
+    let status = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!(telemetry::REQUESTS, "endpoint" => "submit", "status" => status).increment(1);
+    match result {
+        Ok(Submitted::Accepted(reply)) => service::respond(&request, enc, &Ok(reply)).await,
+        Ok(Submitted::Report(report)) => service::respond(&request, enc, &Ok(*report)).await,
+        Err((error, plan_id)) => {
+            metrics::counter!(telemetry::PLANS_REJECTED, "code" => error.code.as_str()).increment(1);
+            let mut reply = wire::ErrorReply::new(&error);
+            reply.plan_id = plan_id;
+            service::respond(&request, enc, &Ok(reply)).await
+        }
+    }
+}
+
+enum Submitted {
+    Accepted(SubmitReply),
+    Report(Box<Report>),
+}
+
+type SubmitError = (Error, Option<String>);
+
+async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted, SubmitError> {
+    let msg = &request.message;
+    let (req, _): (SubmitRequest, _) =
+        codec::decode_message(msg.headers.as_ref(), &msg.payload, mesh.config.mesh.max_request_bytes)
+            .map_err(|e| (e, None))?;
+    let mut plan = req.plan;
+    if plan.plan_id.is_empty() {
+        plan.plan_id = ids::generate();
+    }
+    ids::validate("plan id", &plan.plan_id).map_err(|e| (e, None))?;
+    let plan_id = plan.plan_id.clone();
+    let fail = |e: Error| (e, Some(plan_id.clone()));
+
+    let announced = TaskAvailable {
+        plan_id: plan_id.clone(),
+        goal: plan.goal.clone(),
+        subtasks: plan.subtasks.len(),
+        at: jiff::Timestamp::now(),
+    };
+    mesh.publish_event(EventKind::TaskAvailable, &plan_id, &announced)
+        .await
+        .map_err(fail)?;
+
+    let plan = ask_planner(mesh, plan).await.map_err(fail)?;
+    let total = plan.subtasks.len();
+    let record = PlanRecord {
+        v: wire::PROTOCOL_VERSION,
+        plan,
+        status: PlanStatus::Running,
+        created_at: jiff::Timestamp::now(),
+        finished_at: None,
+    };
+    match mesh
+        .plans
+        .create(mesh.names.plan_key(&plan_id), codec::to_json(&record).map_err(fail)?)
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            return Err(fail(Error::new(
+                ErrorCode::DuplicatePlan,
+                format!("plan id {plan_id} is already in use; leave plan_id out to get a fresh one"),
+            )));
+        }
+        Err(e) => return Err(fail(Error::unavailable("cannot store the plan", e))),
+    }
+    let counts = PlanCounts {
+        plan_id: plan_id.clone(),
+        total_tasks: total,
+        completed: 0,
+        failed: 0,
+        pending: total,
+        status: PlanStatus::Running,
+        updated_at: Some(jiff::Timestamp::now()),
+    };
+    mesh.results
+        .put(mesh.names.plan_key(&plan_id), codec::to_json(&counts).map_err(fail)?)
+        .await
+        .context("cannot write plan counts")
+        .map_err(fail)?;
+
+    // Subscribe before announcing, so a fast plan's report cannot slip by.
+    let mut report_sub = if req.wait {
+        Some(
+            mesh.client
+                .subscribe(mesh.names.event(EventKind::FinalReport, &plan_id))
+                .await
+                .context("cannot subscribe to the report")
+                .map_err(fail)?,
+        )
+    } else {
+        None
+    };
+    let ready = PlanReady {
+        plan_id: plan_id.clone(),
+        total_tasks: total,
+        at: jiff::Timestamp::now(),
+    };
+    mesh.publish_event(EventKind::PlanReady, &plan_id, &ready)
+        .await
+        .map_err(fail)?;
+    metrics::counter!(telemetry::PLANS_ACCEPTED).increment(1);
+    tracing::info!(plan_id = %plan_id, tasks = total, wait = req.wait, "A plan was accepted.");
+
+    let Some(sub) = report_sub.as_mut() else {
+        return Ok(Submitted::Accepted(SubmitReply {
+            plan_id,
+            status: "accepted".into(),
+            total_tasks: total,
+        }));
+    };
+    let wait = Duration::from_millis(req.wait_timeout_ms.unwrap_or(mesh.config.chief.wait_timeout_ms));
+    match tokio::time::timeout(wait, sub.next()).await {
+        Ok(Some(msg)) => {
+            let report: Report = codec::from_json(&msg.payload).map_err(fail)?;
+            Ok(Submitted::Report(Box::new(report)))
+        }
+        Ok(None) => Err(fail(Error::new(ErrorCode::Unavailable, "the report subscription closed"))),
+        Err(_) => Err(fail(Error::new(
+            ErrorCode::Timeout,
+            format!(
+                "the plan is still running after {} ms; follow it with {}",
+                wait.as_millis(),
+                mesh.names.plans_get(&plan_id)
+            ),
+        ))),
+    }
+}
+
+async fn ask_planner(mesh: &Mesh, plan: Plan) -> Result<Plan> {
+    let body = codec::to_json(&PlannerRequest { plan })?;
+    let timeout = Duration::from_millis(mesh.config.chief.planner_timeout_ms);
+    let request = async_nats::Request::new().payload(body).timeout(Some(timeout));
+    let reply = mesh
+        .client
+        .send_request(mesh.names.planner_plan(), request)
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => {
+                Error::new(ErrorCode::Unavailable, "no planner is running")
+            }
+            async_nats::RequestErrorKind::TimedOut => {
+                Error::new(ErrorCode::Timeout, "the planner did not answer in time")
+            }
+            _ => Error::unavailable("cannot reach the planner", e),
+        })?;
+    wire::decode_reply(Encoding::Json, &reply.payload)
+}
+
+async fn on_get(mesh: Mesh, request: Request) {
+    let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
+    let plan_id = names::last_token(&request.message.subject).to_string();
+    let result = plan_view(&mesh, &plan_id).await;
+    service::respond(&request, enc, &result).await;
+}
+
+/// The status of a plan (or of a single task's plan of one).
+pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
+    ids::validate("plan id", plan_id)?;
+    let record: Option<PlanRecord> = mesh.get_json(&mesh.plans, &mesh.names.plan_key(plan_id)).await?;
+    let entries = mesh.scan(&mesh.results, &mesh.names.task_key_plan(plan_id)).await?;
+    let mut results: Map<String, Value> = Map::new();
+    let (mut completed, mut failed) = (0, 0);
+    for e in &entries {
+        let Some((_, task)) = names::parse_task_key(&e.key) else { continue };
+        let value: Value = codec::from_json(&e.value).unwrap_or(Value::Null);
+        match serde_json::from_value::<TaskResult>(value.clone()) {
+            Ok(r) if r.is_success() => completed += 1,
+            _ => failed += 1,
+        }
+        results.insert(task.to_string(), value);
+    }
+    let Some(record) = record else {
+        if results.is_empty() {
+            return Err(Error::new(ErrorCode::NotFound, format!("no plan or task has id {plan_id}")));
+        }
+        let total = results.len();
+        return Ok(PlanView {
+            plan_id: plan_id.to_string(),
+            status: PlanStatus::Completed,
+            total_tasks: total,
+            completed,
+            failed,
+            pending: 0,
+            tasks: results,
+            goal: None,
+            report: None,
+        });
+    };
+    let mut tasks = Map::new();
+    for t in &record.plan.subtasks {
+        let v = results
+            .remove(&t.id)
+            .unwrap_or_else(|| json!({"status": "pending"}));
+        tasks.insert(t.id.clone(), v);
+    }
+    let total = record.plan.subtasks.len();
+    let pending = total.saturating_sub(completed + failed);
+    let report: Option<Report> = mesh.get_json(&mesh.results, &mesh.names.report_key(plan_id)).await?;
+    let status = match (record.status, pending) {
+        (PlanStatus::Running, 0) => PlanStatus::Completed,
+        (s, _) => s,
+    };
+    Ok(PlanView {
+        plan_id: plan_id.to_string(),
+        status: if report.is_some() { PlanStatus::Reported } else { status },
+        total_tasks: total,
+        completed,
+        failed,
+        pending,
+        tasks,
+        goal: record.plan.goal.clone(),
+        report,
+    })
+}
+
+/// Marks plans `reported` in `mesh_plans` as their final reports come out.
+async fn follow_reports(mesh: Mesh, shutdown: CancellationToken) {
+    let consumer = match mesh
+        .event_consumer(&mesh.names.chief_reports_consumer(), EventKind::FinalReport)
+        .await
+    {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(%error, "Cannot follow final reports.");
+            return;
+        }
+    };
+    let Ok(messages) = consumer.messages().await else { return };
+    let mut messages = std::pin::pin!(messages.take_until(shutdown.cancelled()));
+    while let Some(msg) = messages.next().await {
+        let Ok(msg) = msg else { continue };
+        let plan_id = names::last_token(&msg.subject).to_string();
+        if let Err(error) = close_plan(&mesh, &plan_id).await {
+            tracing::warn!(%error, plan_id, "Cannot mark a plan reported.");
+        }
+        let _ = msg.ack().await;
+    }
+}
+
+async fn close_plan(mesh: &Mesh, plan_id: &str) -> Result<()> {
+    let key = mesh.names.plan_key(plan_id);
+    let Some(entry) = mesh.plans.entry(&key).await.context("cannot read plan")? else {
+        return Ok(());
+    };
+    let mut record: PlanRecord = codec::from_json(&entry.value)?;
+    if record.status == PlanStatus::Reported {
+        return Ok(());
+    }
+    record.status = PlanStatus::Reported;
+    record.finished_at = Some(jiff::Timestamp::now());
+    mesh.plans
+        .update(&key, codec::to_json(&record)?, entry.revision)
+        .await
+        .context("cannot update plan")?;
+    Ok(())
+}

@@ -1,1 +1,194 @@
-//! placeholder
+//! The `jetmesh` binary as a library: one command per role (so each role can be
+//! its own systemd unit or container), `up` and `demo` for the embedded mesh, and
+//! the people CLI (`submit`, `status`, `caps`, `run`) plus `bench`.
+
+pub mod bench;
+pub mod client;
+pub mod embedded;
+pub mod up;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use jetmesh_shared::{CancellationToken, Config, Mesh, shutdown, telemetry};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "jetmesh", version, about = "A NATS JetStream-native agent mesh")]
+pub struct Cli {
+    /// Config file (default: $JETMESH_CONFIG, ./config/jetmesh.toml, /etc/jetmesh/jetmesh.toml).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// NATS server URL; overrides NATS_URL and the config.
+    #[arg(long, global = true)]
+    pub nats_url: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole mesh in one process (an embedded nats-server unless a URL is set).
+    Up(up::UpArgs),
+    /// Bring up the embedded mesh, run a demo plan, print the report and stop.
+    Demo(up::UpArgs),
+    /// Run the chief role.
+    Chief,
+    /// Run the planner role.
+    Planner,
+    /// Run the router role.
+    Router,
+    /// Run the aggregator role.
+    Aggregator,
+    /// Run the summary role.
+    Summary,
+    /// Run a worker pool process.
+    Worker {
+        /// The pool, as named under [pools] in the config.
+        #[arg(long)]
+        pool: String,
+        /// Concurrent worker slots (default: the pool's `workers`).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Submit a plan (a JSON file, or - for stdin).
+    Submit(client::SubmitArgs),
+    /// Show a plan's status and results.
+    Status {
+        plan_id: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the registered capabilities.
+    Caps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one task and print its result: `jetmesh run math sum 1 2 3`.
+    Run(client::RunArgs),
+    /// Measure throughput and latency against a baseline (see docs/BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+/// Loads the config with the command-line overrides applied.
+pub fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(url) = &cli.nats_url {
+        config.nats.url = url.clone();
+    }
+    Ok(config)
+}
+
+/// Runs the parsed command; the process exit code is the returned value.
+pub async fn main(cli: Cli) -> Result<i32> {
+    let config = load_config(&cli)?;
+    // Commands for people print their own output; keep role logs to warnings
+    // unless asked (RUST_LOG or telemetry.log).
+    let quiet = !matches!(
+        cli.command,
+        Command::Up(_)
+            | Command::Chief
+            | Command::Planner
+            | Command::Router
+            | Command::Aggregator
+            | Command::Summary
+            | Command::Worker { .. }
+    );
+    let mut telemetry_config = config.telemetry.clone();
+    if quiet && telemetry_config.log == "info" {
+        telemetry_config.log = "warn".into();
+    }
+    telemetry::init(&telemetry_config);
+    let role = |name: &'static str| {
+        let config = config.clone();
+        async move {
+            let shutdown = shutdown::on_signal();
+            let mesh = Mesh::connect(config, name).await?;
+            Ok::<_, anyhow::Error>((mesh, shutdown))
+        }
+    };
+    match cli.command {
+        Command::Up(args) => up::up(config, args, shutdown::on_signal()).await.map(|_| 0),
+        Command::Demo(args) => up::demo(config, args).await,
+        Command::Chief => {
+            let (mesh, s) = role("chief").await?;
+            jetmesh_chief::run(mesh, s).await?;
+            Ok(0)
+        }
+        Command::Planner => {
+            let (mesh, s) = role("planner").await?;
+            jetmesh_planner::run(mesh, s).await?;
+            Ok(0)
+        }
+        Command::Router => {
+            let (mesh, s) = role("router").await?;
+            jetmesh_router::run(mesh, s).await?;
+            Ok(0)
+        }
+        Command::Aggregator => {
+            let (mesh, s) = role("aggregator").await?;
+            jetmesh_aggregator::run(mesh, s).await?;
+            Ok(0)
+        }
+        Command::Summary => {
+            let (mesh, s) = role("summary").await?;
+            jetmesh_summary::run(mesh, s).await?;
+            Ok(0)
+        }
+        Command::Worker { pool, workers } => {
+            let (mesh, s) = role("worker").await?;
+            jetmesh_worker::run(mesh, &pool, workers, s).await?;
+            Ok(0)
+        }
+        Command::Submit(args) => client::submit(config, args).await,
+        Command::Status { plan_id, json } => client::status(config, &plan_id, json).await,
+        Command::Caps { json } => client::caps(config, json).await,
+        Command::Run(args) => client::run(config, args).await,
+        Command::Bench(args) => bench::run(config, args).await.map(|_| 0),
+    }
+}
+
+/// Runs every role of the mesh on `mesh` until `shutdown`; the first role that
+/// fails stops the others.
+pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
+    let mut set = tokio::task::JoinSet::new();
+    let roles: [(&str, RoleFn); 5] = [
+        ("chief", |m, s| Box::pin(jetmesh_chief::run(m, s))),
+        ("planner", |m, s| Box::pin(jetmesh_planner::run(m, s))),
+        ("router", |m, s| Box::pin(jetmesh_router::run(m, s))),
+        ("aggregator", |m, s| Box::pin(jetmesh_aggregator::run(m, s))),
+        ("summary", |m, s| Box::pin(jetmesh_summary::run(m, s))),
+    ];
+    for (name, f) in roles {
+        let fut = f(mesh.clone(), shutdown.clone());
+        set.spawn(async move { (name.to_string(), fut.await) });
+    }
+    for pool in mesh.config.pools.keys() {
+        let (m, s, p) = (mesh.clone(), shutdown.clone(), pool.clone());
+        set.spawn(async move {
+            let r = jetmesh_worker::run(m, &p, None, s).await;
+            (format!("worker {p}"), r)
+        });
+    }
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((name, Err(e))) => {
+                tracing::error!(role = %name, error = %e, "A role failed; stopping the mesh.");
+                shutdown.cancel();
+                first_error.get_or_insert(anyhow::anyhow!("{name}: {e}"));
+            }
+            Err(e) => {
+                shutdown.cancel();
+                first_error.get_or_insert(anyhow::anyhow!("a role panicked: {e}"));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+type RoleFn = fn(
+    Mesh,
+    CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = jetmesh_shared::Result<()>> + Send>>;

@@ -1,1 +1,78 @@
-//! placeholder
+//! The planner role: the service endpoint `mesh.planner.plan` (queue group, so
+//! planners scale out). It turns a request into a valid plan: an explicit plan
+//! is normalized (ids, defaults) and validated — shape, dependencies, cycles,
+//! and every capability and action against the live registry. A goal with no
+//! subtasks needs an LLM provider; until one is configured the answer is a clear
+//! `no_planner_provider` error.
+
+use futures::StreamExt;
+use jetmesh_shared::codec::{self, Encoding};
+use jetmesh_shared::error::Result;
+use jetmesh_shared::registry::Registry;
+use jetmesh_shared::wire::{Plan, PlannerRequest};
+use jetmesh_shared::{Error, ErrorCode, Mesh, plan, service, shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Runs the planner until `shutdown`.
+pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
+    let instance = shutdown::instance_id("planner");
+    let registry = Registry::follow(mesh.clone(), shutdown.clone()).await?;
+    let svc = service::start(&mesh.client, "planner", &instance, "jetmesh planner").await?;
+    let mut endpoint = svc
+        .endpoint(mesh.names.planner_plan())
+        .await
+        .map_err(|e| Error::unavailable("cannot serve the planner endpoint", e))?;
+    mesh.publish_health("planner", &instance, "started").await;
+    tracing::info!(instance = %instance, "The planner is planning.");
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = endpoint.next() => r,
+        };
+        let Some(request) = request else { break };
+        let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
+        let result = async {
+            let (req, _): (PlannerRequest, _) = codec::decode_message(
+                request.message.headers.as_ref(),
+                &request.message.payload,
+                mesh.config.mesh.max_request_bytes * 2,
+            )?;
+            make_plan(&mesh, &registry, req.plan).await
+        }
+        .await;
+        let status = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(telemetry::REQUESTS, "endpoint" => "planner", "status" => status).increment(1);
+        service::respond(&request, enc, &result).await;
+    }
+    mesh.publish_health("planner", &instance, "stopping").await;
+    let _ = svc.stop().await;
+    Ok(())
+}
+
+/// Normalizes and validates `plan`, or plans its goal.
+pub async fn make_plan(mesh: &Mesh, registry: &Registry, mut plan: Plan) -> Result<Plan> {
+    if plan.subtasks.is_empty() {
+        return match &plan.goal {
+            Some(goal) if !goal.trim().is_empty() => Err(Error::new(
+                ErrorCode::NoPlannerProvider,
+                "this request has a goal but no subtasks, and no LLM planner provider is \
+                 configured; send explicit \"subtasks\" instead",
+            )),
+            _ => Err(Error::bad_request(
+                "the request has neither \"subtasks\" nor a \"goal\"",
+            )),
+        };
+    }
+    plan::normalize(&mut plan, mesh.config.mesh.max_subtasks)?;
+    // Resolve each capability once (the view, or the bucket on a miss).
+    let mut known = std::collections::HashMap::new();
+    for task in &plan.subtasks {
+        if !known.contains_key(&task.capability)
+            && let Some(entry) = registry.resolve(&task.capability).await?
+        {
+            known.insert(task.capability.clone(), entry);
+        }
+    }
+    plan::check_capabilities(&plan, |c| known.get(c))?;
+    Ok(plan)
+}

@@ -1,1 +1,493 @@
-//! placeholder
+//! The router role. It follows the capability registry, and
+//! - answers `mesh.run.<cap>.<action>`: queues the task and replies with its result;
+//! - takes `mesh.tasks.<cap>.<action>` (stream `MESH_INTAKE`) and queues each task;
+//! - takes `plan_ready` events, queues every task whose dependencies are done,
+//!   and releases dependents as results arrive in `mesh_results`.
+//!
+//! Its plan state is rebuilt from `mesh_plans` and `mesh_results` at start, and
+//! dispatch is de-duplicated by JetStream, so routers can restart or run side by side.
+
+pub mod dispatch;
+pub mod plans;
+
+use async_nats::jetstream::AckKind;
+use async_nats::service::Request;
+use dispatch::Dispatcher;
+use futures::StreamExt;
+use jetmesh_shared::codec::{self, Encoding};
+use jetmesh_shared::error::{Context, Result};
+use jetmesh_shared::names::{self, EventKind};
+use jetmesh_shared::registry::Registry;
+use jetmesh_shared::wire::{
+    PlanReady, PlanRecord, PlanStatus, SingleTask, Subtask, TaskResult,
+};
+use jetmesh_shared::{Error, ErrorCode, Mesh, ids, service, shutdown, telemetry};
+use plans::{Action, PlanRun};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+struct Router {
+    mesh: Mesh,
+    dispatcher: Dispatcher,
+    plans: Arc<Mutex<HashMap<String, PlanRun>>>,
+}
+
+/// Runs the router until `shutdown`.
+pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
+    let instance = shutdown::instance_id("router");
+    let registry = Registry::follow(mesh.clone(), shutdown.clone()).await?;
+    let router = Router {
+        dispatcher: Dispatcher {
+            mesh: mesh.clone(),
+            registry,
+        },
+        mesh: mesh.clone(),
+        plans: Arc::default(),
+    };
+    // Watch first, then recover: a result written in between is seen by both,
+    // and results are idempotent.
+    let results = mesh.watch_new(&mesh.results, &mesh.names.task_key_all()).await?;
+    router.recover().await?;
+
+    let svc = service::start(&mesh.client, "router", &instance, "jetmesh router").await?;
+    let run_endpoint = svc
+        .endpoint(mesh.names.run_all())
+        .await
+        .map_err(|e| Error::unavailable("cannot serve mesh.run", e))?;
+    let intake = router.intake_loop(shutdown.clone());
+    let plans = router.plans_loop(shutdown.clone());
+    let watch = router.results_loop(results, shutdown.clone());
+    let run = router.run_loop(run_endpoint, shutdown.clone());
+    mesh.publish_health("router", &instance, "started").await;
+    tracing::info!(instance = %instance, "The router is routing.");
+    let (a, b, c, d) = tokio::join!(intake, plans, watch, run);
+    mesh.publish_health("router", &instance, "stopping").await;
+    let _ = svc.stop().await;
+    a.and(b).and(c).and(d)
+}
+
+impl Router {
+    // ----- plans -----
+
+    async fn recover(&self) -> Result<()> {
+        let entries = self.mesh.scan(&self.mesh.plans, &self.mesh.names.plan_key_all()).await?;
+        let mut recovered = 0;
+        for entry in entries {
+            let Ok(record) = codec::from_json::<PlanRecord>(&entry.value) else {
+                continue;
+            };
+            if record.status == PlanStatus::Running {
+                self.track(record, true).await?;
+                recovered += 1;
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(plans = recovered, "The router resumed unfinished plans.");
+        }
+        Ok(())
+    }
+
+    /// Starts tracking a plan and dispatches what is ready. With `catch_up`, the
+    /// results already recorded are applied first (after a restart or redelivery).
+    async fn track(&self, record: PlanRecord, catch_up: bool) -> Result<()> {
+        let plan_id = record.plan.plan_id.clone();
+        if self.plans.lock().expect("plans lock").contains_key(&plan_id) {
+            return Ok(());
+        }
+        let mut run = PlanRun::new(Arc::new(record.plan));
+        let mut actions = Vec::new();
+        if catch_up {
+            // Mark recorded results first, then start only what is still waiting.
+            let done = self
+                .mesh
+                .scan(&self.mesh.results, &self.mesh.names.task_key_plan(&plan_id))
+                .await?;
+            let mut results = Vec::new();
+            for e in &done {
+                if let Some((_, task)) = names::parse_task_key(&e.key) {
+                    let ok = codec::from_json::<TaskResult>(&e.value).map(|r| r.is_success()).unwrap_or(false);
+                    results.push((task.to_string(), ok));
+                }
+            }
+            // Tasks with a result must not be dispatched again: apply results
+            // before `start`, then drop dispatches for tasks already done.
+            let done_ids: std::collections::HashSet<&str> = results.iter().map(|(t, _)| t.as_str()).collect();
+            for (task, ok) in &results {
+                actions.extend(run.on_result(task, *ok));
+            }
+            actions.extend(run.start());
+            actions.retain(|a| match a {
+                Action::Dispatch(t) => !done_ids.contains(t.id.as_str()),
+                Action::Fail { task_id, .. } => !done_ids.contains(task_id.as_str()),
+            });
+        } else {
+            actions = run.start();
+        }
+        if run.is_done() {
+            return Ok(());
+        }
+        metrics::gauge!(telemetry::PLANS_TRACKED).increment(1.0);
+        self.plans.lock().expect("plans lock").insert(plan_id.clone(), run);
+        self.perform(&plan_id, actions).await;
+        Ok(())
+    }
+
+    async fn perform(&self, plan_id: &str, actions: Vec<Action>) {
+        let limit = self.mesh.config.router.max_inflight.max(1);
+        futures::stream::iter(actions)
+            .for_each_concurrent(limit, |action| async move {
+                match action {
+                    Action::Dispatch(task) => self.dispatcher.dispatch(plan_id, &task).await,
+                    Action::Fail { task_id, error } => {
+                        self.dispatcher.record_failure(plan_id, &task_id, &error).await
+                    }
+                }
+            })
+            .await;
+    }
+
+    async fn plans_loop(&self, shutdown: CancellationToken) -> Result<()> {
+        let consumer = self
+            .mesh
+            .event_consumer(&self.mesh.names.router_plans_consumer(), EventKind::PlanReady)
+            .await?;
+        let mut messages = consumer.messages().await.context("cannot read plan_ready events")?;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                m = messages.next() => m,
+            };
+            let Some(msg) = msg else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                messages = consumer.messages().await.context("cannot read plan_ready events")?;
+                continue;
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(error) => {
+                    tracing::warn!(%error, "Reading plan_ready events failed.");
+                    continue;
+                }
+            };
+            let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
+            let outcome = match codec::from_json::<PlanReady>(&msg.payload) {
+                Ok(event) => self.on_plan_ready(&event.plan_id, redelivered).await,
+                Err(error) => {
+                    tracing::error!(%error, subject = %msg.subject, "A plan_ready event cannot be read; skipped.");
+                    Ok(())
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    let _ = msg.ack().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "A plan could not be started; it will be retried.");
+                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+    }
+
+    async fn on_plan_ready(&self, plan_id: &str, redelivered: bool) -> Result<()> {
+        let record: Option<PlanRecord> = self
+            .mesh
+            .get_json(&self.mesh.plans, &self.mesh.names.plan_key(plan_id))
+            .await?;
+        match record {
+            Some(r) if r.status == PlanStatus::Running => self.track(r, redelivered).await,
+            Some(_) => Ok(()),
+            None => {
+                tracing::warn!(plan_id, "A plan_ready event names a plan that is not stored; skipped.");
+                Ok(())
+            }
+        }
+    }
+
+    async fn results_loop(
+        &self,
+        mut watch: async_nats::jetstream::kv::Watch,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let mut last_revision = 0;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                n = watch.next() => n,
+            };
+            match next {
+                Some(Ok(entry)) => {
+                    last_revision = entry.revision;
+                    self.on_result_entry(&entry.key, &entry.value);
+                }
+                Some(Err(error)) => tracing::warn!(%error, "The results watch failed; it resumes."),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    match self
+                        .mesh
+                        .results
+                        .watch_from_revision(self.mesh.names.task_key_all(), last_revision + 1)
+                        .await
+                    {
+                        Ok(w) => watch = w,
+                        Err(error) => tracing::warn!(%error, "Cannot re-watch results."),
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_result_entry(&self, key: &str, value: &[u8]) {
+        let Some((plan_id, task_id)) = names::parse_task_key(key) else {
+            return;
+        };
+        let actions = {
+            let mut plans = self.plans.lock().expect("plans lock");
+            let Some(run) = plans.get_mut(plan_id) else {
+                return;
+            };
+            let ok = codec::from_json::<TaskResult>(value)
+                .map(|r| r.is_success())
+                .unwrap_or(false);
+            let actions = run.on_result(task_id, ok);
+            if run.is_done() {
+                plans.remove(plan_id);
+                metrics::gauge!(telemetry::PLANS_TRACKED).decrement(1.0);
+            }
+            actions
+        };
+        if !actions.is_empty() {
+            let this = self.clone();
+            let plan_id = plan_id.to_string();
+            tokio::spawn(async move { this.perform(&plan_id, actions).await });
+        }
+    }
+
+    // ----- single tasks: mesh.tasks (durable) -----
+
+    async fn intake_loop(&self, shutdown: CancellationToken) -> Result<()> {
+        let stream = self
+            .mesh
+            .js
+            .get_stream_no_info(self.mesh.names.intake_stream())
+            .await
+            .context("cannot open the intake stream")?;
+        let name = self.mesh.names.router_intake_consumer();
+        let consumer = stream
+            .get_or_create_consumer(
+                &name,
+                async_nats::jetstream::consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 20_000,
+                    num_replicas: self.mesh.config.mesh.replicas,
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("cannot create the intake consumer")?;
+        let limit = self.mesh.config.router.max_inflight.max(1);
+        loop {
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(limit.min(512))
+                .messages()
+                .await
+                .context("cannot read the intake stream")?;
+            messages
+                .take_until(shutdown.cancelled())
+                .for_each_concurrent(limit, |msg| async move {
+                    match msg {
+                        Ok(msg) => self.on_intake(msg).await,
+                        Err(error) => tracing::warn!(%error, "Reading the intake stream failed."),
+                    }
+                })
+                .await;
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn on_intake(&self, msg: async_nats::jetstream::Message) {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let fallback = format!("tasks-{seq}");
+        let parsed = self.parse_single(&msg.subject, msg.headers.as_ref(), &msg.payload, &fallback);
+        let outcome = match &parsed {
+            Ok((plan_id, task)) => match self.dispatcher.send(plan_id, task).await {
+                Ok(ack) => ack.await.context("task not stored").map(|_| ()),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e.clone()),
+        };
+        match outcome {
+            Ok(()) => {
+                let _ = msg.ack().await;
+            }
+            Err(e) if e.code.is_retryable() => {
+                tracing::warn!(error = %e, "A submitted task could not be queued; retrying.");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+            Err(e) => {
+                metrics::counter!(telemetry::TASKS_REJECTED, "code" => e.code.as_str()).increment(1);
+                let (plan_id, task_id) = match &parsed {
+                    Ok((p, t)) => (p.clone(), t.id.clone()),
+                    Err(_) => (fallback.clone(), fallback.clone()),
+                };
+                tracing::info!(plan_id = %plan_id, task_id = %task_id, error = %e, "A submitted task was refused; its error is its result.");
+                self.dispatcher.record_failure(&plan_id, &task_id, &e).await;
+                let _ = msg.ack().await;
+            }
+        }
+    }
+
+    /// Reads a single-task body. Ids: `plan_id` defaults to `id`, which
+    /// defaults to `fallback`; the result lands at `task.<plan_id>.<id>`.
+    fn parse_single(
+        &self,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+        fallback: &str,
+    ) -> Result<(String, Subtask)> {
+        let (cap, action) = self.mesh.names.cap_action_of(subject).ok_or_else(|| {
+            Error::bad_request(format!(
+                "subject {subject:?} must be {}.run.<capability>.<action>",
+                self.mesh.names.prefix()
+            ))
+        })?;
+        ids::validate("capability", cap)?;
+        ids::validate("action", action)?;
+        codec::check_size(payload.len(), self.mesh.config.mesh.max_request_bytes)?;
+        let enc = Encoding::from_headers(headers)?;
+        let body: SingleTask = if payload.iter().all(u8::is_ascii_whitespace) {
+            SingleTask::default()
+        } else {
+            let value: serde_json::Value = enc.decode(payload)?;
+            if !value.is_object() {
+                return Err(Error::bad_request(
+                    "the body must be an object of the task's parameters, like {\"args\":[1,2,3]}",
+                ));
+            }
+            serde_json::from_value(value).map_err(|e| Error::bad_request(format!("invalid task: {e}")))?
+        };
+        let id = body.id.clone().unwrap_or_else(|| body.plan_id.clone().unwrap_or_else(|| fallback.to_string()));
+        let plan_id = body.plan_id.clone().unwrap_or_else(|| id.clone());
+        ids::validate("plan id", &plan_id)?;
+        ids::validate("task id", &id)?;
+        if body.timeout_ms == Some(0) {
+            return Err(Error::bad_request("timeout_ms must be greater than 0"));
+        }
+        Ok((
+            plan_id,
+            Subtask {
+                id,
+                capability: cap.to_string(),
+                action: action.to_string(),
+                depends_on: Vec::new(),
+                priority: body.priority,
+                timeout_ms: body.timeout_ms,
+                retries: body.retries,
+                params: body.params,
+            },
+        ))
+    }
+
+    // ----- single tasks: mesh.run (request/reply) -----
+
+    async fn run_loop(
+        &self,
+        mut endpoint: async_nats::service::endpoint::Endpoint,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let inflight = tokio_util::task::TaskTracker::new();
+        loop {
+            let request = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = endpoint.next() => r,
+            };
+            let Some(request) = request else { break };
+            let this = self.clone();
+            inflight.spawn(async move { this.on_run(request).await });
+        }
+        inflight.close();
+        let _ = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, inflight.wait()).await;
+        Ok(())
+    }
+
+    async fn on_run(&self, request: Request) {
+        let started = Instant::now();
+        let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
+        let result = self.run_one(&request).await;
+        let status = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(telemetry::REQUESTS, "endpoint" => "run", "status" => status).increment(1);
+        metrics::histogram!(telemetry::RUN_LATENCY).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(r) => service::respond(&request, enc, &Ok(r)).await,
+            Err((e, ids)) => {
+                let mut reply = jetmesh_shared::wire::ErrorReply::new(&e);
+                if let Some((p, t)) = ids {
+                    reply.plan_id = Some(p);
+                    reply.task_id = Some(t);
+                }
+                service::respond(&request, enc, &Ok(reply)).await
+            }
+        }
+    }
+
+    async fn run_one(&self, request: &Request) -> std::result::Result<TaskResult, (Error, Option<(String, String)>)> {
+        let msg = &request.message;
+        let fallback = ids::generate();
+        let (plan_id, task) = self
+            .parse_single(&msg.subject, msg.headers.as_ref(), &msg.payload, &fallback)
+            .map_err(|e| (e, None))?;
+        let with_ids = |e: Error| (e, Some((plan_id.clone(), task.id.clone())));
+        let key = self.mesh.names.task_key(&plan_id, &task.id);
+        let mut sub = self
+            .mesh
+            .client
+            .subscribe(self.mesh.names.kv_subject(&self.mesh.results.name, &key))
+            .await
+            .context("cannot subscribe for the result")
+            .map_err(with_ids)?;
+        let ack = self
+            .dispatcher
+            .send(&plan_id, &task)
+            .await
+            .map_err(with_ids)?
+            .await
+            .context("task not stored")
+            .map_err(with_ids)?;
+        if ack.duplicate {
+            // Same ids inside the de-duplication window: answer with the result
+            // already recorded, or wait for the one under way.
+            if let Ok(Some(existing)) = self.mesh.get_json::<TaskResult>(&self.mesh.results, &key).await {
+                return Ok(existing.for_task(&plan_id, &task.id));
+            }
+        }
+        let wait = Duration::from_millis(task.timeout_ms.unwrap_or(self.mesh.config.router.run_timeout_ms));
+        // Allow for queueing on top of the task's own timeout.
+        let wait = wait + Duration::from_millis(500);
+        let msg = tokio::time::timeout(wait, sub.next())
+            .await
+            .map_err(|_| {
+                with_ids(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "no result within {} ms; the task stays queued and its result will be at {key} in {}",
+                        wait.as_millis(),
+                        self.mesh.results.name
+                    ),
+                ))
+            })?
+            .ok_or_else(|| with_ids(Error::new(ErrorCode::Unavailable, "the result subscription closed")))?;
+        let _ = sub.unsubscribe().await;
+        let result: TaskResult = codec::from_json(&msg.payload).map_err(with_ids)?;
+        Ok(result.for_task(&plan_id, &task.id))
+    }
+}

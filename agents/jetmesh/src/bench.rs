@@ -1,0 +1,349 @@
+//! `jetmesh bench`: measures jetmesh next to a baseline taken in the same run, on
+//! the same server. (a) the raw JetStream loop — publish → pull → KV put → ack,
+//! no mesh — against (b) jetmesh end to end, for many single tasks
+//! (`mesh.tasks`) and for one plan with thousands of subtasks; (c) `mesh.run`
+//! latency against a plain core-NATS request/reply; (d) the resident memory of
+//! an idle `jetmesh up` (without nats-server).
+
+use crate::embedded::EmbeddedServer;
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use futures::StreamExt;
+use jetmesh_shared::wire::{Plan, Report, SubmitRequest, Subtask};
+use jetmesh_shared::{CancellationToken, Config, Mesh, codec, registry};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Single tasks for the throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    pub tasks: usize,
+    /// Subtasks of the one big plan.
+    #[arg(long, default_value_t = 5_000)]
+    pub plan_tasks: usize,
+    /// Sequential requests for the latency run.
+    #[arg(long, default_value_t = 2_000)]
+    pub samples: usize,
+    /// Concurrent slots of the math pool, and of the baseline consumer.
+    #[arg(long, default_value_t = 32)]
+    pub workers: usize,
+    /// Skip the idle-memory measurement.
+    #[arg(long)]
+    pub no_memory: bool,
+}
+
+struct Figure {
+    name: &'static str,
+    value: String,
+    baseline: String,
+    ratio: String,
+}
+
+pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let server = if config.nats.url.is_empty() {
+        config.embedded.data_dir = tmp.path().join("nats");
+        config.embedded.port = 0;
+        let s = EmbeddedServer::start(&config.embedded).await?;
+        config.nats.url = s.url.clone();
+        Some(s)
+    } else {
+        None
+    };
+    config.telemetry.metrics_listen.clear();
+    let result = measure(config, &args).await;
+    if let Some(s) = server {
+        s.stop().await;
+    }
+    let figures = result?;
+    println!("\n| measure | jetmesh | baseline | ratio |\n|---|---|---|---|");
+    for f in figures {
+        println!("| {} | {} | {} | {} |", f.name, f.value, f.baseline, f.ratio);
+    }
+    Ok(())
+}
+
+async fn measure(mut config: Config, args: &BenchArgs) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let client = jetmesh_shared::mesh::connect(&config.nats, "bench").await?;
+
+    eprintln!("(a) raw JetStream loop, {} messages, {} consumers ...", args.tasks, args.workers);
+    let raw = raw_loop(&client, args.tasks, args.workers).await?;
+    eprintln!("    {raw:.0} msg/s");
+
+    config.pools.retain(|name, _| name == "math" || name == "date");
+    if let Some(math) = config.pools.get_mut("math") {
+        math.workers = args.workers;
+    }
+    let mesh = Mesh::connect(config.clone(), "bench").await?;
+    let shutdown = CancellationToken::new();
+    let roles = tokio::spawn(crate::run_all_roles(mesh.clone(), shutdown.clone()));
+    wait_for_math(&mesh).await?;
+
+    eprintln!("(b) jetmesh single tasks via mesh.tasks, {} tasks ...", args.tasks);
+    let single = single_tasks(&mesh, args.tasks).await?;
+    eprintln!("    {single:.0} tasks/s");
+    figures.push(Figure {
+        name: "single tasks end to end (tasks/s)",
+        value: format!("{single:.0}"),
+        baseline: format!("{raw:.0} (raw loop)"),
+        ratio: format!("{:.2}", single / raw),
+    });
+
+    eprintln!("(b) one plan of {} subtasks ...", args.plan_tasks);
+    let plan = big_plan(&mesh, args.plan_tasks).await?;
+    eprintln!("    {plan:.0} tasks/s");
+    figures.push(Figure {
+        name: "one plan, thousands of subtasks (tasks/s)",
+        value: format!("{plan:.0}"),
+        baseline: format!("{raw:.0} (raw loop)"),
+        ratio: format!("{:.2}", plan / raw),
+    });
+
+    eprintln!("(c) latency, {} sequential requests each ...", args.samples);
+    let (run50, run99) = run_latency(&mesh, args.samples).await?;
+    let (core50, core99) = core_latency(&client, args.samples).await?;
+    figures.push(Figure {
+        name: "mesh.run latency p50 (ms)",
+        value: format!("{run50:.3}"),
+        baseline: format!("{core50:.3} (core request/reply)"),
+        ratio: format!("{:.1}x", run50 / core50),
+    });
+    figures.push(Figure {
+        name: "mesh.run latency p99 (ms)",
+        value: format!("{run99:.3}"),
+        baseline: format!("{core99:.3} (core request/reply)"),
+        ratio: format!("{:.1}x", run99 / core99),
+    });
+    shutdown.cancel();
+    roles.await??;
+
+    if !args.no_memory {
+        eprintln!("(d) idle `jetmesh up` resident memory ...");
+        let rss = idle_rss(&config.nats.url).await?;
+        figures.push(Figure {
+            name: "idle `jetmesh up` RSS, without nats-server (MB)",
+            value: format!("{rss:.1}"),
+            baseline: "target ≤ 50".into(),
+            ratio: "-".into(),
+        });
+    }
+    Ok(figures)
+}
+
+async fn wait_for_math(mesh: &Mesh) -> Result<()> {
+    for _ in 0..100 {
+        if registry::list(mesh).await?.iter().any(|c| c.capability == "math") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the math pool did not register")
+}
+
+/// Publishes with acks in flight, as fast as the server takes them.
+async fn publish_all(js: &jetstream::Context, subjects: impl Iterator<Item = (String, bytes::Bytes)> + Send) -> Result<()> {
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for (subject, payload) in subjects {
+        let ack = js.publish(subject, payload).await?;
+        acks.push(std::future::IntoFuture::into_future(ack));
+        if acks.len() >= 512 {
+            acks.next().await.transpose()?;
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    Ok(())
+}
+
+/// (a): publish → pull → KV put → ack, `workers` messages at a time.
+async fn raw_loop(client: &async_nats::Client, n: usize, workers: usize) -> Result<f64> {
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(stream::Config {
+            name: "BENCH_RAW".into(),
+            subjects: vec!["bench.raw.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await?;
+    let store = js
+        .create_key_value(kv::Config {
+            bucket: "bench_raw".into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bench".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let payload = bytes::Bytes::from(r#"{"plan_id":"p","id":"t","type":"math","action":"sum","args":[1,2,3],"attempt":1}"#);
+    let publisher = tokio::spawn({
+        let js = js.clone();
+        async move { publish_all(&js, (0..n).map(move |i| (format!("bench.raw.{i}"), payload.clone()))).await }
+    });
+    let messages = consumer.stream().max_messages_per_batch(workers).messages().await?;
+    messages
+        .take(n)
+        .for_each_concurrent(workers, |m| {
+            let store = store.clone();
+            async move {
+                let m = m.expect("raw message");
+                let key = format!("task.p.{}", m.subject.as_str().rsplit('.').next().unwrap_or("x"));
+                store
+                    .put(key, bytes::Bytes::from_static(br#"{"status":"success","output":6}"#))
+                    .await
+                    .expect("raw put");
+                m.ack().await.expect("raw ack");
+            }
+        })
+        .await;
+    publisher.await??;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream("BENCH_RAW").await?;
+    js.delete_key_value("bench_raw").await?;
+    Ok(rate)
+}
+
+/// (b): `n` tasks on `mesh.tasks.math.sum`, until every result is stored.
+async fn single_tasks(mesh: &Mesh, n: usize) -> Result<f64> {
+    let run = jetmesh_shared::ids::generate();
+    let mut done = mesh
+        .client
+        .subscribe(format!("$KV.{}.task.b{}-*.*", mesh.results.name, &run[..8]))
+        .await?;
+    mesh.client.flush().await?;
+    let started = Instant::now();
+    let subject = mesh.names.tasks("math", "sum");
+    let prefix = run[..8].to_string();
+    let publisher = tokio::spawn({
+        let js = mesh.js.clone();
+        async move {
+            publish_all(
+                &js,
+                (0..n).map(move |i| {
+                    let body = json!({"id": format!("b{prefix}-{i}"), "args": [i, 1, 2]});
+                    (subject.clone(), bytes::Bytes::from(body.to_string()))
+                }),
+            )
+            .await
+        }
+    });
+    let mut seen = 0;
+    while seen < n {
+        tokio::time::timeout(Duration::from_secs(60), done.next())
+            .await
+            .context("single-task results stalled")?;
+        seen += 1;
+    }
+    publisher.await??;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// (b): one plan of `n` independent subtasks, submitted with `wait`.
+async fn big_plan(mesh: &Mesh, n: usize) -> Result<f64> {
+    let subtasks = (0..n)
+        .map(|i| {
+            serde_json::from_value::<Subtask>(json!({"id": format!("t{i}"), "type": "math", "action": "sum", "args": [i, 1]}))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = SubmitRequest {
+        plan: Plan {
+            plan_id: String::new(),
+            goal: Some("benchmark".into()),
+            subtasks,
+        },
+        wait: true,
+        wait_timeout_ms: Some(300_000),
+    };
+    let started = Instant::now();
+    let reply = mesh
+        .client
+        .send_request(
+            mesh.names.plans_submit(),
+            async_nats::Request::new()
+                .payload(codec::to_json(&request)?)
+                .timeout(Some(Duration::from_secs(300))),
+        )
+        .await?;
+    let report: Report = jetmesh_shared::wire::decode_reply(codec::Encoding::Json, &reply.payload)?;
+    anyhow::ensure!(report.completed == n, "the plan completed {} of {n} tasks", report.completed);
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+async fn run_latency(mesh: &Mesh, n: usize) -> Result<(f64, f64)> {
+    let subject = mesh.names.run("math", "sum");
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        mesh.client.request(subject.clone(), r#"{"args":[1,2,3]}"#.into()).await?;
+        if i >= n / 10 {
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(percentiles(samples))
+}
+
+async fn core_latency(client: &async_nats::Client, n: usize) -> Result<(f64, f64)> {
+    let mut sub = client.subscribe("bench.echo").await?;
+    let responder = client.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    client.flush().await?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        client.request("bench.echo", r#"{"args":[1,2,3]}"#.into()).await?;
+        if i >= n / 10 {
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    echo.abort();
+    Ok(percentiles(samples))
+}
+
+/// RSS of an idle `jetmesh up --nats-url URL` after it settled, in MB.
+async fn idle_rss(url: &str) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["up", "--nats-url", url])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = child.id().context("jetmesh up exited")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
+    Ok(kb / 1024.0)
+}

@@ -1,0 +1,236 @@
+//! The people CLI: `submit`, `status`, `caps`, `run`. Each is a thin client of
+//! the public protocol, exactly what a `nats` CLI user could do by hand.
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use jetmesh_shared::codec::{self, Encoding};
+use jetmesh_shared::names::EventKind;
+use jetmesh_shared::wire::{self, PlanView, Report, SubmitReply, SubmitRequest, TaskResult};
+use jetmesh_shared::{Config, Mesh, ids, mesh, registry};
+use serde_json::{Map, Value};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubmitArgs {
+    /// The plan file (JSON), or - for stdin.
+    pub file: PathBuf,
+    /// Follow progress and print the final report.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON instead of markdown.
+    #[arg(long)]
+    pub json: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    pub capability: String,
+    pub action: String,
+    /// Positional arguments; each is read as JSON when it parses, else as a string.
+    #[arg(allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// A named parameter, `key=value` (value read like an argument). Repeatable.
+    #[arg(long = "param", short = 'p')]
+    pub params: Vec<String>,
+    /// Seconds to wait for the result.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Print the whole result object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn client(config: &Config) -> Result<async_nats::Client> {
+    Ok(mesh::connect(&config.nats, "cli").await?)
+}
+
+fn json_or_string(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
+}
+
+pub async fn run(config: Config, args: RunArgs) -> Result<i32> {
+    ids::validate("capability", &args.capability)?;
+    ids::validate("action", &args.action)?;
+    let mut body = Map::new();
+    if !args.args.is_empty() {
+        body.insert("args".into(), Value::Array(args.args.iter().map(|a| json_or_string(a)).collect()));
+    }
+    for p in &args.params {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("--param {p:?} must be key=value");
+        };
+        body.insert(k.to_string(), json_or_string(v));
+    }
+    let client = client(&config).await?;
+    let names = config.names();
+    let reply = client
+        .send_request(
+            names.run(&args.capability, &args.action),
+            async_nats::Request::new()
+                .payload(codec::to_json(&body)?)
+                .timeout(Some(Duration::from_secs(args.timeout))),
+        )
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!("no router is running"),
+            _ => anyhow::anyhow!("mesh.run failed: {e}"),
+        })?;
+    let value: Value = codec::from_json(&reply.payload)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    let result: TaskResult = serde_json::from_value(value)?;
+    if result.is_success() {
+        if !args.json {
+            let out = result.output.unwrap_or(Value::Null);
+            match out {
+                Value::String(s) => println!("{s}"),
+                other => println!("{}", serde_json::to_string_pretty(&other)?),
+            }
+        }
+        Ok(0)
+    } else {
+        if !args.json
+            && let Some(e) = result.error
+        {
+            eprintln!("error: {}: {}", e.code, e.message);
+        }
+        Ok(1)
+    }
+}
+
+pub async fn caps(config: Config, json: bool) -> Result<i32> {
+    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    let caps = registry::list(&mesh).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&caps)?);
+        return Ok(0);
+    }
+    if caps.is_empty() {
+        println!("No capability is registered. Start a pool: jetmesh worker --pool math");
+        return Ok(0);
+    }
+    println!("{:<12} {:<12} {:<8} ACTIONS", "CAPABILITY", "POOL", "ENCODING");
+    for c in caps {
+        let enc = if c.encoding == Encoding::Json { "json" } else { "msgpack" };
+        println!("{:<12} {:<12} {:<8} {}", c.capability, c.pool, enc, c.actions.join(", "));
+    }
+    Ok(0)
+}
+
+pub async fn status(config: Config, plan_id: &str, json: bool) -> Result<i32> {
+    ids::validate("plan id", plan_id)?;
+    let client = client(&config).await?;
+    let reply = client
+        .request(config.names().plans_get(plan_id), "".into())
+        .await
+        .context("mesh.plans.get failed (is a chief running?)")?;
+    let view: PlanView = wire::decode_reply(Encoding::Json, &reply.payload)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(0);
+    }
+    println!(
+        "plan {}: {:?} — {} tasks, {} completed, {} failed, {} pending",
+        view.plan_id, view.status, view.total_tasks, view.completed, view.failed, view.pending
+    );
+    for (id, v) in &view.tasks {
+        let status = v.get("status").and_then(Value::as_str).unwrap_or("?");
+        let detail = match (v.get("output"), v.get("error")) {
+            (Some(o), _) => o.to_string(),
+            (_, Some(e)) => format!(
+                "{}: {}",
+                e.get("code").and_then(Value::as_str).unwrap_or(""),
+                e.get("message").and_then(Value::as_str).unwrap_or("")
+            ),
+            _ => String::new(),
+        };
+        println!("  {id:<16} {status:<8} {detail}");
+    }
+    Ok(0)
+}
+
+pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
+    let text = if args.file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?
+    };
+    let mut request: SubmitRequest =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid plan", args.file.display()))?;
+    if request.plan.plan_id.is_empty() {
+        request.plan.plan_id = ids::generate();
+    }
+    ids::validate("plan id", &request.plan.plan_id)?;
+    request.wait = false;
+    let plan_id = request.plan.plan_id.clone();
+    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+
+    // Subscribe to the report and the results before submitting.
+    let mut report_sub = mesh
+        .client
+        .subscribe(mesh.names.event(EventKind::FinalReport, &plan_id))
+        .await?;
+    let mut progress = mesh.results.watch(mesh.names.task_key_plan(&plan_id)).await?;
+    let reply = mesh
+        .client
+        .request(mesh.names.plans_submit(), codec::to_json(&request)?)
+        .await
+        .context("mesh.plans.submit failed (is a chief running?)")?;
+    let accepted: SubmitReply = match wire::decode_reply(Encoding::Json, &reply.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {}", e.code, e.message);
+            return Ok(1);
+        }
+    };
+    if !args.wait {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&accepted)?);
+        } else {
+            println!("{}", accepted.plan_id);
+        }
+        return Ok(0);
+    }
+    let bar = ProgressBar::new(accepted.total_tasks as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} tasks {msg}")
+            .expect("template"),
+    );
+    let deadline = tokio::time::sleep(Duration::from_secs(args.timeout));
+    tokio::pin!(deadline);
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    let report: Report = loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                bar.abandon_with_message("timed out");
+                eprintln!("error: timeout: plan {plan_id} is still running; see `jetmesh status {plan_id}`");
+                return Ok(1);
+            }
+            Some(_) = progress.next() => bar.inc(1),
+            Some(msg) = report_sub.next() => break codec::from_json(&msg.payload)?,
+            _ = poll.tick() => {
+                // In case the event was missed (reconnect): the stored report.
+                if let Some(r) = mesh.get_json::<Report>(&mesh.results, &mesh.names.report_key(&plan_id)).await? {
+                    break r;
+                }
+            }
+        }
+    };
+    bar.set_position(report.total_tasks as u64);
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.markdown);
+    }
+    Ok(if report.failed == 0 { 0 } else { 2 })
+}

@@ -1,0 +1,124 @@
+//! `jetmesh up` and `jetmesh demo`: the whole mesh in one process, on an
+//! embedded nats-server unless a NATS URL is configured.
+
+use crate::embedded::EmbeddedServer;
+use anyhow::{Context, Result};
+use jetmesh_shared::wire::{Report, SubmitRequest, TaskResult};
+use jetmesh_shared::{CancellationToken, Config, Mesh, codec, registry};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Data folder of the embedded nats-server (default: embedded.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Port of the embedded nats-server (default: embedded.port; `demo` picks a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+/// Starts the embedded server when no URL is set; returns it (if started) and
+/// the config pointing at the server to use.
+async fn server(mut config: Config, args: &UpArgs) -> Result<(Option<EmbeddedServer>, Config)> {
+    if !config.nats.url.is_empty() {
+        return Ok((None, config));
+    }
+    if let Some(dir) = &args.data_dir {
+        config.embedded.data_dir = dir.clone();
+    }
+    if let Some(port) = args.port {
+        config.embedded.port = port;
+    }
+    let server = EmbeddedServer::start(&config.embedded).await?;
+    config.nats.url = server.url.clone();
+    Ok((Some(server), config))
+}
+
+/// Runs the mesh until `shutdown` (Ctrl-C / SIGTERM), then drains and stops.
+pub async fn up(config: Config, args: UpArgs, shutdown: CancellationToken) -> Result<()> {
+    let (server, config) = server(config, &args).await?;
+    let result = async {
+        let mesh = Mesh::connect(config.clone(), "up").await?;
+        let pools: Vec<String> = config.pools.keys().cloned().collect();
+        eprintln!(
+            "jetmesh is up on {} with pools {}. Try:\n  nats --server {} req mesh.run.math.sum '{{\"args\":[1,2,3]}}'\nCtrl-C drains and stops.",
+            config.nats.url,
+            pools.join(", "),
+            config.nats.url
+        );
+        crate::run_all_roles(mesh, shutdown).await
+    }
+    .await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    result
+}
+
+/// Brings the mesh up, runs the demo plan and one `mesh.run`, prints both, stops.
+pub async fn demo(config: Config, mut args: UpArgs) -> Result<i32> {
+    if args.port.is_none() {
+        args.port = Some(0);
+    }
+    if args.data_dir.is_none() {
+        args.data_dir = Some(PathBuf::from(".jetmesh/demo"));
+    }
+    let (server, config) = server(config, &args).await?;
+    let shutdown = CancellationToken::new();
+    let result = async {
+        let mesh = Mesh::connect(config.clone(), "demo").await?;
+        let roles = tokio::spawn(crate::run_all_roles(mesh.clone(), shutdown.clone()));
+        let outcome = run_demo(&mesh).await;
+        shutdown.cancel();
+        roles.await??;
+        outcome
+    }
+    .await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    result
+}
+
+const DEMO_PLAN: &str = include_str!("../../../examples/plan.json");
+
+async fn run_demo(mesh: &Mesh) -> Result<i32> {
+    // Wait for the pools to register (they start alongside).
+    for _ in 0..100 {
+        let caps = registry::list(mesh).await?;
+        if ["math", "date"].iter().all(|c| caps.iter().any(|e| e.capability == *c)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("== mesh.run.math.sum {{\"args\":[1,2,3]}}");
+    let reply = mesh
+        .client
+        .request(mesh.names.run("math", "sum"), r#"{"args":[1,2,3]}"#.into())
+        .await
+        .context("mesh.run failed")?;
+    let result: TaskResult = codec::from_json(&reply.payload)?;
+    println!("{}\n", serde_json::to_string(&result)?);
+
+    let mut request: SubmitRequest = serde_json::from_str(DEMO_PLAN)?;
+    request.wait = true;
+    println!("== mesh.plans.submit examples/plan.json (wait for the report)");
+    let reply = mesh
+        .client
+        .send_request(
+            mesh.names.plans_submit(),
+            async_nats::Request::new()
+                .payload(codec::to_json(&request)?)
+                .timeout(Some(Duration::from_secs(60))),
+        )
+        .await
+        .context("submitting the demo plan failed")?;
+    let report: Report = jetmesh_shared::wire::decode_reply(codec::Encoding::Json, &reply.payload)?;
+    println!("{}", report.markdown);
+    println!(
+        "Stored as report.{} in {}; try `jetmesh up` to keep the mesh running.",
+        report.plan_id, mesh.results.name
+    );
+    Ok(if report.failed == 0 && report.pending == 0 { 0 } else { 1 })
+}

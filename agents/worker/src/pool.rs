@@ -1,0 +1,305 @@
+//! The pool runtime. One process serves one pool with `workers` concurrent
+//! slots, all pulling from the pool's durable consumer `pool_<pool>` (competing
+//! consumers: start more processes to scale out). For each task it executes the
+//! capability action, writes the result to `mesh_results` with a KV create (the
+//! first terminal result of a task wins), then acks. Retryable failures nak with
+//! a backoff; permanent ones are recorded and acked. On shutdown it stops pulling,
+//! hands back what it had buffered, and finishes what it runs.
+
+use crate::capability::{Capability, builtin};
+use async_nats::jetstream::{AckKind, Message, kv};
+use futures::StreamExt;
+use jetmesh_shared::codec::Encoding;
+use jetmesh_shared::error::{Context, Error, ErrorCode, Result};
+use jetmesh_shared::wire::{CapabilityEntry, TaskMessage, TaskResult};
+use jetmesh_shared::{Mesh, codec, ids, registry, service, shutdown, telemetry};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A running pool: its name, capabilities and identity.
+struct Pool {
+    mesh: Mesh,
+    name: String,
+    instance: String,
+    caps: Vec<Arc<dyn Capability>>,
+    ack_wait: Duration,
+}
+
+/// Runs the pool `pool` (as configured under `[pools.<pool>]`) until `shutdown`.
+/// `workers` overrides the configured slot count.
+pub async fn run(
+    mesh: Mesh,
+    pool: &str,
+    workers: Option<usize>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    ids::validate("pool", pool)?;
+    let config = mesh.config.pool(pool);
+    let workers = workers.unwrap_or(config.workers).max(1);
+    let mut caps = Vec::new();
+    for name in mesh.config.pool_capabilities(pool) {
+        let cap = builtin(&name).ok_or_else(|| {
+            Error::bad_request(format!(
+                "pool {pool}: there is no built-in capability {name:?} (built in: math, date); \
+                 a foreign worker can serve it instead"
+            ))
+        })?;
+        caps.push(cap);
+    }
+    let instance = shutdown::instance_id(pool);
+    let consumer = mesh.pool_consumer(pool).await?;
+    for cap in &caps {
+        registry::register(
+            &mesh,
+            &CapabilityEntry {
+                capability: cap.name().to_string(),
+                actions: cap.actions().iter().map(|a| a.to_string()).collect(),
+                pool: pool.to_string(),
+                encoding: config.encoding,
+                description: None,
+                registered_at: Some(jiff::Timestamp::now()),
+            },
+        )
+        .await?;
+    }
+    let svc = service::start(
+        &mesh.client,
+        "worker",
+        &instance,
+        &format!("jetmesh worker pool {pool}"),
+    )
+    .await?;
+    mesh.publish_health("worker", &instance, "started").await;
+    tracing::info!(pool, instance = %instance, workers, "The pool is taking tasks.");
+
+    let pool = Arc::new(Pool {
+        mesh: mesh.clone(),
+        name: pool.to_string(),
+        instance: instance.clone(),
+        caps,
+        ack_wait: Duration::from_secs(config.ack_wait_secs),
+    });
+    let slots = Arc::new(Semaphore::new(workers));
+    let tracker = TaskTracker::new();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(workers)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .context("cannot pull from the pool consumer")?;
+
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("semaphore open"),
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            n = messages.next() => n,
+        };
+        match next {
+            Some(Ok(msg)) => {
+                let pool = pool.clone();
+                tracker.spawn(async move {
+                    pool.handle(msg).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, pool = %pool.name, "Pulling tasks failed; retrying.");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            None => {
+                tracing::warn!(pool = %pool.name, "The pull stream ended; reopening it.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match consumer
+                    .stream()
+                    .max_messages_per_batch(workers)
+                    .messages()
+                    .await
+                {
+                    Ok(m) => messages = m,
+                    Err(error) => tracing::warn!(%error, "Cannot reopen the pull stream."),
+                }
+            }
+        }
+    }
+
+    // Hand back what was pulled but not started, so another worker takes it now
+    // rather than after the ack wait.
+    let mut handed_back = 0;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(50), messages.next()).await {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+        handed_back += 1;
+    }
+    drop(messages);
+    tracker.close();
+    let drained = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, tracker.wait()).await.is_ok();
+    tracing::info!(pool = %pool.name, handed_back, drained, "The pool stopped.");
+    mesh.publish_health("worker", &instance, "stopping").await;
+    let _ = svc.stop().await;
+    Ok(())
+}
+
+impl Pool {
+    async fn handle(&self, msg: Message) {
+        let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        let decoded = Encoding::from_headers(msg.headers.as_ref())
+            .and_then(|enc| enc.decode::<Value>(&msg.payload));
+        let value = match decoded {
+            Ok(v) => v,
+            Err(error) => return self.poison(&msg, None, &error).await,
+        };
+        let task: TaskMessage = match serde_json::from_value(value.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                let error = Error::bad_request(format!("malformed task message: {e}"));
+                return self.poison(&msg, Some(&value), &error).await;
+            }
+        };
+        if let Err(error) = ids::validate("plan id", &task.plan_id)
+            .and_then(|_| ids::validate("task id", &task.task.id))
+        {
+            return self.poison(&msg, None, &error).await;
+        }
+        let attempt = delivered.max(task.attempt);
+        let started = Instant::now();
+        let outcome = self.execute(&msg, &task).await;
+        let elapsed = started.elapsed();
+
+        let retries = task.task.retries.unwrap_or(0);
+        if let Err(e) = &outcome
+            && e.code.is_retryable()
+            && attempt <= retries
+        {
+            let delay = Duration::from_millis(500 * 2u64.pow(attempt.min(6)));
+            tracing::info!(plan_id = %task.plan_id, task_id = %task.task.id, attempt, error = %e, ?delay, "The task failed and will be retried.");
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            return;
+        }
+        let status = if outcome.is_ok() { "success" } else { "error" };
+        metrics::counter!(telemetry::TASKS_EXECUTED, "pool" => self.name.clone(), "capability" => task.task.capability.clone(), "status" => status).increment(1);
+        metrics::histogram!(telemetry::TASK_DURATION, "pool" => self.name.clone()).record(elapsed.as_secs_f64());
+        let mut result = match &outcome {
+            Ok(output) => TaskResult::success(output.clone()),
+            Err(e) => TaskResult::failure(e),
+        }
+        .for_task(&task.plan_id, &task.task.id);
+        result.duration_ms = elapsed.as_millis() as u64;
+        result.worker = Some(self.instance.clone());
+        result.attempt = attempt;
+        if let Err(error) = &outcome {
+            tracing::debug!(plan_id = %task.plan_id, task_id = %task.task.id, %error, "The task failed.");
+        }
+        self.record(&msg, &task.plan_id, &task.task.id, &result).await;
+    }
+
+    /// Executes the action, bounded by the task's timeout, with in-progress acks
+    /// while it runs so JetStream does not hand it to another worker.
+    async fn execute(&self, msg: &Message, task: &TaskMessage) -> Result<Value> {
+        let t = &task.task;
+        let cap = self
+            .caps
+            .iter()
+            .find(|c| c.name() == t.capability)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::UnknownCapability,
+                    format!("pool {} does not serve capability {:?}", self.name, t.capability),
+                )
+            })?;
+        if !cap.actions().contains(&t.action.as_str()) {
+            return Err(Error::new(
+                ErrorCode::UnknownAction,
+                format!(
+                    "capability {} has no action {:?} (it has: {})",
+                    cap.name(),
+                    t.action,
+                    cap.actions().join(", ")
+                ),
+            ));
+        }
+        let work = cap.execute(&t.action, &t.params);
+        let limit = t.timeout_ms.map(Duration::from_millis);
+        let keepalive = async {
+            let mut tick = tokio::time::interval(self.ack_wait / 2);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        };
+        let bounded = async {
+            match limit {
+                Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorCode::Timeout,
+                        format!("the task ran longer than its timeout_ms ({} ms)", limit.as_millis()),
+                    ))
+                }),
+                None => work.await,
+            }
+        };
+        tokio::select! {
+            r = bounded => r,
+            _ = keepalive => unreachable!("keepalive never ends"),
+        }
+    }
+
+    /// Writes the result (first terminal result wins), then acks.
+    async fn record(&self, msg: &Message, plan_id: &str, task_id: &str, result: &TaskResult) {
+        let key = self.mesh.names.task_key(plan_id, task_id);
+        let body = match codec::to_json(result) {
+            Ok(b) => b,
+            Err(error) => {
+                tracing::error!(%error, "Cannot encode a result.");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        match self.mesh.results.create(&key, body).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                metrics::counter!(telemetry::RESULTS_DUPLICATE, "pool" => self.name.clone()).increment(1);
+                tracing::debug!(plan_id, task_id, "A result was already recorded; this one is ignored.");
+            }
+            Err(error) => {
+                // Not recorded: let JetStream deliver the task again.
+                tracing::warn!(%error, plan_id, task_id, "Cannot record a result; the task will be redelivered.");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return;
+            }
+        }
+        if let Err(error) = msg.ack().await {
+            tracing::warn!(%error, plan_id, task_id, "Cannot ack a task (it may run again; its result is kept).");
+        }
+    }
+
+    /// A message that can never run: record an error result when its ids are
+    /// readable (so its plan still completes), and stop its redelivery.
+    async fn poison(&self, msg: &Message, value: Option<&Value>, error: &Error) {
+        metrics::counter!(telemetry::TASKS_REJECTED, "pool" => self.name.clone(), "code" => error.code.as_str()).increment(1);
+        let ids = value.and_then(|v| {
+            let plan = v.get("plan_id")?.as_str()?;
+            let task = v.get("id")?.as_str()?;
+            (ids::is_valid(plan) && ids::is_valid(task)).then(|| (plan.to_string(), task.to_string()))
+        });
+        tracing::error!(%error, subject = %msg.subject, pool = %self.name, "A task message cannot be run.");
+        match ids {
+            Some((plan, task)) => {
+                let mut result = TaskResult::failure(error).for_task(&plan, &task);
+                result.worker = Some(self.instance.clone());
+                self.record(msg, &plan, &task, &result).await;
+            }
+            None => {
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
+        }
+    }
+}
