@@ -1,0 +1,70 @@
+//! A worker written in another language joins with the foreign-worker contract
+//! alone: the Python script in tests/python registers capability `echo` and the
+//! router routes to it with no change and no restart.
+
+use jetmesh_tests::{InProcessMesh, NatsServer, Proc, python, root, test_config};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_registers_echo_and_gets_routed_tasks() {
+    let server = NatsServer::start();
+    let mesh = InProcessMesh::start(test_config(&server.url())).await;
+    let client = server.client().await;
+
+    // Before the worker exists, echo is unknown.
+    let r: Value = serde_json::from_slice(&client.request("mesh.run.echo.say", "{}".into()).await.unwrap().payload).unwrap();
+    assert_eq!(r["error"]["code"], "unknown_capability");
+
+    let mut cmd = Command::new(python());
+    cmd.arg(root().join("tests/python/echo_worker.py"))
+        .env("NATS_URL", server.url())
+        .stdout(Stdio::piped());
+    let mut worker = Proc::spawn("echo_worker.py", &mut cmd);
+    let stdout = worker.child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), ready).await.expect("worker ready in time").unwrap().unwrap();
+    assert_eq!(line.trim(), "ready", "the Python worker (needs nats-py) did not start");
+
+    // mesh.run and a plan that mixes the foreign pool with a built-in one.
+    let mut r = Value::Null;
+    for _ in 0..50 {
+        r = serde_json::from_slice(&client.request("mesh.run.echo.say", r#"{"text":"hi"}"#.into()).await.unwrap().payload).unwrap();
+        if r["status"] == "success" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(r["output"], json!({"echo": "hi"}), "{r}");
+    assert!(r["worker"].as_str().unwrap().starts_with("echo-py"));
+
+    let plan = json!({"wait": true, "subtasks": [
+        {"id": "a", "type": "echo", "action": "say", "args": [1, 2]},
+        {"id": "b", "type": "math", "action": "sum", "args": [1, 2], "depends_on": ["a"]},
+        {"id": "c", "type": "echo", "action": "say", "text": "after b", "depends_on": ["b"]},
+        {"id": "d", "type": "echo", "action": "fail"}
+    ]});
+    let reply = client
+        .send_request(
+            "mesh.plans.submit",
+            async_nats::Request::new().payload(plan.to_string().into()).timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
+    let report: Value = serde_json::from_slice(&reply.payload).unwrap();
+    let task = |id: &str| report["tasks"].as_array().unwrap().iter().find(|t| t["id"] == id).unwrap().clone();
+    assert_eq!(task("a")["output"], json!({"echo": [1, 2]}), "{report}");
+    assert_eq!(task("b")["output"], 3);
+    assert_eq!(task("c")["output"], json!({"echo": "after b"}));
+    assert_eq!(task("d")["error"]["code"], "echo_failed");
+    assert_eq!((report["completed"].as_u64(), report["failed"].as_u64()), (Some(3), Some(1)));
+
+    let status = worker.terminate(Duration::from_secs(10));
+    assert!(status.success(), "the worker stops cleanly on SIGTERM: {status}");
+    mesh.stop().await;
+}
