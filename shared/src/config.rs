@@ -258,7 +258,9 @@ impl Config {
             .merge(nats_cli_env())
             .merge(Env::prefixed("JETMESH_").ignore(&["config"]).split("__"))
             .extract()
-            .map_err(|e| Error::new(ErrorCode::BadRequest, format!("invalid configuration: {e}")))?;
+            .map_err(|e| {
+                Error::new(ErrorCode::BadRequest, format!("invalid configuration: {e}"))
+            })?;
         config.finish()
     }
 
@@ -267,7 +269,9 @@ impl Config {
         let config: Config = Figment::from(Serialized::defaults(Config::base()))
             .merge(Toml::string(toml))
             .extract()
-            .map_err(|e| Error::new(ErrorCode::BadRequest, format!("invalid configuration: {e}")))?;
+            .map_err(|e| {
+                Error::new(ErrorCode::BadRequest, format!("invalid configuration: {e}"))
+            })?;
         config.finish()
     }
 
@@ -301,7 +305,9 @@ impl Config {
                 ids::validate("capability", cap)?;
             }
             if pool.workers == 0 {
-                return Err(Error::bad_request(format!("pools.{name}.workers must be at least 1")));
+                return Err(Error::bad_request(format!(
+                    "pools.{name}.workers must be at least 1"
+                )));
             }
         }
         Ok(())
@@ -328,7 +334,10 @@ impl Config {
 fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>> {
     if let Some(p) = explicit {
         if !p.exists() {
-            return Err(Error::bad_request(format!("config file {} does not exist", p.display())));
+            return Err(Error::bad_request(format!(
+                "config file {} does not exist",
+                p.display()
+            )));
         }
         return Ok(Some(p.to_path_buf()));
     }
@@ -391,9 +400,13 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn environment_overrides_file_and_nats_url_is_honoured() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("j.toml", "[nats]\nurl = \"nats://file:4222\"\n[router]\nrun_timeout_ms = 5")?;
+            jail.create_file(
+                "j.toml",
+                "[nats]\nurl = \"nats://file:4222\"\n[router]\nrun_timeout_ms = 5",
+            )?;
             let c = Config::load(Some(Path::new("j.toml"))).unwrap();
             assert_eq!(c.nats.url, "nats://file:4222");
             assert_eq!(c.router.run_timeout_ms, 5);

@@ -53,19 +53,21 @@ pub async fn connect(nats: &NatsConfig, role: &str) -> Result<Client> {
         opts = opts.token(token.clone());
     }
     if let Some(creds) = &nats.creds {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .map_err(|e| Error::bad_request(format!("cannot read creds file {}: {e}", creds.display())))?;
+        opts = opts.credentials_file(creds).await.map_err(|e| {
+            Error::bad_request(format!("cannot read creds file {}: {e}", creds.display()))
+        })?;
     }
     let urls: Vec<async_nats::ServerAddr> = url
         .split(',')
         .map(|u| u.trim().parse())
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::bad_request(format!("invalid NATS URL {url:?}: {e}")))?;
-    opts.connect(urls)
-        .await
-        .map_err(|e| Error::new(ErrorCode::Unavailable, format!("cannot connect to NATS at {url}: {e}")))
+    opts.connect(urls).await.map_err(|e| {
+        Error::new(
+            ErrorCode::Unavailable,
+            format!("cannot connect to NATS at {url}: {e}"),
+        )
+    })
 }
 
 impl Mesh {
@@ -136,7 +138,11 @@ impl Mesh {
         };
         let registry = ensure_kv(
             &js,
-            bucket(names.registry_bucket(), "jetmesh capability registry", Duration::ZERO),
+            bucket(
+                names.registry_bucket(),
+                "jetmesh capability registry",
+                Duration::ZERO,
+            ),
         )
         .await?;
         let results = ensure_kv(
@@ -210,7 +216,11 @@ impl Mesh {
     }
 
     /// Reads and decodes a JSON KV value.
-    pub async fn get_json<T: DeserializeOwned>(&self, store: &kv::Store, key: &str) -> Result<Option<T>> {
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        store: &kv::Store,
+        key: &str,
+    ) -> Result<Option<T>> {
         match store.get(key).await.context("cannot read KV")? {
             Some(bytes) => Ok(Some(codec::from_json(&bytes)?)),
             None => Ok(None),
@@ -275,7 +285,10 @@ impl Mesh {
 
     /// The durable consumer `pool_<pool>` on `MESH_QUEUES`, created with the
     /// documented config of the foreign-worker contract if it does not exist.
-    pub async fn pool_consumer(&self, pool: &str) -> Result<consumer::Consumer<consumer::pull::Config>> {
+    pub async fn pool_consumer(
+        &self,
+        pool: &str,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>> {
         crate::ids::validate("pool", pool)?;
         let stream = self
             .js
@@ -283,7 +296,10 @@ impl Mesh {
             .await
             .context("cannot open the queue stream")?;
         stream
-            .get_or_create_consumer(&self.names.pool_consumer(pool), self.pool_consumer_config(pool))
+            .get_or_create_consumer(
+                &self.names.pool_consumer(pool),
+                self.pool_consumer_config(pool),
+            )
             .await
             .context("cannot create the pool consumer")
     }

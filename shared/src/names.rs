@@ -87,7 +87,9 @@ impl Names {
     /// The `(capability, action)` of a `mesh.run.*.*` or `mesh.tasks.*.*`
     /// subject; `None` when the subject has another shape (the caller rejects it).
     pub fn cap_action_of<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
         let rest = rest
             .strip_prefix("run.")
             .or_else(|| rest.strip_prefix("tasks."))?;
@@ -313,7 +315,10 @@ mod tests {
         assert_eq!(n.registry_bucket(), "mesh_registry");
         assert_eq!(n.results_bucket(), "mesh_results");
         assert_eq!(n.task_key("p", "t"), "task.p.t");
-        assert_eq!(n.kv_subject("mesh_results", "task.p.t"), "$KV.mesh_results.task.p.t");
+        assert_eq!(
+            n.kv_subject("mesh_results", "task.p.t"),
+            "$KV.mesh_results.task.p.t"
+        );
     }
 
     #[test]
@@ -328,7 +333,10 @@ mod tests {
     fn run_subjects_parse() {
         let n = Names::default();
         assert_eq!(n.cap_action_of("mesh.run.math.sum"), Some(("math", "sum")));
-        assert_eq!(n.cap_action_of("mesh.tasks.date.today"), Some(("date", "today")));
+        assert_eq!(
+            n.cap_action_of("mesh.tasks.date.today"),
+            Some(("date", "today"))
+        );
         assert_eq!(n.cap_action_of("mesh.run.math"), None);
         assert_eq!(n.cap_action_of("mesh.run.math.sum.x"), None);
         assert_eq!(n.cap_action_of("other.run.math.sum"), None);

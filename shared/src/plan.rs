@@ -61,7 +61,10 @@ pub fn normalize(plan: &mut Plan, max_subtasks: usize) -> Result<()> {
             if !seen.contains(dep) {
                 return Err(Error::new(
                     ErrorCode::UnknownDependency,
-                    format!("task {} depends on {dep:?}, which is not in the plan", task.id),
+                    format!(
+                        "task {} depends on {dep:?}, which is not in the plan",
+                        task.id
+                    ),
                 ));
             }
         }
@@ -108,7 +111,10 @@ fn check_acyclic(plan: &Plan) -> Result<()> {
         .collect();
     Err(Error::new(
         ErrorCode::DependencyCycle,
-        format!("the dependencies form a cycle among tasks {}", stuck.join(", ")),
+        format!(
+            "the dependencies form a cycle among tasks {}",
+            stuck.join(", ")
+        ),
     ))
 }
 
@@ -173,9 +179,18 @@ mod tests {
     fn rejects_bad_shapes_with_stable_codes() {
         let cases = [
             (json!({"subtasks":[]}), ErrorCode::BadRequest),
-            (json!({"plan_id":"a.b","subtasks":[{"type":"m","action":"a"}]}), ErrorCode::InvalidId),
-            (json!({"subtasks":[{"id":"x y","type":"m","action":"a"}]}), ErrorCode::InvalidId),
-            (json!({"subtasks":[{"id":"a","type":"m*","action":"a"}]}), ErrorCode::InvalidId),
+            (
+                json!({"plan_id":"a.b","subtasks":[{"type":"m","action":"a"}]}),
+                ErrorCode::InvalidId,
+            ),
+            (
+                json!({"subtasks":[{"id":"x y","type":"m","action":"a"}]}),
+                ErrorCode::InvalidId,
+            ),
+            (
+                json!({"subtasks":[{"id":"a","type":"m*","action":"a"}]}),
+                ErrorCode::InvalidId,
+            ),
             (
                 json!({"subtasks":[{"id":"a","type":"m","action":"a"},{"id":"a","type":"m","action":"a"}]}),
                 ErrorCode::DuplicateTaskId,
@@ -206,7 +221,8 @@ mod tests {
             let mut p = plan(v.clone());
             assert_eq!(normalize(&mut p, 100).unwrap_err().code, code, "{v}");
         }
-        let mut big = plan(json!({"subtasks":[{"type":"m","action":"a"},{"type":"m","action":"a"}]}));
+        let mut big =
+            plan(json!({"subtasks":[{"type":"m","action":"a"},{"type":"m","action":"a"}]}));
         assert_eq!(
             normalize(&mut big, 1).unwrap_err().code,
             ErrorCode::PayloadTooLarge

@@ -72,8 +72,12 @@ impl Registry {
                     tracing::info!(capability = cap, pool = %e.pool, actions = ?e.actions, "A capability is registered.");
                     caps.insert(cap.to_string(), e);
                 }
-                Ok(e) => tracing::warn!(key = %entry.key, capability = %e.capability, "A registry entry names another capability than its key; ignored."),
-                Err(error) => tracing::warn!(key = %entry.key, %error, "A registry entry cannot be read; ignored."),
+                Ok(e) => {
+                    tracing::warn!(key = %entry.key, capability = %e.capability, "A registry entry names another capability than its key; ignored.")
+                }
+                Err(error) => {
+                    tracing::warn!(key = %entry.key, %error, "A registry entry cannot be read; ignored.")
+                }
             },
             Operation::Delete | Operation::Purge => {
                 tracing::info!(capability = cap, "A capability is unregistered.");
@@ -104,7 +108,11 @@ impl Registry {
     }
 
     pub fn get(&self, capability: &str) -> Option<CapabilityEntry> {
-        self.caps.read().expect("registry lock").get(capability).cloned()
+        self.caps
+            .read()
+            .expect("registry lock")
+            .get(capability)
+            .cloned()
     }
 
     /// Every capability known now, by name.
@@ -118,7 +126,10 @@ pub async fn register(mesh: &Mesh, entry: &CapabilityEntry) -> Result<()> {
     crate::ids::validate("capability", &entry.capability)?;
     crate::ids::validate("pool", &entry.pool)?;
     mesh.registry
-        .put(mesh.names.cap_key(&entry.capability), codec::to_json(entry)?)
+        .put(
+            mesh.names.cap_key(&entry.capability),
+            codec::to_json(entry)?,
+        )
         .await
         .context("cannot register capability")?;
     Ok(())

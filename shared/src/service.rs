@@ -12,11 +12,19 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 /// Registers `jetmesh-<role>` with the service API.
-pub async fn start(client: &Client, role: &str, instance: &str, description: &str) -> Result<Service> {
+pub async fn start(
+    client: &Client,
+    role: &str,
+    instance: &str,
+    description: &str,
+) -> Result<Service> {
     let mut metadata = HashMap::new();
     metadata.insert("instance".to_string(), instance.to_string());
     metadata.insert("role".to_string(), role.to_string());
-    metadata.insert("protocol".to_string(), crate::wire::PROTOCOL_VERSION.to_string());
+    metadata.insert(
+        "protocol".to_string(),
+        crate::wire::PROTOCOL_VERSION.to_string(),
+    );
     client
         .service_builder()
         .description(description)

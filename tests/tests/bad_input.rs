@@ -9,17 +9,31 @@ use jetmesh_tests::{InProcessMesh, NatsServer, test_config};
 use serde_json::Value;
 use std::time::Duration;
 
-async fn req_raw(client: &async_nats::Client, subject: &str, body: Vec<u8>, headers: Option<async_nats::HeaderMap>) -> Value {
-    let request = async_nats::Request::new().payload(body.into()).headers(headers.unwrap_or_default());
+async fn req_raw(
+    client: &async_nats::Client,
+    subject: &str,
+    body: Vec<u8>,
+    headers: Option<async_nats::HeaderMap>,
+) -> Value {
+    let request = async_nats::Request::new()
+        .payload(body.into())
+        .headers(headers.unwrap_or_default());
     let fut = client.send_request(subject.to_string(), request);
     let reply = tokio::time::timeout(Duration::from_secs(15), fut)
         .await
         .unwrap_or_else(|_| panic!("{subject}: no reply in time"))
         .expect("reply");
-    if reply.headers.as_ref().and_then(|h| h.get(CONTENT_TYPE)).map(|v| v.as_str() == MSGPACK).unwrap_or(false) {
+    if reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(CONTENT_TYPE))
+        .map(|v| v.as_str() == MSGPACK)
+        .unwrap_or(false)
+    {
         rmp_serde::from_slice(&reply.payload).unwrap()
     } else {
-        serde_json::from_slice(&reply.payload).unwrap_or_else(|e| panic!("{subject}: reply not JSON: {e}"))
+        serde_json::from_slice(&reply.payload)
+            .unwrap_or_else(|e| panic!("{subject}: reply not JSON: {e}"))
     }
 }
 
@@ -27,7 +41,10 @@ async fn expect_code(client: &async_nats::Client, subject: &str, body: &str, cod
     let v = req_raw(client, subject, body.as_bytes().to_vec(), None).await;
     assert_eq!(v["status"], "error", "{subject} {body}: {v}");
     assert_eq!(v["error"]["code"], code, "{subject} {body}: {v}");
-    assert!(!v["error"]["message"].as_str().unwrap_or("").is_empty(), "{v}");
+    assert!(
+        !v["error"]["message"].as_str().unwrap_or("").is_empty(),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,18 +57,72 @@ async fn mesh_run_refuses_bad_input_with_stable_codes() {
 
     expect_code(&c, "mesh.run.math.sum", "{not json", "bad_request").await;
     expect_code(&c, "mesh.run.math.sum", "[1,2,3]", "bad_request").await;
-    expect_code(&c, "mesh.run.math.sum", r#"{"args":[1],"timeout_ms":"soon"}"#, "bad_request").await;
-    expect_code(&c, "mesh.run.math.sum", r#"{"args":[1],"priority":"urgent"}"#, "bad_request").await;
+    expect_code(
+        &c,
+        "mesh.run.math.sum",
+        r#"{"args":[1],"timeout_ms":"soon"}"#,
+        "bad_request",
+    )
+    .await;
+    expect_code(
+        &c,
+        "mesh.run.math.sum",
+        r#"{"args":[1],"priority":"urgent"}"#,
+        "bad_request",
+    )
+    .await;
     expect_code(&c, "mesh.run.math.sum", r#"{"args":"1,2"}"#, "invalid_args").await;
-    expect_code(&c, "mesh.run.math.sum", r#"{"args":[1,"x"]}"#, "invalid_args").await;
+    expect_code(
+        &c,
+        "mesh.run.math.sum",
+        r#"{"args":[1,"x"]}"#,
+        "invalid_args",
+    )
+    .await;
     expect_code(&c, "mesh.run.math.sum", r#"{}"#, "invalid_args").await;
-    expect_code(&c, "mesh.run.date.add_days", r#"{"args":["2024-13-45",1]}"#, "invalid_args").await;
-    expect_code(&c, "mesh.run.date.today", r#"{"timezone":"Mars/Olympus"}"#, "invalid_args").await;
+    expect_code(
+        &c,
+        "mesh.run.date.add_days",
+        r#"{"args":["2024-13-45",1]}"#,
+        "invalid_args",
+    )
+    .await;
+    expect_code(
+        &c,
+        "mesh.run.date.today",
+        r#"{"timezone":"Mars/Olympus"}"#,
+        "invalid_args",
+    )
+    .await;
     expect_code(&c, "mesh.run.email.send", r#"{}"#, "unknown_capability").await;
-    expect_code(&c, "mesh.run.math.pow", r#"{"args":[2,3]}"#, "unknown_action").await;
-    expect_code(&c, "mesh.run.math.sum", r#"{"id":"a.b","args":[1]}"#, "invalid_id").await;
-    expect_code(&c, "mesh.run.math.sum", r#"{"plan_id":"has space","args":[1]}"#, "invalid_id").await;
-    expect_code(&c, &format!("mesh.run.{}.sum", "x".repeat(65)), "{}", "invalid_id").await;
+    expect_code(
+        &c,
+        "mesh.run.math.pow",
+        r#"{"args":[2,3]}"#,
+        "unknown_action",
+    )
+    .await;
+    expect_code(
+        &c,
+        "mesh.run.math.sum",
+        r#"{"id":"a.b","args":[1]}"#,
+        "invalid_id",
+    )
+    .await;
+    expect_code(
+        &c,
+        "mesh.run.math.sum",
+        r#"{"plan_id":"has space","args":[1]}"#,
+        "invalid_id",
+    )
+    .await;
+    expect_code(
+        &c,
+        &format!("mesh.run.{}.sum", "x".repeat(65)),
+        "{}",
+        "invalid_id",
+    )
+    .await;
     expect_code(&c, "mesh.run.math.sum.extra", "{}", "bad_request").await;
     let big = format!(r#"{{"args":[1],"pad":"{}"}}"#, "x".repeat(4000));
     expect_code(&c, "mesh.run.math.sum", &big, "payload_too_large").await;
@@ -67,7 +138,13 @@ async fn mesh_run_refuses_bad_input_with_stable_codes() {
     assert_eq!(v["error"]["code"], "unsupported_encoding", "{v}");
 
     // Still healthy.
-    let v = req_raw(&c, "mesh.run.math.sum", br#"{"args":[1,2,3]}"#.to_vec(), None).await;
+    let v = req_raw(
+        &c,
+        "mesh.run.math.sum",
+        br#"{"args":[1,2,3]}"#.to_vec(),
+        None,
+    )
+    .await;
     assert_eq!(v["output"], 6);
     mesh.stop().await;
 }
@@ -86,14 +163,50 @@ async fn plan_submit_refuses_bad_plans_with_stable_codes() {
     expect_code(&c, s, "{\"subtasks\": [", "bad_request").await;
     expect_code(&c, s, r#"{"subtasks":"t1"}"#, "bad_request").await;
     expect_code(&c, s, &t(r#"{"id":"t1","type":"math"}"#), "bad_request").await;
-    expect_code(&c, s, &t(r#"{"id":"t1","type":"math","action":"sum","depends_on":"t0"}"#), "bad_request").await;
+    expect_code(
+        &c,
+        s,
+        &t(r#"{"id":"t1","type":"math","action":"sum","depends_on":"t0"}"#),
+        "bad_request",
+    )
+    .await;
     expect_code(&c, s, r#"{}"#, "bad_request").await;
     expect_code(&c, s, r#"{"subtasks":[]}"#, "bad_request").await;
-    expect_code(&c, s, r#"{"goal":"book me a flight"}"#, "no_planner_provider").await;
-    expect_code(&c, s, &t(r#"{"id":"t1","type":"email","action":"send"}"#), "unknown_capability").await;
-    expect_code(&c, s, &t(r#"{"id":"t1","type":"math","action":"pow"}"#), "unknown_action").await;
-    expect_code(&c, s, r#"{"plan_id":"bad.id","subtasks":[{"type":"math","action":"sum"}]}"#, "invalid_id").await;
-    expect_code(&c, s, &t(r#"{"id":"t*","type":"math","action":"sum"}"#), "invalid_id").await;
+    expect_code(
+        &c,
+        s,
+        r#"{"goal":"book me a flight"}"#,
+        "no_planner_provider",
+    )
+    .await;
+    expect_code(
+        &c,
+        s,
+        &t(r#"{"id":"t1","type":"email","action":"send"}"#),
+        "unknown_capability",
+    )
+    .await;
+    expect_code(
+        &c,
+        s,
+        &t(r#"{"id":"t1","type":"math","action":"pow"}"#),
+        "unknown_action",
+    )
+    .await;
+    expect_code(
+        &c,
+        s,
+        r#"{"plan_id":"bad.id","subtasks":[{"type":"math","action":"sum"}]}"#,
+        "invalid_id",
+    )
+    .await;
+    expect_code(
+        &c,
+        s,
+        &t(r#"{"id":"t*","type":"math","action":"sum"}"#),
+        "invalid_id",
+    )
+    .await;
     expect_code(
         &c,
         s,
@@ -101,7 +214,13 @@ async fn plan_submit_refuses_bad_plans_with_stable_codes() {
         "duplicate_task_id",
     )
     .await;
-    expect_code(&c, s, &t(r#"{"id":"a","type":"math","action":"sum","depends_on":["ghost"]}"#), "unknown_dependency").await;
+    expect_code(
+        &c,
+        s,
+        &t(r#"{"id":"a","type":"math","action":"sum","depends_on":["ghost"]}"#),
+        "unknown_dependency",
+    )
+    .await;
     expect_code(
         &c,
         s,
@@ -109,9 +228,15 @@ async fn plan_submit_refuses_bad_plans_with_stable_codes() {
         "dependency_cycle",
     )
     .await;
-    let six = (0..6).map(|i| format!(r#"{{"id":"t{i}","type":"math","action":"sum","args":[1]}}"#)).collect::<Vec<_>>().join(",");
+    let six = (0..6)
+        .map(|i| format!(r#"{{"id":"t{i}","type":"math","action":"sum","args":[1]}}"#))
+        .collect::<Vec<_>>()
+        .join(",");
     expect_code(&c, s, &t(&six), "payload_too_large").await;
-    let big = format!(r#"{{"goal":"{}","subtasks":[{{"type":"math","action":"sum"}}]}}"#, "x".repeat(9000));
+    let big = format!(
+        r#"{{"goal":"{}","subtasks":[{{"type":"math","action":"sum"}}]}}"#,
+        "x".repeat(9000)
+    );
     expect_code(&c, s, &big, "payload_too_large").await;
 
     // A plan id can be used once.
@@ -134,16 +259,30 @@ async fn bad_tasks_on_mesh_tasks_become_error_results() {
     let m = &mesh.mesh;
     let mut results = c.subscribe("$KV.mesh_results.task.>").await.unwrap();
     c.flush().await.unwrap();
-    c.publish("mesh.tasks.email.send", r#"{"id":"nocap"}"#.into()).await.unwrap();
-    c.publish("mesh.tasks.math.pow", r#"{"id":"noact","args":[1]}"#.into()).await.unwrap();
-    c.publish("mesh.tasks.math.sum", r#"{"id":"badargs","args":"x"}"#.into()).await.unwrap();
+    c.publish("mesh.tasks.email.send", r#"{"id":"nocap"}"#.into())
+        .await
+        .unwrap();
+    c.publish("mesh.tasks.math.pow", r#"{"id":"noact","args":[1]}"#.into())
+        .await
+        .unwrap();
+    c.publish(
+        "mesh.tasks.math.sum",
+        r#"{"id":"badargs","args":"x"}"#.into(),
+    )
+    .await
+    .unwrap();
     let ack: Value = serde_json::from_slice(
-        &c.request("mesh.tasks.math.sum", "{oops".into()).await.unwrap().payload,
+        &c.request("mesh.tasks.math.sum", "{oops".into())
+            .await
+            .unwrap()
+            .payload,
     )
     .unwrap();
     let seq = ack["seq"].as_u64().unwrap();
     for _ in 0..4 {
-        tokio::time::timeout(Duration::from_secs(10), results.next()).await.expect("every bad task gets a result");
+        tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .expect("every bad task gets a result");
     }
     let code = |key: String| async move {
         let r: TaskResult = m.get_json(&m.results, &key).await.unwrap().expect(&key);
@@ -152,6 +291,9 @@ async fn bad_tasks_on_mesh_tasks_become_error_results() {
     assert_eq!(code("task.nocap.nocap".into()).await, "unknown_capability");
     assert_eq!(code("task.noact.noact".into()).await, "unknown_action");
     assert_eq!(code("task.badargs.badargs".into()).await, "invalid_args");
-    assert_eq!(code(format!("task.tasks-{seq}.tasks-{seq}")).await, "bad_request");
+    assert_eq!(
+        code(format!("task.tasks-{seq}.tasks-{seq}")).await,
+        "bad_request"
+    );
     mesh.stop().await;
 }

@@ -39,31 +39,88 @@ async fn seed_plan_runs_end_to_end_with_dependencies() {
             {"id": "t4", "type": "math", "action": "multiply", "args": [5, 6], "depends_on": ["t1"]}
         ]
     });
-    let report: Report = serde_json::from_value(request(&client, "mesh.plans.submit", plan).await).unwrap();
+    let report: Report =
+        serde_json::from_value(request(&client, "mesh.plans.submit", plan).await).unwrap();
     assert_eq!(report.plan_id, "abc123");
-    assert_eq!((report.total_tasks, report.completed, report.failed, report.pending), (3, 3, 0, 0));
+    assert_eq!(
+        (
+            report.total_tasks,
+            report.completed,
+            report.failed,
+            report.pending
+        ),
+        (3, 3, 0, 0)
+    );
     let by_id = |id: &str| report.tasks.iter().find(|t| t.id == id).unwrap().clone();
     assert_eq!(by_id("t1").output, Some(json!(6)));
-    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date().to_string();
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
     assert_eq!(by_id("t2").output, Some(json!(today)));
     assert_eq!(by_id("t4").output, Some(json!(30)));
-    assert!(report.markdown.contains("| t4 | math | multiply | success | 30 |"), "{}", report.markdown);
+    assert!(
+        report
+            .markdown
+            .contains("| t4 | math | multiply | success | 30 |"),
+        "{}",
+        report.markdown
+    );
 
     // Results and counts are readable in mesh_results.
     let m = &mesh.mesh;
-    let t1: TaskResult = m.get_json(&m.results, "task.abc123.t1").await.unwrap().unwrap();
-    let t4: TaskResult = m.get_json(&m.results, "task.abc123.t4").await.unwrap().unwrap();
+    let t1: TaskResult = m
+        .get_json(&m.results, "task.abc123.t1")
+        .await
+        .unwrap()
+        .unwrap();
+    let t4: TaskResult = m
+        .get_json(&m.results, "task.abc123.t4")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(t1.output, Some(json!(6)));
-    assert!(t4.finished_at.unwrap() >= t1.finished_at.unwrap(), "t4 ran after t1");
-    let counts: PlanCounts = m.get_json(&m.results, "plan.abc123").await.unwrap().unwrap();
-    assert_eq!((counts.total_tasks, counts.completed, counts.failed, counts.pending), (3, 3, 0, 0));
+    assert!(
+        t4.finished_at.unwrap() >= t1.finished_at.unwrap(),
+        "t4 ran after t1"
+    );
+    let counts: PlanCounts = m
+        .get_json(&m.results, "plan.abc123")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            counts.total_tasks,
+            counts.completed,
+            counts.failed,
+            counts.pending
+        ),
+        (3, 3, 0, 0)
+    );
     assert_eq!(counts.status, PlanStatus::Completed);
-    let stored: Report = m.get_json(&m.results, "report.abc123").await.unwrap().unwrap();
+    let stored: Report = m
+        .get_json(&m.results, "report.abc123")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.completed, 3);
 
     // The dependent waited: it was not dispatched before t1's result existed.
-    let t1_rev = m.results.entry("task.abc123.t1").await.unwrap().unwrap().revision;
-    let t4_rev = m.results.entry("task.abc123.t4").await.unwrap().unwrap().revision;
+    let t1_rev = m
+        .results
+        .entry("task.abc123.t1")
+        .await
+        .unwrap()
+        .unwrap()
+        .revision;
+    let t4_rev = m
+        .results
+        .entry("task.abc123.t4")
+        .await
+        .unwrap()
+        .unwrap()
+        .revision;
     assert!(t4_rev > t1_rev);
 
     // mesh.plans.get shows every task.
@@ -90,8 +147,19 @@ async fn a_failing_task_fails_alone_and_its_dependents_are_skipped() {
     )
     .await;
     assert_eq!(report["status"], "completed");
-    assert_eq!((report["completed"].as_u64(), report["failed"].as_u64()), (Some(1), Some(2)));
-    let task = |id: &str| report["tasks"].as_array().unwrap().iter().find(|t| t["id"] == id).unwrap().clone();
+    assert_eq!(
+        (report["completed"].as_u64(), report["failed"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let task = |id: &str| {
+        report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(task("ok")["output"], 4);
     assert_eq!(task("bad")["error"]["code"], "division_by_zero");
     assert_eq!(task("after")["error"]["code"], "dependency_failed");
@@ -117,7 +185,10 @@ async fn accepted_plans_complete_without_waiting_and_msgpack_pools_work() {
         ]}),
     )
     .await;
-    assert_eq!(accepted, json!({"plan_id": "p-async", "status": "accepted", "total_tasks": 2}));
+    assert_eq!(
+        accepted,
+        json!({"plan_id": "p-async", "status": "accepted", "total_tasks": 2})
+    );
     // Every seed channel is published, in order, for this plan.
     let mut kinds = Vec::new();
     while kinds.len() < 4 {
@@ -127,11 +198,27 @@ async fn accepted_plans_complete_without_waiting_and_msgpack_pools_work() {
             .unwrap();
         kinds.push(msg.subject.as_str().split('.').nth(2).unwrap().to_string());
     }
-    assert_eq!(kinds, ["task_available", "plan_ready", "aggregation_ready", "final_report"]);
+    assert_eq!(
+        kinds,
+        [
+            "task_available",
+            "plan_ready",
+            "aggregation_ready",
+            "final_report"
+        ]
+    );
     let m = &mesh.mesh;
-    let t1: TaskResult = m.get_json(&m.results, "task.p-async.t1").await.unwrap().unwrap();
+    let t1: TaskResult = m
+        .get_json(&m.results, "task.p-async.t1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(t1.output, Some(json!(3)));
-    let t2: TaskResult = m.get_json(&m.results, "task.p-async.t2").await.unwrap().unwrap();
+    let t2: TaskResult = m
+        .get_json(&m.results, "task.p-async.t2")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(t2.output, Some(json!("2024-02-29")));
 
     // A msgpack request gets a msgpack reply.
@@ -142,7 +229,10 @@ async fn accepted_plans_complete_without_waiting_and_msgpack_pools_work() {
         .request_with_headers("mesh.run.math.multiply", headers, body.into())
         .await
         .unwrap();
-    assert_eq!(reply.headers.unwrap().get(CONTENT_TYPE).unwrap().as_str(), MSGPACK);
+    assert_eq!(
+        reply.headers.unwrap().get(CONTENT_TYPE).unwrap().as_str(),
+        MSGPACK
+    );
     let result: TaskResult = rmp_serde::from_slice(&reply.payload).unwrap();
     assert_eq!(result.output, Some(json!(20)));
     mesh.stop().await;

@@ -15,7 +15,14 @@ async fn python_worker_registers_echo_and_gets_routed_tasks() {
     let client = server.client().await;
 
     // Before the worker exists, echo is unknown.
-    let r: Value = serde_json::from_slice(&client.request("mesh.run.echo.say", "{}".into()).await.unwrap().payload).unwrap();
+    let r: Value = serde_json::from_slice(
+        &client
+            .request("mesh.run.echo.say", "{}".into())
+            .await
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
     assert_eq!(r["error"]["code"], "unknown_capability");
 
     let mut cmd = Command::new(python());
@@ -28,13 +35,28 @@ async fn python_worker_registers_echo_and_gets_routed_tasks() {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).map(|_| line)
     });
-    let line = tokio::time::timeout(Duration::from_secs(20), ready).await.expect("worker ready in time").unwrap().unwrap();
-    assert_eq!(line.trim(), "ready", "the Python worker (needs nats-py) did not start");
+    let line = tokio::time::timeout(Duration::from_secs(20), ready)
+        .await
+        .expect("worker ready in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the Python worker (needs nats-py) did not start"
+    );
 
     // mesh.run and a plan that mixes the foreign pool with a built-in one.
     let mut r = Value::Null;
     for _ in 0..50 {
-        r = serde_json::from_slice(&client.request("mesh.run.echo.say", r#"{"text":"hi"}"#.into()).await.unwrap().payload).unwrap();
+        r = serde_json::from_slice(
+            &client
+                .request("mesh.run.echo.say", r#"{"text":"hi"}"#.into())
+                .await
+                .unwrap()
+                .payload,
+        )
+        .unwrap();
         if r["status"] == "success" {
             break;
         }
@@ -52,19 +74,35 @@ async fn python_worker_registers_echo_and_gets_routed_tasks() {
     let reply = client
         .send_request(
             "mesh.plans.submit",
-            async_nats::Request::new().payload(plan.to_string().into()).timeout(Some(Duration::from_secs(30))),
+            async_nats::Request::new()
+                .payload(plan.to_string().into())
+                .timeout(Some(Duration::from_secs(30))),
         )
         .await
         .unwrap();
     let report: Value = serde_json::from_slice(&reply.payload).unwrap();
-    let task = |id: &str| report["tasks"].as_array().unwrap().iter().find(|t| t["id"] == id).unwrap().clone();
+    let task = |id: &str| {
+        report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(task("a")["output"], json!({"echo": [1, 2]}), "{report}");
     assert_eq!(task("b")["output"], 3);
     assert_eq!(task("c")["output"], json!({"echo": "after b"}));
     assert_eq!(task("d")["error"]["code"], "echo_failed");
-    assert_eq!((report["completed"].as_u64(), report["failed"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        (report["completed"].as_u64(), report["failed"].as_u64()),
+        (Some(3), Some(1))
+    );
 
     let status = worker.terminate(Duration::from_secs(10));
-    assert!(status.success(), "the worker stops cleanly on SIGTERM: {status}");
+    assert!(
+        status.success(),
+        "the worker stops cleanly on SIGTERM: {status}"
+    );
     mesh.stop().await;
 }

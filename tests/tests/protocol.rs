@@ -8,7 +8,10 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 async fn req(client: &async_nats::Client, subject: &str, body: &str) -> Value {
-    let reply = client.request(subject.to_string(), body.to_string().into()).await.expect("reply");
+    let reply = client
+        .request(subject.to_string(), body.to_string().into())
+        .await
+        .expect("reply");
     serde_json::from_slice(&reply.payload).expect("JSON reply")
 }
 
@@ -36,8 +39,16 @@ async fn mesh_run_round_trip_plain_json() {
     let r = req(&client, "mesh.run.date.today", "").await;
     assert_eq!(r["status"], "success");
     // Named ids are kept.
-    let r = req(&client, "mesh.run.date.timezone", r#"{"id":"tz1","datetime":"2024-01-15T10:00:00Z","to":"Asia/Ho_Chi_Minh"}"#).await;
-    assert_eq!((r["plan_id"].as_str(), r["task_id"].as_str()), (Some("tz1"), Some("tz1")));
+    let r = req(
+        &client,
+        "mesh.run.date.timezone",
+        r#"{"id":"tz1","datetime":"2024-01-15T10:00:00Z","to":"Asia/Ho_Chi_Minh"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r["plan_id"].as_str(), r["task_id"].as_str()),
+        (Some("tz1"), Some("tz1"))
+    );
     assert_eq!(r["output"]["datetime"], "2024-01-15T17:00:00+07:00");
     // A task error is a result with status error.
     let r = req(&client, "mesh.run.math.divide", r#"{"args":[1,0]}"#).await;
@@ -56,19 +67,41 @@ async fn mesh_tasks_round_trip_plain_json() {
     client.flush().await.unwrap();
 
     // Fire and forget with an id: the result lands at task.<id>.<id>.
-    client.publish("mesh.tasks.math.multiply", r#"{"id":"job42","args":[5,6]}"#.into()).await.unwrap();
+    client
+        .publish(
+            "mesh.tasks.math.multiply",
+            r#"{"id":"job42","args":[5,6]}"#.into(),
+        )
+        .await
+        .unwrap();
     // With a plan id and a task id.
-    client.publish("mesh.tasks.math.sum", r#"{"plan_id":"batch7","id":"a","args":[1,1]}"#.into()).await.unwrap();
+    client
+        .publish(
+            "mesh.tasks.math.sum",
+            r#"{"plan_id":"batch7","id":"a","args":[1,1]}"#.into(),
+        )
+        .await
+        .unwrap();
     // No ids: `nats req` shows the stream sequence, and the ids are tasks-<seq>.
     let ack = req(&client, "mesh.tasks.math.subtract", r#"{"args":[10,4]}"#).await;
     let seq = ack["seq"].as_u64().expect("a JetStream PubAck");
     for _ in 0..3 {
-        tokio::time::timeout(Duration::from_secs(10), results.next()).await.expect("result in time");
+        tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .expect("result in time");
     }
-    let get = |key: String| async move { m.get_json::<TaskResult>(&m.results, &key).await.unwrap().expect(&key) };
+    let get = |key: String| async move {
+        m.get_json::<TaskResult>(&m.results, &key)
+            .await
+            .unwrap()
+            .expect(&key)
+    };
     assert_eq!(get("task.job42.job42".into()).await.output, Some(json!(30)));
     assert_eq!(get("task.batch7.a".into()).await.output, Some(json!(2)));
-    assert_eq!(get(format!("task.tasks-{seq}.tasks-{seq}")).await.output, Some(json!(6)));
+    assert_eq!(
+        get(format!("task.tasks-{seq}.tasks-{seq}")).await.output,
+        Some(json!(6))
+    );
     mesh.stop().await;
 }
 
@@ -79,17 +112,36 @@ async fn every_role_answers_the_service_api() {
     let client = server.client().await;
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await.unwrap();
-    client.publish_with_reply("$SRV.PING", inbox, "".into()).await.unwrap();
+    client
+        .publish_with_reply("$SRV.PING", inbox, "".into())
+        .await
+        .unwrap();
     let mut names = std::collections::BTreeSet::new();
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
         let v: Value = serde_json::from_slice(&msg.payload).unwrap();
         names.insert(v["name"].as_str().unwrap().to_string());
     }
-    for role in ["chief", "planner", "router", "worker", "aggregator", "summary"] {
-        assert!(names.contains(&format!("jetmesh-{role}")), "{role} missing from {names:?}");
+    for role in [
+        "chief",
+        "planner",
+        "router",
+        "worker",
+        "aggregator",
+        "summary",
+    ] {
+        assert!(
+            names.contains(&format!("jetmesh-{role}")),
+            "{role} missing from {names:?}"
+        );
     }
-    let info = client.request("$SRV.INFO.jetmesh-router", "".into()).await.unwrap();
+    let info = client
+        .request("$SRV.INFO.jetmesh-router", "".into())
+        .await
+        .unwrap();
     let info: Value = serde_json::from_slice(&info.payload).unwrap();
-    assert!(info["endpoints"].to_string().contains("mesh.run.>"), "{info}");
+    assert!(
+        info["endpoints"].to_string().contains("mesh.run.>"),
+        "{info}"
+    );
     mesh.stop().await;
 }

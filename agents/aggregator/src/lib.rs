@@ -56,13 +56,16 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let svc = service::start(&mesh.client, "aggregator", &instance, "jetmesh aggregator").await?;
     // Results first (from now), then plans with their history: a plan seen in
     // the replay is scanned for results written before the results watch began.
-    let mut results = mesh.watch_new(&mesh.results, &mesh.names.task_key_all()).await?;
+    let mut results = mesh
+        .watch_new(&mesh.results, &mesh.names.task_key_all())
+        .await?;
     let mut plans = mesh
         .plans
         .watch(mesh.names.plan_key_all())
         .await
         .map_err(|e| jetmesh_shared::Error::unavailable("cannot watch plans", e))?;
-    mesh.publish_health("aggregator", &instance, "started").await;
+    mesh.publish_health("aggregator", &instance, "started")
+        .await;
     tracing::info!(instance = %instance, "The aggregator is counting.");
 
     let mut tallies: HashMap<String, Tally> = HashMap::new();
@@ -114,7 +117,8 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         }
     }
     flush_counts(&mesh, &mut tallies).await;
-    mesh.publish_health("aggregator", &instance, "stopping").await;
+    mesh.publish_health("aggregator", &instance, "stopping")
+        .await;
     let _ = svc.stop().await;
     Ok(())
 }
@@ -126,23 +130,32 @@ async fn start_tally(mesh: &Mesh, record: PlanRecord) -> Tally {
         done: HashMap::new(),
         dirty: true,
     };
-    match mesh.scan(&mesh.results, &mesh.names.task_key_plan(&plan_id)).await {
+    match mesh
+        .scan(&mesh.results, &mesh.names.task_key_plan(&plan_id))
+        .await
+    {
         Ok(entries) => {
             for e in entries {
                 if let Some((_, task)) = names::parse_task_key(&e.key) {
-                    let ok = codec::from_json::<TaskResult>(&e.value).map(|r| r.is_success()).unwrap_or(false);
+                    let ok = codec::from_json::<TaskResult>(&e.value)
+                        .map(|r| r.is_success())
+                        .unwrap_or(false);
                     tally.apply(task, ok);
                 }
             }
         }
-        Err(error) => tracing::warn!(%error, plan_id, "Cannot scan a plan's results; counting from now."),
+        Err(error) => {
+            tracing::warn!(%error, plan_id, "Cannot scan a plan's results; counting from now.")
+        }
     }
     metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").increment(1.0);
     tally
 }
 
 async fn finish_if_complete(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, plan_id: &str) {
-    let Some(tally) = tallies.get(plan_id) else { return };
+    let Some(tally) = tallies.get(plan_id) else {
+        return;
+    };
     if !tally.complete() {
         return;
     }
@@ -160,7 +173,10 @@ async fn finish_if_complete(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, p
     // Retry until stored: losing this event would leave the plan unreported.
     let mut delay = Duration::from_millis(100);
     loop {
-        match mesh.publish_event(EventKind::AggregationReady, plan_id, &event).await {
+        match mesh
+            .publish_event(EventKind::AggregationReady, plan_id, &event)
+            .await
+        {
             Ok(()) => break,
             Err(error) => {
                 tracing::warn!(%error, plan_id, "Cannot publish aggregation_ready; retrying.");
@@ -169,7 +185,13 @@ async fn finish_if_complete(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, p
             }
         }
     }
-    tracing::info!(plan_id, total = counts.total_tasks, completed = counts.completed, failed = counts.failed, "Every task of the plan is done.");
+    tracing::info!(
+        plan_id,
+        total = counts.total_tasks,
+        completed = counts.completed,
+        failed = counts.failed,
+        "Every task of the plan is done."
+    );
     metrics::counter!(telemetry::PLANS_COMPLETED).increment(1);
     metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").decrement(1.0);
     tallies.remove(plan_id);
@@ -187,7 +209,10 @@ async fn flush_counts(mesh: &Mesh, tallies: &mut HashMap<String, Tally>) {
 
 async fn write_counts(mesh: &Mesh, counts: &PlanCounts) -> Result<()> {
     mesh.results
-        .put(mesh.names.plan_key(&counts.plan_id), codec::to_json(counts)?)
+        .put(
+            mesh.names.plan_key(&counts.plan_id),
+            codec::to_json(counts)?,
+        )
         .await
         .map_err(|e| jetmesh_shared::Error::unavailable("cannot write plan counts", e))?;
     Ok(())

@@ -72,7 +72,8 @@ async fn on_submit(mesh: Mesh, request: Request) {
         Ok(Submitted::Accepted(reply)) => service::respond(&request, enc, &Ok(reply)).await,
         Ok(Submitted::Report(report)) => service::respond(&request, enc, &Ok(*report)).await,
         Err((error, plan_id)) => {
-            metrics::counter!(telemetry::PLANS_REJECTED, "code" => error.code.as_str()).increment(1);
+            metrics::counter!(telemetry::PLANS_REJECTED, "code" => error.code.as_str())
+                .increment(1);
             let mut reply = wire::ErrorReply::new(&error);
             reply.plan_id = plan_id;
             service::respond(&request, enc, &Ok(reply)).await
@@ -89,9 +90,12 @@ type SubmitError = (Error, Option<String>);
 
 async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted, SubmitError> {
     let msg = &request.message;
-    let (req, _): (SubmitRequest, _) =
-        codec::decode_message(msg.headers.as_ref(), &msg.payload, mesh.config.mesh.max_request_bytes)
-            .map_err(|e| (e, None))?;
+    let (req, _): (SubmitRequest, _) = codec::decode_message(
+        msg.headers.as_ref(),
+        &msg.payload,
+        mesh.config.mesh.max_request_bytes,
+    )
+    .map_err(|e| (e, None))?;
     let mut plan = req.plan;
     if plan.plan_id.is_empty() {
         plan.plan_id = ids::generate();
@@ -121,14 +125,19 @@ async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted
     };
     match mesh
         .plans
-        .create(mesh.names.plan_key(&plan_id), codec::to_json(&record).map_err(fail)?)
+        .create(
+            mesh.names.plan_key(&plan_id),
+            codec::to_json(&record).map_err(fail)?,
+        )
         .await
     {
         Ok(_) => {}
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
             return Err(fail(Error::new(
                 ErrorCode::DuplicatePlan,
-                format!("plan id {plan_id} is already in use; leave plan_id out to get a fresh one"),
+                format!(
+                    "plan id {plan_id} is already in use; leave plan_id out to get a fresh one"
+                ),
             )));
         }
         Err(e) => return Err(fail(Error::unavailable("cannot store the plan", e))),
@@ -143,7 +152,10 @@ async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted
         updated_at: Some(jiff::Timestamp::now()),
     };
     mesh.results
-        .put(mesh.names.plan_key(&plan_id), codec::to_json(&counts).map_err(fail)?)
+        .put(
+            mesh.names.plan_key(&plan_id),
+            codec::to_json(&counts).map_err(fail)?,
+        )
         .await
         .context("cannot write plan counts")
         .map_err(fail)?;
@@ -178,13 +190,19 @@ async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted
             total_tasks: total,
         }));
     };
-    let wait = Duration::from_millis(req.wait_timeout_ms.unwrap_or(mesh.config.chief.wait_timeout_ms));
+    let wait = Duration::from_millis(
+        req.wait_timeout_ms
+            .unwrap_or(mesh.config.chief.wait_timeout_ms),
+    );
     match tokio::time::timeout(wait, sub.next()).await {
         Ok(Some(msg)) => {
             let report: Report = codec::from_json(&msg.payload).map_err(fail)?;
             Ok(Submitted::Report(Box::new(report)))
         }
-        Ok(None) => Err(fail(Error::new(ErrorCode::Unavailable, "the report subscription closed"))),
+        Ok(None) => Err(fail(Error::new(
+            ErrorCode::Unavailable,
+            "the report subscription closed",
+        ))),
         Err(_) => Err(fail(Error::new(
             ErrorCode::Timeout,
             format!(
@@ -199,7 +217,9 @@ async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted
 async fn ask_planner(mesh: &Mesh, plan: Plan) -> Result<Plan> {
     let body = codec::to_json(&PlannerRequest { plan })?;
     let timeout = Duration::from_millis(mesh.config.chief.planner_timeout_ms);
-    let request = async_nats::Request::new().payload(body).timeout(Some(timeout));
+    let request = async_nats::Request::new()
+        .payload(body)
+        .timeout(Some(timeout));
     let reply = mesh
         .client
         .send_request(mesh.names.planner_plan(), request)
@@ -226,12 +246,18 @@ async fn on_get(mesh: Mesh, request: Request) {
 /// The status of a plan (or of a single task's plan of one).
 pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
     ids::validate("plan id", plan_id)?;
-    let record: Option<PlanRecord> = mesh.get_json(&mesh.plans, &mesh.names.plan_key(plan_id)).await?;
-    let entries = mesh.scan(&mesh.results, &mesh.names.task_key_plan(plan_id)).await?;
+    let record: Option<PlanRecord> = mesh
+        .get_json(&mesh.plans, &mesh.names.plan_key(plan_id))
+        .await?;
+    let entries = mesh
+        .scan(&mesh.results, &mesh.names.task_key_plan(plan_id))
+        .await?;
     let mut results: Map<String, Value> = Map::new();
     let (mut completed, mut failed) = (0, 0);
     for e in &entries {
-        let Some((_, task)) = names::parse_task_key(&e.key) else { continue };
+        let Some((_, task)) = names::parse_task_key(&e.key) else {
+            continue;
+        };
         let value: Value = codec::from_json(&e.value).unwrap_or(Value::Null);
         match serde_json::from_value::<TaskResult>(value.clone()) {
             Ok(r) if r.is_success() => completed += 1,
@@ -241,7 +267,10 @@ pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
     }
     let Some(record) = record else {
         if results.is_empty() {
-            return Err(Error::new(ErrorCode::NotFound, format!("no plan or task has id {plan_id}")));
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("no plan or task has id {plan_id}"),
+            ));
         }
         let total = results.len();
         return Ok(PlanView {
@@ -265,14 +294,20 @@ pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
     }
     let total = record.plan.subtasks.len();
     let pending = total.saturating_sub(completed + failed);
-    let report: Option<Report> = mesh.get_json(&mesh.results, &mesh.names.report_key(plan_id)).await?;
+    let report: Option<Report> = mesh
+        .get_json(&mesh.results, &mesh.names.report_key(plan_id))
+        .await?;
     let status = match (record.status, pending) {
         (PlanStatus::Running, 0) => PlanStatus::Completed,
         (s, _) => s,
     };
     Ok(PlanView {
         plan_id: plan_id.to_string(),
-        status: if report.is_some() { PlanStatus::Reported } else { status },
+        status: if report.is_some() {
+            PlanStatus::Reported
+        } else {
+            status
+        },
         total_tasks: total,
         completed,
         failed,
@@ -295,7 +330,9 @@ async fn follow_reports(mesh: Mesh, shutdown: CancellationToken) {
             return;
         }
     };
-    let Ok(messages) = consumer.messages().await else { return };
+    let Ok(messages) = consumer.messages().await else {
+        return;
+    };
     let mut messages = std::pin::pin!(messages.take_until(shutdown.cancelled()));
     while let Some(msg) = messages.next().await {
         let Ok(msg) = msg else { continue };

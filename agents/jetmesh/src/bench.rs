@@ -59,7 +59,10 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     let figures = result?;
     println!("\n| measure | jetmesh | baseline | ratio |\n|---|---|---|---|");
     for f in figures {
-        println!("| {} | {} | {} | {} |", f.name, f.value, f.baseline, f.ratio);
+        println!(
+            "| {} | {} | {} | {} |",
+            f.name, f.value, f.baseline, f.ratio
+        );
     }
     Ok(())
 }
@@ -68,11 +71,16 @@ async fn measure(mut config: Config, args: &BenchArgs) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let client = jetmesh_shared::mesh::connect(&config.nats, "bench").await?;
 
-    eprintln!("(a) raw JetStream loop, {} messages, {} consumers ...", args.tasks, args.workers);
+    eprintln!(
+        "(a) raw JetStream loop, {} messages, {} consumers ...",
+        args.tasks, args.workers
+    );
     let raw = raw_loop(&client, args.tasks, args.workers).await?;
     eprintln!("    {raw:.0} msg/s");
 
-    config.pools.retain(|name, _| name == "math" || name == "date");
+    config
+        .pools
+        .retain(|name, _| name == "math" || name == "date");
     if let Some(math) = config.pools.get_mut("math") {
         math.workers = args.workers;
     }
@@ -81,7 +89,10 @@ async fn measure(mut config: Config, args: &BenchArgs) -> Result<Vec<Figure>> {
     let roles = tokio::spawn(crate::run_all_roles(mesh.clone(), shutdown.clone()));
     wait_for_math(&mesh).await?;
 
-    eprintln!("(b) jetmesh single tasks via mesh.tasks, {} tasks ...", args.tasks);
+    eprintln!(
+        "(b) jetmesh single tasks via mesh.tasks, {} tasks ...",
+        args.tasks
+    );
     let single = single_tasks(&mesh, args.tasks).await?;
     eprintln!("    {single:.0} tasks/s");
     figures.push(Figure {
@@ -134,7 +145,11 @@ async fn measure(mut config: Config, args: &BenchArgs) -> Result<Vec<Figure>> {
 
 async fn wait_for_math(mesh: &Mesh) -> Result<()> {
     for _ in 0..100 {
-        if registry::list(mesh).await?.iter().any(|c| c.capability == "math") {
+        if registry::list(mesh)
+            .await?
+            .iter()
+            .any(|c| c.capability == "math")
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -143,7 +158,10 @@ async fn wait_for_math(mesh: &Mesh) -> Result<()> {
 }
 
 /// Publishes with acks in flight, as fast as the server takes them.
-async fn publish_all(js: &jetstream::Context, subjects: impl Iterator<Item = (String, bytes::Bytes)> + Send) -> Result<()> {
+async fn publish_all(
+    js: &jetstream::Context,
+    subjects: impl Iterator<Item = (String, bytes::Bytes)> + Send,
+) -> Result<()> {
     let mut acks = futures::stream::FuturesUnordered::new();
     for (subject, payload) in subjects {
         let ack = js.publish(subject, payload).await?;
@@ -185,21 +203,39 @@ async fn raw_loop(client: &async_nats::Client, n: usize, workers: usize) -> Resu
         })
         .await?;
     let started = Instant::now();
-    let payload = bytes::Bytes::from(r#"{"plan_id":"p","id":"t","type":"math","action":"sum","args":[1,2,3],"attempt":1}"#);
+    let payload = bytes::Bytes::from(
+        r#"{"plan_id":"p","id":"t","type":"math","action":"sum","args":[1,2,3],"attempt":1}"#,
+    );
     let publisher = tokio::spawn({
         let js = js.clone();
-        async move { publish_all(&js, (0..n).map(move |i| (format!("bench.raw.{i}"), payload.clone()))).await }
+        async move {
+            publish_all(
+                &js,
+                (0..n).map(move |i| (format!("bench.raw.{i}"), payload.clone())),
+            )
+            .await
+        }
     });
-    let messages = consumer.stream().max_messages_per_batch(workers).messages().await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(workers)
+        .messages()
+        .await?;
     messages
         .take(n)
         .for_each_concurrent(workers, |m| {
             let store = store.clone();
             async move {
                 let m = m.expect("raw message");
-                let key = format!("task.p.{}", m.subject.as_str().rsplit('.').next().unwrap_or("x"));
+                let key = format!(
+                    "task.p.{}",
+                    m.subject.as_str().rsplit('.').next().unwrap_or("x")
+                );
                 store
-                    .put(key, bytes::Bytes::from_static(br#"{"status":"success","output":6}"#))
+                    .put(
+                        key,
+                        bytes::Bytes::from_static(br#"{"status":"success","output":6}"#),
+                    )
                     .await
                     .expect("raw put");
                 m.ack().await.expect("raw ack");
@@ -252,7 +288,9 @@ async fn single_tasks(mesh: &Mesh, n: usize) -> Result<f64> {
 async fn big_plan(mesh: &Mesh, n: usize) -> Result<f64> {
     let subtasks = (0..n)
         .map(|i| {
-            serde_json::from_value::<Subtask>(json!({"id": format!("t{i}"), "type": "math", "action": "sum", "args": [i, 1]}))
+            serde_json::from_value::<Subtask>(
+                json!({"id": format!("t{i}"), "type": "math", "action": "sum", "args": [i, 1]}),
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     let request = SubmitRequest {
@@ -275,7 +313,11 @@ async fn big_plan(mesh: &Mesh, n: usize) -> Result<f64> {
         )
         .await?;
     let report: Report = jetmesh_shared::wire::decode_reply(codec::Encoding::Json, &reply.payload)?;
-    anyhow::ensure!(report.completed == n, "the plan completed {} of {n} tasks", report.completed);
+    anyhow::ensure!(
+        report.completed == n,
+        "the plan completed {} of {n} tasks",
+        report.completed
+    );
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -290,7 +332,9 @@ async fn run_latency(mesh: &Mesh, n: usize) -> Result<(f64, f64)> {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
         let t = Instant::now();
-        mesh.client.request(subject.clone(), r#"{"args":[1,2,3]}"#.into()).await?;
+        mesh.client
+            .request(subject.clone(), r#"{"args":[1,2,3]}"#.into())
+            .await?;
         if i >= n / 10 {
             samples.push(t.elapsed().as_secs_f64() * 1000.0);
         }
@@ -312,7 +356,9 @@ async fn core_latency(client: &async_nats::Client, n: usize) -> Result<(f64, f64
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
         let t = Instant::now();
-        client.request("bench.echo", r#"{"args":[1,2,3]}"#.into()).await?;
+        client
+            .request("bench.echo", r#"{"args":[1,2,3]}"#.into())
+            .await?;
         if i >= n / 10 {
             samples.push(t.elapsed().as_secs_f64() * 1000.0);
         }

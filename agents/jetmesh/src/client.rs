@@ -59,7 +59,10 @@ pub async fn run(config: Config, args: RunArgs) -> Result<i32> {
     ids::validate("action", &args.action)?;
     let mut body = Map::new();
     if !args.args.is_empty() {
-        body.insert("args".into(), Value::Array(args.args.iter().map(|a| json_or_string(a)).collect()));
+        body.insert(
+            "args".into(),
+            Value::Array(args.args.iter().map(|a| json_or_string(a)).collect()),
+        );
     }
     for p in &args.params {
         let Some((k, v)) = p.split_once('=') else {
@@ -116,10 +119,23 @@ pub async fn caps(config: Config, json: bool) -> Result<i32> {
         println!("No capability is registered. Start a pool: jetmesh worker --pool math");
         return Ok(0);
     }
-    println!("{:<12} {:<12} {:<8} ACTIONS", "CAPABILITY", "POOL", "ENCODING");
+    println!(
+        "{:<12} {:<12} {:<8} ACTIONS",
+        "CAPABILITY", "POOL", "ENCODING"
+    );
     for c in caps {
-        let enc = if c.encoding == Encoding::Json { "json" } else { "msgpack" };
-        println!("{:<12} {:<12} {:<8} {}", c.capability, c.pool, enc, c.actions.join(", "));
+        let enc = if c.encoding == Encoding::Json {
+            "json"
+        } else {
+            "msgpack"
+        };
+        println!(
+            "{:<12} {:<12} {:<8} {}",
+            c.capability,
+            c.pool,
+            enc,
+            c.actions.join(", ")
+        );
     }
     Ok(0)
 }
@@ -162,10 +178,11 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
         std::io::stdin().read_to_string(&mut s)?;
         s
     } else {
-        std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?
     };
-    let mut request: SubmitRequest =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid plan", args.file.display()))?;
+    let mut request: SubmitRequest = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid plan", args.file.display()))?;
     if request.plan.plan_id.is_empty() {
         request.plan.plan_id = ids::generate();
     }
@@ -179,7 +196,10 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
         .client
         .subscribe(mesh.names.event(EventKind::FinalReport, &plan_id))
         .await?;
-    let mut progress = mesh.results.watch(mesh.names.task_key_plan(&plan_id)).await?;
+    let mut progress = mesh
+        .results
+        .watch(mesh.names.task_key_plan(&plan_id))
+        .await?;
     let reply = mesh
         .client
         .request(mesh.names.plans_submit(), codec::to_json(&request)?)

@@ -34,7 +34,11 @@ pub fn find_binary(cfg: &EmbeddedConfig) -> Result<PathBuf> {
         bail!("embedded.bin is {}, which is not a file", wanted.display());
     }
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(wanted)).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(wanted))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     on_path
         .into_iter()
@@ -108,7 +112,10 @@ impl EmbeddedServer {
                 return Ok(url);
             }
             if Instant::now() > deadline {
-                bail!("nats-server did not become ready in 15 s; see {}", self.log.display());
+                bail!(
+                    "nats-server did not become ready in 15 s; see {}",
+                    self.log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -122,7 +129,10 @@ impl EmbeddedServer {
                 libc::kill(pid as libc::pid_t, libc::SIGTERM);
             }
         }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
         tracing::info!("The embedded nats-server stopped.");

@@ -13,7 +13,11 @@ use jetmesh_shared::{CancellationToken, Config, Mesh, shutdown, telemetry};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "jetmesh", version, about = "A NATS JetStream-native agent mesh")]
+#[command(
+    name = "jetmesh",
+    version,
+    about = "A NATS JetStream-native agent mesh"
+)]
 pub struct Cli {
     /// Config file (default: $JETMESH_CONFIG, ./config/jetmesh.toml, /etc/jetmesh/jetmesh.toml).
     #[arg(long, global = true)]
@@ -191,4 +195,6 @@ pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()
 type RoleFn = fn(
     Mesh,
     CancellationToken,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = jetmesh_shared::Result<()>> + Send>>;
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = jetmesh_shared::Result<()>> + Send>,
+>;

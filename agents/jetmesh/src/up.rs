@@ -87,7 +87,10 @@ async fn run_demo(mesh: &Mesh) -> Result<i32> {
     // Wait for the pools to register (they start alongside).
     for _ in 0..100 {
         let caps = registry::list(mesh).await?;
-        if ["math", "date"].iter().all(|c| caps.iter().any(|e| e.capability == *c)) {
+        if ["math", "date"]
+            .iter()
+            .all(|c| caps.iter().any(|e| e.capability == *c))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -120,5 +123,9 @@ async fn run_demo(mesh: &Mesh) -> Result<i32> {
         "Stored as report.{} in {}; try `jetmesh up` to keep the mesh running.",
         report.plan_id, mesh.results.name
     );
-    Ok(if report.failed == 0 && report.pending == 0 { 0 } else { 1 })
+    Ok(if report.failed == 0 && report.pending == 0 {
+        0
+    } else {
+        1
+    })
 }

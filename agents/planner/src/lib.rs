@@ -41,7 +41,8 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         }
         .await;
         let status = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!(telemetry::REQUESTS, "endpoint" => "planner", "status" => status).increment(1);
+        metrics::counter!(telemetry::REQUESTS, "endpoint" => "planner", "status" => status)
+            .increment(1);
         service::respond(&request, enc, &result).await;
     }
     mesh.publish_health("planner", &instance, "stopping").await;

@@ -72,14 +72,19 @@ impl Dispatcher {
                 }
             }
         }
-        let e = Error::new(jetmesh_shared::ErrorCode::Unavailable, "the task could not be queued");
+        let e = Error::new(
+            jetmesh_shared::ErrorCode::Unavailable,
+            "the task could not be queued",
+        );
         self.record_failure(plan_id, &task.id, &e).await;
     }
 
     /// Records an error result for a task that will not run. First result wins.
     pub async fn record_failure(&self, plan_id: &str, task_id: &str, error: &Error) {
         let result = TaskResult::failure(error).for_task(plan_id, task_id);
-        let Ok(body) = codec::to_json(&result) else { return };
+        let Ok(body) = codec::to_json(&result) else {
+            return;
+        };
         let key = self.mesh.names.task_key(plan_id, task_id);
         if let Err(e) = self.mesh.results.create(&key, body).await
             && e.kind() != async_nats::jetstream::kv::CreateErrorKind::AlreadyExists

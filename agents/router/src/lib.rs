@@ -18,9 +18,7 @@ use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::registry::Registry;
-use jetmesh_shared::wire::{
-    PlanReady, PlanRecord, PlanStatus, SingleTask, Subtask, TaskResult,
-};
+use jetmesh_shared::wire::{PlanReady, PlanRecord, PlanStatus, SingleTask, Subtask, TaskResult};
 use jetmesh_shared::{Error, ErrorCode, Mesh, ids, service, shutdown, telemetry};
 use plans::{Action, PlanRun};
 use std::collections::HashMap;
@@ -49,7 +47,9 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     };
     // Watch first, then recover: a result written in between is seen by both,
     // and results are idempotent.
-    let results = mesh.watch_new(&mesh.results, &mesh.names.task_key_all()).await?;
+    let results = mesh
+        .watch_new(&mesh.results, &mesh.names.task_key_all())
+        .await?;
     router.recover().await?;
 
     let svc = service::start(&mesh.client, "router", &instance, "jetmesh router").await?;
@@ -73,7 +73,10 @@ impl Router {
     // ----- plans -----
 
     async fn recover(&self) -> Result<()> {
-        let entries = self.mesh.scan(&self.mesh.plans, &self.mesh.names.plan_key_all()).await?;
+        let entries = self
+            .mesh
+            .scan(&self.mesh.plans, &self.mesh.names.plan_key_all())
+            .await?;
         let mut recovered = 0;
         for entry in entries {
             let Ok(record) = codec::from_json::<PlanRecord>(&entry.value) else {
@@ -94,7 +97,12 @@ impl Router {
     /// results already recorded are applied first (after a restart or redelivery).
     async fn track(&self, record: PlanRecord, catch_up: bool) -> Result<()> {
         let plan_id = record.plan.plan_id.clone();
-        if self.plans.lock().expect("plans lock").contains_key(&plan_id) {
+        if self
+            .plans
+            .lock()
+            .expect("plans lock")
+            .contains_key(&plan_id)
+        {
             return Ok(());
         }
         let mut run = PlanRun::new(Arc::new(record.plan));
@@ -108,13 +116,16 @@ impl Router {
             let mut results = Vec::new();
             for e in &done {
                 if let Some((_, task)) = names::parse_task_key(&e.key) {
-                    let ok = codec::from_json::<TaskResult>(&e.value).map(|r| r.is_success()).unwrap_or(false);
+                    let ok = codec::from_json::<TaskResult>(&e.value)
+                        .map(|r| r.is_success())
+                        .unwrap_or(false);
                     results.push((task.to_string(), ok));
                 }
             }
             // Tasks with a result must not be dispatched again: apply results
             // before `start`, then drop dispatches for tasks already done.
-            let done_ids: std::collections::HashSet<&str> = results.iter().map(|(t, _)| t.as_str()).collect();
+            let done_ids: std::collections::HashSet<&str> =
+                results.iter().map(|(t, _)| t.as_str()).collect();
             for (task, ok) in &results {
                 actions.extend(run.on_result(task, *ok));
             }
@@ -130,7 +141,10 @@ impl Router {
             return Ok(());
         }
         metrics::gauge!(telemetry::PLANS_TRACKED).increment(1.0);
-        self.plans.lock().expect("plans lock").insert(plan_id.clone(), run);
+        self.plans
+            .lock()
+            .expect("plans lock")
+            .insert(plan_id.clone(), run);
         self.perform(&plan_id, actions).await;
         Ok(())
     }
@@ -142,7 +156,9 @@ impl Router {
                 match action {
                     Action::Dispatch(task) => self.dispatcher.dispatch(plan_id, &task).await,
                     Action::Fail { task_id, error } => {
-                        self.dispatcher.record_failure(plan_id, &task_id, &error).await
+                        self.dispatcher
+                            .record_failure(plan_id, &task_id, &error)
+                            .await
                     }
                 }
             })
@@ -152,9 +168,15 @@ impl Router {
     async fn plans_loop(&self, shutdown: CancellationToken) -> Result<()> {
         let consumer = self
             .mesh
-            .event_consumer(&self.mesh.names.router_plans_consumer(), EventKind::PlanReady)
+            .event_consumer(
+                &self.mesh.names.router_plans_consumer(),
+                EventKind::PlanReady,
+            )
             .await?;
-        let mut messages = consumer.messages().await.context("cannot read plan_ready events")?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .context("cannot read plan_ready events")?;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -162,7 +184,10 @@ impl Router {
             };
             let Some(msg) = msg else {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                messages = consumer.messages().await.context("cannot read plan_ready events")?;
+                messages = consumer
+                    .messages()
+                    .await
+                    .context("cannot read plan_ready events")?;
                 continue;
             };
             let msg = match msg {
@@ -186,7 +211,9 @@ impl Router {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "A plan could not be started; it will be retried.");
-                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
                 }
             }
         }
@@ -201,7 +228,10 @@ impl Router {
             Some(r) if r.status == PlanStatus::Running => self.track(r, redelivered).await,
             Some(_) => Ok(()),
             None => {
-                tracing::warn!(plan_id, "A plan_ready event names a plan that is not stored; skipped.");
+                tracing::warn!(
+                    plan_id,
+                    "A plan_ready event names a plan that is not stored; skipped."
+                );
                 Ok(())
             }
         }
@@ -331,10 +361,13 @@ impl Router {
             }
             Err(e) if e.code.is_retryable() => {
                 tracing::warn!(error = %e, "A submitted task could not be queued; retrying.");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
             }
             Err(e) => {
-                metrics::counter!(telemetry::TASKS_REJECTED, "code" => e.code.as_str()).increment(1);
+                metrics::counter!(telemetry::TASKS_REJECTED, "code" => e.code.as_str())
+                    .increment(1);
                 let (plan_id, task_id) = match &parsed {
                     Ok((p, t)) => (p.clone(), t.id.clone()),
                     Err(_) => (fallback.clone(), fallback.clone()),
@@ -374,9 +407,13 @@ impl Router {
                     "the body must be an object of the task's parameters, like {\"args\":[1,2,3]}",
                 ));
             }
-            serde_json::from_value(value).map_err(|e| Error::bad_request(format!("invalid task: {e}")))?
+            serde_json::from_value(value)
+                .map_err(|e| Error::bad_request(format!("invalid task: {e}")))?
         };
-        let id = body.id.clone().unwrap_or_else(|| body.plan_id.clone().unwrap_or_else(|| fallback.to_string()));
+        let id = body
+            .id
+            .clone()
+            .unwrap_or_else(|| body.plan_id.clone().unwrap_or_else(|| fallback.to_string()));
         let plan_id = body.plan_id.clone().unwrap_or_else(|| id.clone());
         ids::validate("plan id", &plan_id)?;
         ids::validate("task id", &id)?;
@@ -425,7 +462,8 @@ impl Router {
         let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
         let result = self.run_one(&request).await;
         let status = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!(telemetry::REQUESTS, "endpoint" => "run", "status" => status).increment(1);
+        metrics::counter!(telemetry::REQUESTS, "endpoint" => "run", "status" => status)
+            .increment(1);
         metrics::histogram!(telemetry::RUN_LATENCY).record(started.elapsed().as_secs_f64());
         match result {
             Ok(r) => service::respond(&request, enc, &Ok(r)).await,
@@ -440,7 +478,10 @@ impl Router {
         }
     }
 
-    async fn run_one(&self, request: &Request) -> std::result::Result<TaskResult, (Error, Option<(String, String)>)> {
+    async fn run_one(
+        &self,
+        request: &Request,
+    ) -> std::result::Result<TaskResult, (Error, Option<(String, String)>)> {
         let msg = &request.message;
         let fallback = ids::generate();
         let (plan_id, task) = self
@@ -466,11 +507,18 @@ impl Router {
         if ack.duplicate {
             // Same ids inside the de-duplication window: answer with the result
             // already recorded, or wait for the one under way.
-            if let Ok(Some(existing)) = self.mesh.get_json::<TaskResult>(&self.mesh.results, &key).await {
+            if let Ok(Some(existing)) = self
+                .mesh
+                .get_json::<TaskResult>(&self.mesh.results, &key)
+                .await
+            {
                 return Ok(existing.for_task(&plan_id, &task.id));
             }
         }
-        let wait = Duration::from_millis(task.timeout_ms.unwrap_or(self.mesh.config.router.run_timeout_ms));
+        let wait = Duration::from_millis(
+            task.timeout_ms
+                .unwrap_or(self.mesh.config.router.run_timeout_ms),
+        );
         // Allow for queueing on top of the task's own timeout.
         let wait = wait + Duration::from_millis(500);
         let msg = tokio::time::timeout(wait, sub.next())

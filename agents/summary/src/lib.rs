@@ -24,7 +24,10 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let consumer = mesh
         .event_consumer(&mesh.names.summary_consumer(), EventKind::AggregationReady)
         .await?;
-    let mut messages = consumer.messages().await.context("cannot read aggregation_ready")?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .context("cannot read aggregation_ready")?;
     mesh.publish_health("summary", &instance, "started").await;
     tracing::info!(instance = %instance, "The summary agent is writing reports.");
     loop {
@@ -40,7 +43,10 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
             }
             None => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                messages = consumer.messages().await.context("cannot read aggregation_ready")?;
+                messages = consumer
+                    .messages()
+                    .await
+                    .context("cannot read aggregation_ready")?;
                 continue;
             }
         };
@@ -59,7 +65,9 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
             }
             Err(error) => {
                 tracing::warn!(%error, plan_id, "Writing a report failed; it will be retried.");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
             }
         }
     }
@@ -74,7 +82,9 @@ pub async fn summarize(mesh: &Mesh, plan_id: &str) -> Result<()> {
         .get_json(&mesh.plans, &mesh.names.plan_key(plan_id))
         .await?
         .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("plan {plan_id} is not stored")))?;
-    let entries = mesh.scan(&mesh.results, &mesh.names.task_key_plan(plan_id)).await?;
+    let entries = mesh
+        .scan(&mesh.results, &mesh.names.task_key_plan(plan_id))
+        .await?;
     let mut results = HashMap::with_capacity(entries.len());
     for e in entries {
         if let Some((_, task)) = names::parse_task_key(&e.key)
@@ -86,7 +96,13 @@ pub async fn summarize(mesh: &Mesh, plan_id: &str) -> Result<()> {
     let report = render::report(&record, &results, jiff::Timestamp::now());
     publish(mesh, &report).await?;
     metrics::counter!(telemetry::REPORTS_PUBLISHED).increment(1);
-    tracing::info!(plan_id, completed = report.completed, failed = report.failed, duration_ms = report.duration_ms, "The final report is out.");
+    tracing::info!(
+        plan_id,
+        completed = report.completed,
+        failed = report.failed,
+        duration_ms = report.duration_ms,
+        "The final report is out."
+    );
     Ok(())
 }
 
@@ -112,9 +128,16 @@ async fn publish(mesh: &Mesh, report: &Report) -> Result<()> {
         .context("cannot store the report")?;
     let msg = async_nats::jetstream::message::PublishMessage::build()
         .payload(body)
-        .message_id(format!("{}.{}", EventKind::FinalReport.as_str(), report.plan_id));
+        .message_id(format!(
+            "{}.{}",
+            EventKind::FinalReport.as_str(),
+            report.plan_id
+        ));
     mesh.js
-        .send_publish(mesh.names.event(EventKind::FinalReport, &report.plan_id), msg)
+        .send_publish(
+            mesh.names.event(EventKind::FinalReport, &report.plan_id),
+            msg,
+        )
         .await
         .context("cannot publish the report")?
         .await

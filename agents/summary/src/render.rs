@@ -5,7 +5,11 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 /// The report of a plan whose results are `results` (by task id).
-pub fn report(record: &PlanRecord, results: &HashMap<String, TaskResult>, now: jiff::Timestamp) -> Report {
+pub fn report(
+    record: &PlanRecord,
+    results: &HashMap<String, TaskResult>,
+    now: jiff::Timestamp,
+) -> Report {
     let plan = &record.plan;
     let tasks: Vec<ReportTask> = plan
         .subtasks
@@ -30,8 +34,14 @@ pub fn report(record: &PlanRecord, results: &HashMap<String, TaskResult>, now: j
             }
         })
         .collect();
-    let completed = tasks.iter().filter(|t| t.status == TaskStatus::Success).count();
-    let pending = tasks.iter().filter(|t| t.status == TaskStatus::Pending).count();
+    let completed = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Success)
+        .count();
+    let pending = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Pending)
+        .count();
     let failed = tasks.len() - completed - pending;
     let duration = now.duration_since(record.created_at);
     let mut report = Report {
@@ -75,10 +85,9 @@ pub fn markdown(r: &Report) -> String {
     md.push_str("|---|---|---|---|---|---|\n");
     for t in &r.tasks {
         let (status, detail) = match (&t.status, &t.error, &t.output) {
-            (TaskStatus::Success, _, output) => (
-                "success",
-                output.as_ref().map(|o| compact(o)).unwrap_or_default(),
-            ),
+            (TaskStatus::Success, _, output) => {
+                ("success", output.as_ref().map(compact).unwrap_or_default())
+            }
             (TaskStatus::Pending, _, _) => ("pending", String::new()),
             (_, Some(e), _) => ("failed", format!("{}: {}", e.code, e.message)),
             _ => ("failed", String::new()),
@@ -131,21 +140,51 @@ mod tests {
         ]}))
         .unwrap();
         let created = jiff::Timestamp::from_second(1_700_000_000).unwrap();
-        let record = PlanRecord { v: 1, plan, status: PlanStatus::Running, created_at: created, finished_at: None };
+        let record = PlanRecord {
+            v: 1,
+            plan,
+            status: PlanStatus::Running,
+            created_at: created,
+            finished_at: None,
+        };
         let mut results = HashMap::new();
         let mut ok = TaskResult::success(json!(6));
         ok.duration_ms = 3;
         results.insert("t1".to_string(), ok);
         results.insert(
             "t2".to_string(),
-            TaskResult::failure(&Error::new(ErrorCode::DivisionByZero, "cannot divide | by zero")),
+            TaskResult::failure(&Error::new(
+                ErrorCode::DivisionByZero,
+                "cannot divide | by zero",
+            )),
         );
-        let r = report(&record, &results, created + jiff::SignedDuration::from_millis(42));
-        assert_eq!((r.total_tasks, r.completed, r.failed, r.pending), (3, 1, 1, 1));
+        let r = report(
+            &record,
+            &results,
+            created + jiff::SignedDuration::from_millis(42),
+        );
+        assert_eq!(
+            (r.total_tasks, r.completed, r.failed, r.pending),
+            (3, 1, 1, 1)
+        );
         assert_eq!(r.duration_ms, 42);
-        assert!(r.markdown.contains("| t1 | math | sum | success | 6 | 3 ms |"), "{}", r.markdown);
-        assert!(r.markdown.contains("division_by_zero: cannot divide \\| by zero"), "{}", r.markdown);
-        assert!(r.markdown.contains("| t3 | date | today | pending |"), "{}", r.markdown);
+        assert!(
+            r.markdown
+                .contains("| t1 | math | sum | success | 6 | 3 ms |"),
+            "{}",
+            r.markdown
+        );
+        assert!(
+            r.markdown
+                .contains("division_by_zero: cannot divide \\| by zero"),
+            "{}",
+            r.markdown
+        );
+        assert!(
+            r.markdown.contains("| t3 | date | today | pending |"),
+            "{}",
+            r.markdown
+        );
         assert!(r.markdown.contains("Goal: demo"));
     }
 }

@@ -134,13 +134,17 @@ pub async fn run(
     // Hand back what was pulled but not started, so another worker takes it now
     // rather than after the ack wait.
     let mut handed_back = 0;
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(50), messages.next()).await {
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_millis(50), messages.next()).await
+    {
         let _ = msg.ack_with(AckKind::Nak(None)).await;
         handed_back += 1;
     }
     drop(messages);
     tracker.close();
-    let drained = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, tracker.wait()).await.is_ok();
+    let drained = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_ok();
     tracing::info!(pool = %pool.name, handed_back, drained, "The pool stopped.");
     mesh.publish_health("worker", &instance, "stopping").await;
     let _ = svc.stop().await;
@@ -185,7 +189,8 @@ impl Pool {
         }
         let status = if outcome.is_ok() { "success" } else { "error" };
         metrics::counter!(telemetry::TASKS_EXECUTED, "pool" => self.name.clone(), "capability" => task.task.capability.clone(), "status" => status).increment(1);
-        metrics::histogram!(telemetry::TASK_DURATION, "pool" => self.name.clone()).record(elapsed.as_secs_f64());
+        metrics::histogram!(telemetry::TASK_DURATION, "pool" => self.name.clone())
+            .record(elapsed.as_secs_f64());
         let mut result = match &outcome {
             Ok(output) => TaskResult::success(output.clone()),
             Err(e) => TaskResult::failure(e),
@@ -197,7 +202,8 @@ impl Pool {
         if let Err(error) = &outcome {
             tracing::debug!(plan_id = %task.plan_id, task_id = %task.task.id, %error, "The task failed.");
         }
-        self.record(&msg, &task.plan_id, &task.task.id, &result).await;
+        self.record(&msg, &task.plan_id, &task.task.id, &result)
+            .await;
     }
 
     /// Executes the action, bounded by the task's timeout, with in-progress acks
@@ -211,7 +217,10 @@ impl Pool {
             .ok_or_else(|| {
                 Error::new(
                     ErrorCode::UnknownCapability,
-                    format!("pool {} does not serve capability {:?}", self.name, t.capability),
+                    format!(
+                        "pool {} does not serve capability {:?}",
+                        self.name, t.capability
+                    ),
                 )
             })?;
         if !cap.actions().contains(&t.action.as_str()) {
@@ -240,7 +249,10 @@ impl Pool {
                 Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
                     Err(Error::new(
                         ErrorCode::Timeout,
-                        format!("the task ran longer than its timeout_ms ({} ms)", limit.as_millis()),
+                        format!(
+                            "the task ran longer than its timeout_ms ({} ms)",
+                            limit.as_millis()
+                        ),
                     ))
                 }),
                 None => work.await,
@@ -266,13 +278,20 @@ impl Pool {
         match self.mesh.results.create(&key, body).await {
             Ok(_) => {}
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                metrics::counter!(telemetry::RESULTS_DUPLICATE, "pool" => self.name.clone()).increment(1);
-                tracing::debug!(plan_id, task_id, "A result was already recorded; this one is ignored.");
+                metrics::counter!(telemetry::RESULTS_DUPLICATE, "pool" => self.name.clone())
+                    .increment(1);
+                tracing::debug!(
+                    plan_id,
+                    task_id,
+                    "A result was already recorded; this one is ignored."
+                );
             }
             Err(error) => {
                 // Not recorded: let JetStream deliver the task again.
                 tracing::warn!(%error, plan_id, task_id, "Cannot record a result; the task will be redelivered.");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
                 return;
             }
         }
@@ -288,7 +307,8 @@ impl Pool {
         let ids = value.and_then(|v| {
             let plan = v.get("plan_id")?.as_str()?;
             let task = v.get("id")?.as_str()?;
-            (ids::is_valid(plan) && ids::is_valid(task)).then(|| (plan.to_string(), task.to_string()))
+            (ids::is_valid(plan) && ids::is_valid(task))
+                .then(|| (plan.to_string(), task.to_string()))
         });
         tracing::error!(%error, subject = %msg.subject, pool = %self.name, "A task message cannot be run.");
         match ids {
