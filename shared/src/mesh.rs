@@ -185,7 +185,7 @@ impl Mesh {
         let payload = codec::to_json(event)?;
         let msg = jetstream::message::PublishMessage::build()
             .payload(payload)
-            .message_id(format!("{}.{plan_id}", kind.as_str()));
+            .message_id(self.names.event_msg_id(kind, plan_id));
         self.js
             .send_publish(self.names.event(kind, plan_id), msg)
             .await
@@ -249,7 +249,10 @@ impl Mesh {
             return Ok(out);
         }
         let mut messages = consumer.messages().await.context("cannot scan KV")?;
-        while out.len() < pending {
+        // Delete markers count in `pending` but are not returned.
+        let mut read = 0;
+        while read < pending {
+            read += 1;
             let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
                 .await
                 .map_err(|_| Error::new(ErrorCode::Timeout, "KV scan stalled"))?;

@@ -271,6 +271,11 @@ impl Names {
         format!("report.{plan_id}")
     }
 
+    /// Message id for JetStream de-duplication of an event (one per kind and plan).
+    pub fn event_msg_id(&self, kind: EventKind, plan_id: &str) -> String {
+        format!("{}.{plan_id}", kind.as_str())
+    }
+
     /// Message id for JetStream de-duplication of a dispatched task.
     pub fn dispatch_msg_id(&self, plan_id: &str, task_id: &str) -> String {
         format!("{plan_id}.{task_id}")
@@ -282,6 +287,11 @@ pub fn parse_task_key(key: &str) -> Option<(&str, &str)> {
     let rest = key.strip_prefix("task.")?;
     let (plan, task) = rest.split_once('.')?;
     (!plan.is_empty() && !task.is_empty() && !task.contains('.')).then_some((plan, task))
+}
+
+/// Splits `cap.<capability>`.
+pub fn parse_cap_key(key: &str) -> Option<&str> {
+    key.strip_prefix("cap.").filter(|c| !c.is_empty())
 }
 
 /// Splits `plan.<plan_id>`.

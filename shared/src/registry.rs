@@ -62,7 +62,7 @@ impl Registry {
     }
 
     fn apply(&self, entry: async_nats::jetstream::kv::Entry) {
-        let Some(cap) = entry.key.strip_prefix("cap.") else {
+        let Some(cap) = crate::names::parse_cap_key(&entry.key) else {
             return;
         };
         let mut caps = self.caps.write().expect("registry lock");
@@ -140,7 +140,7 @@ pub async fn list(mesh: &Mesh) -> Result<Vec<CapabilityEntry>> {
     let entries = mesh.scan(&mesh.registry, &mesh.names.cap_key_all()).await?;
     let mut out: Vec<CapabilityEntry> = entries
         .iter()
-        .filter(|e| e.key.starts_with("cap."))
+        .filter(|e| crate::names::parse_cap_key(&e.key).is_some())
         .filter_map(|e| codec::from_json(&e.value).ok())
         .collect();
     out.sort_by(|a, b| a.capability.cmp(&b.capability));

@@ -244,6 +244,16 @@ pub enum PlanStatus {
     Reported,
 }
 
+impl PlanStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanStatus::Running => "running",
+            PlanStatus::Completed => "completed",
+            PlanStatus::Reported => "reported",
+        }
+    }
+}
+
 /// `plan.<plan_id>` in `mesh_results`: the seed's result-store counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanCounts {

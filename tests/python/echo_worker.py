@@ -22,7 +22,7 @@ import time
 import nats
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 CAPABILITY = os.environ.get("ECHO_CAPABILITY", "echo")
 POOL = os.environ.get("ECHO_POOL", CAPABILITY)
@@ -89,7 +89,11 @@ async def main():
                 plan_id=plan_id,
                 task_id=task_id,
             )
-            await results.put(f"task.{plan_id}.{task_id}", json.dumps(result).encode())
+            try:
+                # create, not put: the first terminal result of a task wins.
+                await results.create(f"task.{plan_id}.{task_id}", json.dumps(result).encode())
+            except KeyWrongLastSequenceError:
+                pass  # already recorded by an earlier delivery
             await msg.ack()
     await nc.close()
 

@@ -145,3 +145,50 @@ async fn every_role_answers_the_service_api() {
     );
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_result_of_a_task_wins_and_is_what_mesh_run_answers() {
+    let server = NatsServer::start();
+    let mut config = test_config(&server.url());
+    config.mesh.dedupe_window_secs = 1;
+    let mesh = InProcessMesh::start(config).await;
+    let client = server.client().await;
+    let r = req(&client, "mesh.run.math.sum", r#"{"id":"r1","args":[1,2]}"#).await;
+    assert_eq!(r["output"], 3);
+    // Inside the de-duplication window: the recorded result, not a new run.
+    let r = req(&client, "mesh.run.math.sum", r#"{"id":"r1","args":[7,7]}"#).await;
+    assert_eq!(r["output"], 3, "{r}");
+    // After the window the task runs again, but its result is not recorded
+    // over the first, and the reply is what the bucket holds.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = req(&client, "mesh.run.math.sum", r#"{"id":"r1","args":[7,7]}"#).await;
+    assert_eq!(r["output"], 3, "{r}");
+    let stored: TaskResult = mesh
+        .mesh
+        .get_json(&mesh.mesh.results, "task.r1.r1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.output, Some(json!(3)));
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_capabilities_disappear_without_stalling_reads() {
+    let server = NatsServer::start();
+    let mesh = InProcessMesh::start(test_config(&server.url())).await;
+    let m = &mesh.mesh;
+    let entry = br#"{"capability":"gone","actions":["x"],"pool":"gone","encoding":"json"}"#;
+    m.registry
+        .put("cap.gone", entry.to_vec().into())
+        .await
+        .unwrap();
+    m.registry.delete("cap.gone").await.unwrap();
+    let caps = tokio::time::timeout(Duration::from_secs(5), jetmesh_shared::registry::list(m))
+        .await
+        .expect("a scan over a deleted key does not stall")
+        .unwrap();
+    let names: Vec<_> = caps.iter().map(|c| c.capability.as_str()).collect();
+    assert_eq!(names, ["date", "math"]);
+    mesh.stop().await;
+}

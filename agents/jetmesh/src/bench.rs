@@ -251,22 +251,26 @@ async fn raw_loop(client: &async_nats::Client, n: usize, workers: usize) -> Resu
 
 /// (b): `n` tasks on `mesh.tasks.math.sum`, until every result is stored.
 async fn single_tasks(mesh: &Mesh, n: usize) -> Result<f64> {
-    let run = jetmesh_shared::ids::generate();
+    let run = format!("bench-{}", &jetmesh_shared::ids::generate()[..8]);
     let mut done = mesh
         .client
-        .subscribe(format!("$KV.{}.task.b{}-*.*", mesh.results.name, &run[..8]))
+        .subscribe(
+            mesh.names
+                .kv_subject(&mesh.results.name, &mesh.names.task_key_plan(&run)),
+        )
         .await?;
     mesh.client.flush().await?;
     let started = Instant::now();
     let subject = mesh.names.tasks("math", "sum");
-    let prefix = run[..8].to_string();
+    let plan_id = run.clone();
     let publisher = tokio::spawn({
         let js = mesh.js.clone();
         async move {
             publish_all(
                 &js,
                 (0..n).map(move |i| {
-                    let body = json!({"id": format!("b{prefix}-{i}"), "args": [i, 1, 2]});
+                    let body =
+                        json!({"plan_id": plan_id, "id": format!("t{i}"), "args": [i, 1, 2]});
                     (subject.clone(), bytes::Bytes::from(body.to_string()))
                 }),
             )

@@ -153,12 +153,18 @@ pub async fn status(config: Config, plan_id: &str, json: bool) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "plan {}: {:?} — {} tasks, {} completed, {} failed, {} pending",
-        view.plan_id, view.status, view.total_tasks, view.completed, view.failed, view.pending
+        "plan {}: {} — {} tasks, {} completed, {} failed, {} pending",
+        view.plan_id,
+        view.status.as_str(),
+        view.total_tasks,
+        view.completed,
+        view.failed,
+        view.pending
     );
     for (id, v) in &view.tasks {
         let status = v.get("status").and_then(Value::as_str).unwrap_or("?");
         let detail = match (v.get("output"), v.get("error")) {
+            (Some(Value::String(s)), _) => s.clone(),
             (Some(o), _) => o.to_string(),
             (_, Some(e)) => format!(
                 "{}: {}",

@@ -521,7 +521,9 @@ impl Router {
         );
         // Allow for queueing on top of the task's own timeout.
         let wait = wait + Duration::from_millis(500);
-        let msg = tokio::time::timeout(wait, sub.next())
+        // The notification may be a write JetStream refused (a later duplicate
+        // of a recorded result): the answer is what the bucket holds.
+        tokio::time::timeout(wait, sub.next())
             .await
             .map_err(|_| {
                 with_ids(Error::new(
@@ -535,7 +537,12 @@ impl Router {
             })?
             .ok_or_else(|| with_ids(Error::new(ErrorCode::Unavailable, "the result subscription closed")))?;
         let _ = sub.unsubscribe().await;
-        let result: TaskResult = codec::from_json(&msg.payload).map_err(with_ids)?;
+        let result: TaskResult = self
+            .mesh
+            .get_json(&self.mesh.results, &key)
+            .await
+            .map_err(with_ids)?
+            .ok_or_else(|| with_ids(Error::internal("a result was announced but is not stored")))?;
         Ok(result.for_task(&plan_id, &task.id))
     }
 }

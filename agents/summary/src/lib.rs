@@ -117,8 +117,9 @@ async fn publish(mesh: &Mesh, report: &Report) -> Result<()> {
         short.truncated = true;
         short.markdown = render::markdown_header(&short);
         short.markdown.push_str(&format!(
-            "\nThe per-task list is too large for one message; read task.{}.* in {}.\n",
-            report.plan_id, mesh.results.name
+            "\nThe per-task list is too large for one message; read {} in {}.\n",
+            mesh.names.task_key_plan(&report.plan_id),
+            mesh.results.name
         ));
         body = codec::to_json(&short)?;
     }
@@ -128,11 +129,10 @@ async fn publish(mesh: &Mesh, report: &Report) -> Result<()> {
         .context("cannot store the report")?;
     let msg = async_nats::jetstream::message::PublishMessage::build()
         .payload(body)
-        .message_id(format!(
-            "{}.{}",
-            EventKind::FinalReport.as_str(),
-            report.plan_id
-        ));
+        .message_id(
+            mesh.names
+                .event_msg_id(EventKind::FinalReport, &report.plan_id),
+        );
     mesh.js
         .send_publish(
             mesh.names.event(EventKind::FinalReport, &report.plan_id),

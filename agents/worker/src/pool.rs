@@ -27,6 +27,7 @@ struct Pool {
     instance: String,
     caps: Vec<Arc<dyn Capability>>,
     ack_wait: Duration,
+    max_deliver: u32,
 }
 
 /// Runs the pool `pool` (as configured under `[pools.<pool>]`) until `shutdown`.
@@ -82,6 +83,7 @@ pub async fn run(
         instance: instance.clone(),
         caps,
         ack_wait: Duration::from_secs(config.ack_wait_secs),
+        max_deliver: u32::try_from(config.max_deliver).unwrap_or(u32::MAX).max(1),
     });
     let slots = Arc::new(Semaphore::new(workers));
     let tracker = TaskTracker::new();
@@ -181,6 +183,7 @@ impl Pool {
         if let Err(e) = &outcome
             && e.code.is_retryable()
             && attempt <= retries
+            && attempt < self.max_deliver
         {
             let delay = Duration::from_millis(500 * 2u64.pow(attempt.min(6)));
             tracing::info!(plan_id = %task.plan_id, task_id = %task.task.id, attempt, error = %e, ?delay, "The task failed and will be retried.");
