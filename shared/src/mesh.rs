@@ -6,7 +6,7 @@ use crate::codec;
 use crate::config::{Config, NatsConfig, Storage};
 use crate::error::{Context, Error, ErrorCode, Result};
 use crate::names::{EventKind, Names};
-use crate::wire::HealthEvent;
+use crate::wire::{HealthEvent, TaskResult};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::{Client, ConnectOptions};
 use futures::StreamExt;
@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Everything a role needs to talk to the mesh. Cheap to clone.
 #[derive(Clone)]
@@ -123,9 +124,10 @@ impl Mesh {
             cfg.storage = storage;
             cfg.num_replicas = m.replicas;
             let name = cfg.name.clone();
-            js.create_or_update_stream(cfg)
-                .await
-                .map_err(|e| Error::unavailable(&format!("cannot create stream {name}"), e))?;
+            retry(&format!("cannot create stream {name}"), || {
+                js.create_or_update_stream(cfg.clone())
+            })
+            .await?;
         }
         let bucket = |name: String, description: &str, max_age: Duration| kv::Config {
             bucket: name,
@@ -351,21 +353,86 @@ impl Mesh {
             .context("cannot create an event consumer")
     }
 
-    /// Watches every key matching `filter` in `store` from now on (no history):
-    /// what was written before is the caller's to read with [`Mesh::scan`].
-    pub async fn watch_new(&self, store: &kv::Store, filter: &str) -> Result<kv::Watch> {
-        let status = store.status().await.context("cannot read bucket status")?;
-        let next = status.info.state.last_sequence + 1;
-        store
-            .watch_from_revision(filter, next)
-            .await
-            .context("cannot watch bucket")
+    /// Follows every result of one plan — those already stored, then each new
+    /// one — calling `on_result(task_id, succeeded)`, until `stop`. A watch that
+    /// ends (server restart, lost consumer) is started again; its replay is
+    /// harmless because the callers are idempotent. Per-plan watches mean
+    /// results of single tasks and of other plans cost nothing here.
+    pub fn follow_plan_results(
+        &self,
+        plan_id: &str,
+        stop: CancellationToken,
+        on_result: impl Fn(&str, bool) + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let results = self.results.clone();
+        let filter = self.names.task_key_plan(plan_id);
+        let plan_id = plan_id.to_string();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let mut watch = match results.watch(&filter).await {
+                    Ok(w) => w,
+                    Err(error) => {
+                        tracing::warn!(%error, plan_id, "Cannot watch a plan's results; retrying.");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                loop {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        n = watch.next() => n,
+                    };
+                    match next {
+                        Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
+                            if let Some((_, task)) = crate::names::parse_task_key(&entry.key) {
+                                let ok = codec::from_json::<TaskResult>(&entry.value)
+                                    .map(|r| r.is_success())
+                                    .unwrap_or(false);
+                                on_result(task, ok);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, plan_id, "A plan's result watch failed; it resumes.");
+                        }
+                        None => break,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
     }
 }
 
 async fn ensure_kv(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store> {
     let name = cfg.bucket.clone();
-    js.create_or_update_key_value(cfg)
-        .await
-        .map_err(|e| Error::unavailable(&format!("cannot create KV bucket {name}"), e))
+    retry(&format!("cannot create KV bucket {name}"), || {
+        js.create_or_update_key_value(cfg.clone())
+    })
+    .await
+}
+
+/// Roles that start together race to create the same streams: one's update can
+/// meet another's create. Creation is idempotent, so a few tries settle it.
+async fn retry<
+    T,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = std::result::Result<T, E>>,
+>(
+    what: &str,
+    mut op: impl FnMut() -> F,
+) -> Result<T> {
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1.. {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 6 => {
+                tracing::debug!(error = %e, attempt, "{what}; retrying.");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(Error::unavailable(what, e)),
+        }
+    }
+    unreachable!("the loop returns")
 }

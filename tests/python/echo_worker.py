@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 
 import nats
@@ -71,31 +72,40 @@ async def main():
     while not stop.is_set():
         try:
             msgs = await sub.fetch(16, timeout=0.5)
-        except NatsTimeout:
+        except (NatsTimeout, asyncio.TimeoutError):
             continue
         for msg in msgs:
-            started = time.monotonic()
             try:
-                task = json.loads(msg.data)
-                plan_id, task_id = task["plan_id"], task["id"]
-            except (ValueError, KeyError):
-                await msg.term()  # cannot even say which task it was
-                continue
-            result = execute(task)
-            result.update(
-                duration_ms=int((time.monotonic() - started) * 1000),
-                worker=WORKER,
-                attempt=msg.metadata.num_delivered,
-                plan_id=plan_id,
-                task_id=task_id,
-            )
-            try:
-                # create, not put: the first terminal result of a task wins.
-                await results.create(f"task.{plan_id}.{task_id}", json.dumps(result).encode())
-            except KeyWrongLastSequenceError:
-                pass  # already recorded by an earlier delivery
-            await msg.ack()
+                await handle(msg, results)
+            except Exception as e:  # noqa: BLE001 - a slow server must not kill the worker
+                # Not acked: JetStream redelivers the task after ack_wait.
+                print(f"task not recorded, will be redelivered: {e!r}", file=sys.stderr, flush=True)
     await nc.close()
+
+
+async def handle(msg, results):
+    """Runs one task and records its result; raises if it could not be recorded."""
+    started = time.monotonic()
+    try:
+        task = json.loads(msg.data)
+        plan_id, task_id = task["plan_id"], task["id"]
+    except (ValueError, KeyError):
+        await msg.term()  # cannot even say which task it was
+        return
+    result = execute(task)
+    result.update(
+        duration_ms=int((time.monotonic() - started) * 1000),
+        worker=WORKER,
+        attempt=msg.metadata.num_delivered,
+        plan_id=plan_id,
+        task_id=task_id,
+    )
+    try:
+        # create, not put: the first terminal result of a task wins.
+        await results.create(f"task.{plan_id}.{task_id}", json.dumps(result).encode())
+    except KeyWrongLastSequenceError:
+        pass  # already recorded by an earlier delivery
+    await msg.ack()
 
 
 if __name__ == "__main__":

@@ -317,3 +317,43 @@ impl Drop for Proc {
 }
 
 pub use libc::{SIGCONT, SIGKILL, SIGSTOP, SIGTERM};
+
+/// Waits (up to 30 s) until `$SRV.PING` is answered by at least `count`
+/// services named `jetmesh-<role>` for every role in `roles`.
+pub async fn wait_for_services(client: &async_nats::Client, roles: &[&str]) {
+    use futures::StreamExt;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let inbox = client.new_inbox();
+        let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+        client
+            .publish_with_reply("$SRV.PING", inbox, "".into())
+            .await
+            .expect("ping");
+        let mut seen = std::collections::BTreeSet::new();
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await
+        {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&msg.payload)
+                && let Some(name) = v["name"].as_str()
+            {
+                seen.insert(name.to_string());
+            }
+        }
+        if roles.iter().all(|r| seen.contains(&format!("jetmesh-{r}"))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "roles never all answered $SRV.PING: saw {seen:?}"
+        );
+    }
+}
+
+impl Proc {
+    /// Panics with the exit status if the process is no longer running.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("wait") {
+            panic!("{} exited early with {status}", self.name);
+        }
+    }
+}

@@ -2,7 +2,9 @@
 //! containers run them), `jetmesh up` on its embedded nats-server, and the
 //! people CLI.
 
-use jetmesh_tests::{NatsServer, Proc, jetmesh_bin, root, test_config, wait_for_capability};
+use jetmesh_tests::{
+    NatsServer, Proc, jetmesh_bin, root, test_config, wait_for_capability, wait_for_services,
+};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -36,31 +38,40 @@ async fn roles_as_separate_processes_work_together() {
     ));
     procs.push(Proc::jetmesh(&url, &["worker", "--pool", "date"]));
 
+    let client = server.client().await;
+    wait_for_services(
+        &client,
+        &[
+            "chief",
+            "planner",
+            "router",
+            "aggregator",
+            "summary",
+            "worker",
+        ],
+    )
+    .await;
     let mesh = jetmesh_shared::Mesh::connect(test_config(&url), "test")
         .await
         .unwrap();
     wait_for_capability(&mesh, "math").await;
     wait_for_capability(&mesh, "date").await;
-    let client = server.client().await;
-    // Wait until the chief and planner answer (they may still be starting).
+    for p in &mut procs {
+        p.assert_running();
+    }
     let plan = json!({"plan_id": "procs1", "wait": true, "subtasks": [
         {"id": "t1", "type": "math", "action": "sum", "args": [1, 2, 3]},
         {"id": "t2", "type": "date", "action": "today"},
         {"id": "t4", "type": "math", "action": "multiply", "args": [5, 6], "depends_on": ["t1"]}
     ]});
-    let mut report = Value::Null;
-    for _ in 0..100 {
-        let request = async_nats::Request::new()
-            .payload(plan.to_string().into())
-            .timeout(Some(Duration::from_secs(30)));
-        if let Ok(reply) = client.send_request("mesh.plans.submit", request).await {
-            report = serde_json::from_slice(&reply.payload).unwrap();
-            if report["error"]["code"] != "unavailable" {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let request = async_nats::Request::new()
+        .payload(plan.to_string().into())
+        .timeout(Some(Duration::from_secs(60)));
+    let reply = client
+        .send_request("mesh.plans.submit", request)
+        .await
+        .expect("a reply");
+    let report: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(report["completed"], 3, "{report}");
     assert_eq!(report["tasks"][2]["output"], 30);
 

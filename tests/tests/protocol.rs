@@ -21,7 +21,7 @@ async fn mesh_run_round_trip_plain_json() {
     let mesh = InProcessMesh::start(test_config(&server.url())).await;
     let client = server.client().await;
     let r = req(&client, "mesh.run.math.sum", r#"{"args":[1,2,3]}"#).await;
-    assert_eq!(r["status"], "success");
+    assert_eq!(r["status"], "success", "{r}");
     assert_eq!(r["output"], 6);
     assert_eq!(r["attempt"], 1);
     assert!(r["worker"].as_str().unwrap().starts_with("math-"));
@@ -37,7 +37,7 @@ async fn mesh_run_round_trip_plain_json() {
     assert_eq!(stored.output, Some(json!(6)));
     // An empty body is an empty parameter object.
     let r = req(&client, "mesh.run.date.today", "").await;
-    assert_eq!(r["status"], "success");
+    assert_eq!(r["status"], "success", "{r}");
     // Named ids are kept.
     let r = req(
         &client,

@@ -1,26 +1,33 @@
 //! The aggregator role: it notices when a plan is complete. It follows
-//! `mesh_plans` (which plans run, and their tasks) and every task result in
-//! `mesh_results`, keeps each plan's counts (`completed`, `failed`, `pending`)
-//! up to date in `plan.<plan_id>`, and publishes `aggregation_ready` once every
-//! task is terminal. A result that arrives before its plan is known is found
-//! again by the scan made when the plan appears, so arrival order never matters;
-//! results of single tasks (no plan record) are ignored at no cost.
+//! `mesh_plans` (which plans run, and their tasks), keeps each running plan's
+//! counts (`completed`, `failed`, `pending`) up to date in `plan.<plan_id>` of
+//! `mesh_results`, and publishes `aggregation_ready` once every task is
+//! terminal. Each running plan's results are followed with a watch on
+//! `task.<plan_id>.*` that replays what is already stored, so arrival order
+//! never matters and a restarted aggregator picks up where it was; results of
+//! single tasks (no plan record) cost nothing here.
 
 use futures::StreamExt;
 use jetmesh_shared::codec;
 use jetmesh_shared::error::Result;
 use jetmesh_shared::names::{self, EventKind};
-use jetmesh_shared::wire::{AggregationReady, PlanCounts, PlanRecord, PlanStatus, TaskResult};
+use jetmesh_shared::wire::{AggregationReady, PlanCounts, PlanRecord, PlanStatus};
 use jetmesh_shared::{Mesh, service, shutdown, telemetry};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// A result of a followed plan: plan id, task id, success.
+type ResultNote = (String, String, bool);
 
 /// Counts of one running plan.
 struct Tally {
     tasks: HashSet<String>,
     done: HashMap<String, bool>,
     dirty: bool,
+    /// Stops this plan's result follower.
+    stop: CancellationToken,
 }
 
 impl Tally {
@@ -38,6 +45,7 @@ impl Tally {
         }
     }
 
+    /// First result of a task wins; results for ids outside the plan are ignored.
     fn apply(&mut self, task_id: &str, ok: bool) {
         if self.tasks.contains(task_id) && !self.done.contains_key(task_id) {
             self.done.insert(task_id.to_string(), ok);
@@ -54,64 +62,52 @@ impl Tally {
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let instance = shutdown::instance_id("aggregator");
     let svc = service::start(&mesh.client, "aggregator", &instance, "jetmesh aggregator").await?;
-    // Results first (from now), then plans with their history: a plan seen in
-    // the replay is scanned for results written before the results watch began.
-    let mut results = mesh
-        .watch_new(&mesh.results, &mesh.names.task_key_all())
-        .await?;
     let mut plans = mesh
         .plans
         .watch(mesh.names.plan_key_all())
         .await
         .map_err(|e| jetmesh_shared::Error::unavailable("cannot watch plans", e))?;
+    let (notes_tx, mut notes) = mpsc::unbounded_channel::<ResultNote>();
     mesh.publish_health("aggregator", &instance, "started")
         .await;
     tracing::info!(instance = %instance, "The aggregator is counting.");
 
     let mut tallies: HashMap<String, Tally> = HashMap::new();
     let mut flush = tokio::time::interval(Duration::from_millis(200));
-    let mut last_result_rev = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = flush.tick() => flush_counts(&mesh, &mut tallies).await,
+            Some((plan_id, task_id, ok)) = notes.recv() => {
+                let Some(tally) = tallies.get_mut(&plan_id) else { continue };
+                tally.apply(&task_id, ok);
+                if tally.complete() {
+                    finish(&mesh, &mut tallies, &plan_id).await;
+                }
+            }
             entry = plans.next() => match entry {
                 Some(Ok(entry)) => {
                     let Some(plan_id) = names::parse_plan_key(&entry.key) else { continue };
-                    let record = codec::from_json::<PlanRecord>(&entry.value).ok();
-                    match record {
+                    match codec::from_json::<PlanRecord>(&entry.value).ok() {
                         Some(r) if r.status == PlanStatus::Running => {
                             if !tallies.contains_key(plan_id) {
-                                let tally = start_tally(&mesh, r).await;
+                                let tally = follow(&mesh, r, shutdown.child_token(), notes_tx.clone());
                                 tallies.insert(plan_id.to_string(), tally);
-                                finish_if_complete(&mesh, &mut tallies, plan_id).await;
                             }
                         }
-                        _ => { tallies.remove(plan_id); }
+                        _ => {
+                            if let Some(t) = tallies.remove(plan_id) {
+                                t.stop.cancel();
+                            }
+                        }
                     }
                 }
                 Some(Err(error)) => tracing::warn!(%error, "The plans watch failed; it resumes."),
                 None => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    if let Ok(w) = mesh.plans.watch(mesh.names.plan_key_all()).await { plans = w; }
-                }
-            },
-            entry = results.next() => match entry {
-                Some(Ok(entry)) => {
-                    last_result_rev = entry.revision;
-                    let Some((plan_id, task_id)) = names::parse_task_key(&entry.key) else { continue };
-                    let Some(tally) = tallies.get_mut(plan_id) else { continue };
-                    let ok = codec::from_json::<TaskResult>(&entry.value).map(|r| r.is_success()).unwrap_or(false);
-                    tally.apply(task_id, ok);
-                    if tally.complete() {
-                        let plan_id = plan_id.to_string();
-                        finish_if_complete(&mesh, &mut tallies, &plan_id).await;
+                    if let Ok(w) = mesh.plans.watch(mesh.names.plan_key_all()).await {
+                        plans = w;
                     }
-                }
-                Some(Err(error)) => tracing::warn!(%error, "The results watch failed; it resumes."),
-                None => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    if let Ok(w) = mesh.results.watch_from_revision(mesh.names.task_key_all(), last_result_rev + 1).await { results = w; }
                 }
             },
         }
@@ -123,42 +119,33 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-async fn start_tally(mesh: &Mesh, record: PlanRecord) -> Tally {
+/// Starts counting a running plan and following its results.
+fn follow(
+    mesh: &Mesh,
+    record: PlanRecord,
+    stop: CancellationToken,
+    notes: mpsc::UnboundedSender<ResultNote>,
+) -> Tally {
     let plan_id = record.plan.plan_id.clone();
-    let mut tally = Tally {
+    let id = plan_id.clone();
+    mesh.follow_plan_results(&plan_id, stop.clone(), move |task, ok| {
+        let _ = notes.send((id.clone(), task.to_string(), ok));
+    });
+    metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").increment(1.0);
+    Tally {
         tasks: record.plan.subtasks.iter().map(|t| t.id.clone()).collect(),
         done: HashMap::new(),
         dirty: true,
-    };
-    match mesh
-        .scan(&mesh.results, &mesh.names.task_key_plan(&plan_id))
-        .await
-    {
-        Ok(entries) => {
-            for e in entries {
-                if let Some((_, task)) = names::parse_task_key(&e.key) {
-                    let ok = codec::from_json::<TaskResult>(&e.value)
-                        .map(|r| r.is_success())
-                        .unwrap_or(false);
-                    tally.apply(task, ok);
-                }
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, plan_id, "Cannot scan a plan's results; counting from now.")
-        }
+        stop,
     }
-    metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").increment(1.0);
-    tally
 }
 
-async fn finish_if_complete(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, plan_id: &str) {
-    let Some(tally) = tallies.get(plan_id) else {
+/// Writes the final counts and publishes `aggregation_ready`.
+async fn finish(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, plan_id: &str) {
+    let Some(tally) = tallies.remove(plan_id) else {
         return;
     };
-    if !tally.complete() {
-        return;
-    }
+    tally.stop.cancel();
     let counts = tally.counts(plan_id, PlanStatus::Completed);
     let event = AggregationReady {
         plan_id: plan_id.to_string(),
@@ -172,18 +159,13 @@ async fn finish_if_complete(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, p
     }
     // Retry until stored: losing this event would leave the plan unreported.
     let mut delay = Duration::from_millis(100);
-    loop {
-        match mesh
-            .publish_event(EventKind::AggregationReady, plan_id, &event)
-            .await
-        {
-            Ok(()) => break,
-            Err(error) => {
-                tracing::warn!(%error, plan_id, "Cannot publish aggregation_ready; retrying.");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+    while let Err(error) = mesh
+        .publish_event(EventKind::AggregationReady, plan_id, &event)
+        .await
+    {
+        tracing::warn!(%error, plan_id, "Cannot publish aggregation_ready; retrying.");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
     tracing::info!(
         plan_id,
@@ -194,7 +176,6 @@ async fn finish_if_complete(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, p
     );
     metrics::counter!(telemetry::PLANS_COMPLETED).increment(1);
     metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").decrement(1.0);
-    tallies.remove(plan_id);
 }
 
 async fn flush_counts(mesh: &Mesh, tallies: &mut HashMap<String, Tally>) {

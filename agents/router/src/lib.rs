@@ -30,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 struct Router {
     mesh: Mesh,
     dispatcher: Dispatcher,
-    plans: Arc<Mutex<HashMap<String, PlanRun>>>,
+    /// Plans being dispatched, each with the token that stops its result follower.
+    plans: Arc<Mutex<HashMap<String, (PlanRun, CancellationToken)>>>,
+    shutdown: CancellationToken,
 }
 
 /// Runs the router until `shutdown`.
@@ -44,12 +46,8 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         },
         mesh: mesh.clone(),
         plans: Arc::default(),
+        shutdown: shutdown.clone(),
     };
-    // Watch first, then recover: a result written in between is seen by both,
-    // and results are idempotent.
-    let results = mesh
-        .watch_new(&mesh.results, &mesh.names.task_key_all())
-        .await?;
     router.recover().await?;
 
     let svc = service::start(&mesh.client, "router", &instance, "jetmesh router").await?;
@@ -59,14 +57,13 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         .map_err(|e| Error::unavailable("cannot serve mesh.run", e))?;
     let intake = router.intake_loop(shutdown.clone());
     let plans = router.plans_loop(shutdown.clone());
-    let watch = router.results_loop(results, shutdown.clone());
     let run = router.run_loop(run_endpoint, shutdown.clone());
     mesh.publish_health("router", &instance, "started").await;
     tracing::info!(instance = %instance, "The router is routing.");
-    let (a, b, c, d) = tokio::join!(intake, plans, watch, run);
+    let (a, b, c) = tokio::join!(intake, plans, run);
     mesh.publish_health("router", &instance, "stopping").await;
     let _ = svc.stop().await;
-    a.and(b).and(c).and(d)
+    a.and(b).and(c)
 }
 
 impl Router {
@@ -141,10 +138,17 @@ impl Router {
             return Ok(());
         }
         metrics::gauge!(telemetry::PLANS_TRACKED).increment(1.0);
+        let stop = self.shutdown.child_token();
         self.plans
             .lock()
             .expect("plans lock")
-            .insert(plan_id.clone(), run);
+            .insert(plan_id.clone(), (run, stop.clone()));
+        let this = self.clone();
+        let id = plan_id.clone();
+        self.mesh
+            .follow_plan_results(&plan_id, stop, move |task, ok| {
+                this.on_result(&id, task, ok)
+            });
         self.perform(&plan_id, actions).await;
         Ok(())
     }
@@ -237,53 +241,16 @@ impl Router {
         }
     }
 
-    async fn results_loop(
-        &self,
-        mut watch: async_nats::jetstream::kv::Watch,
-        shutdown: CancellationToken,
-    ) -> Result<()> {
-        let mut last_revision = 0;
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                n = watch.next() => n,
-            };
-            match next {
-                Some(Ok(entry)) => {
-                    last_revision = entry.revision;
-                    self.on_result_entry(&entry.key, &entry.value);
-                }
-                Some(Err(error)) => tracing::warn!(%error, "The results watch failed; it resumes."),
-                None => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    match self
-                        .mesh
-                        .results
-                        .watch_from_revision(self.mesh.names.task_key_all(), last_revision + 1)
-                        .await
-                    {
-                        Ok(w) => watch = w,
-                        Err(error) => tracing::warn!(%error, "Cannot re-watch results."),
-                    }
-                }
-            }
-        }
-    }
-
-    fn on_result_entry(&self, key: &str, value: &[u8]) {
-        let Some((plan_id, task_id)) = names::parse_task_key(key) else {
-            return;
-        };
+    /// A result of a tracked plan arrived: release or fail its dependents.
+    fn on_result(&self, plan_id: &str, task_id: &str, ok: bool) {
         let actions = {
             let mut plans = self.plans.lock().expect("plans lock");
-            let Some(run) = plans.get_mut(plan_id) else {
+            let Some((run, stop)) = plans.get_mut(plan_id) else {
                 return;
             };
-            let ok = codec::from_json::<TaskResult>(value)
-                .map(|r| r.is_success())
-                .unwrap_or(false);
             let actions = run.on_result(task_id, ok);
             if run.is_done() {
+                stop.cancel();
                 plans.remove(plan_id);
                 metrics::gauge!(telemetry::PLANS_TRACKED).decrement(1.0);
             }
