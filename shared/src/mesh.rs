@@ -6,7 +6,7 @@ use crate::codec;
 use crate::config::{Config, NatsConfig, Storage};
 use crate::error::{Context, Error, ErrorCode, Result};
 use crate::names::{EventKind, Names};
-use crate::wire::{HealthEvent, TaskResult};
+use crate::wire::{HealthEvent, ResultStatus, TaskStatus};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::{Client, ConnectOptions};
 use futures::StreamExt;
@@ -385,9 +385,8 @@ impl Mesh {
                     match next {
                         Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
                             if let Some((_, task)) = crate::names::parse_task_key(&entry.key) {
-                                let ok = codec::from_json::<TaskResult>(&entry.value)
-                                    .map(|r| r.is_success())
-                                    .unwrap_or(false);
+                                let ok = codec::from_json::<ResultStatus>(&entry.value)
+                                    .is_ok_and(|r| r.status == TaskStatus::Success);
                                 on_result(task, ok);
                             }
                         }

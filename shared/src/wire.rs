@@ -232,6 +232,13 @@ impl TaskResult {
     }
 }
 
+/// Only the status of a result object: what dependency tracking and counting
+/// need, without decoding outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct ResultStatus {
+    pub status: TaskStatus,
+}
+
 /// Lifecycle of a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -237,3 +237,46 @@ async fn accepted_plans_complete_without_waiting_and_msgpack_pools_work() {
     assert_eq!(result.output, Some(json!(20)));
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_and_fan_in_release_in_dependency_order() {
+    let server = NatsServer::start();
+    let mesh = InProcessMesh::start(test_config(&server.url())).await;
+    let client = server.client().await;
+    // c0 → c1 → … → c9, then ten independent f* tasks, then `join` on all of them.
+    let mut subtasks = vec![json!({"id": "c0", "type": "math", "action": "sum", "args": [0]})];
+    for i in 1..10 {
+        subtasks.push(json!({"id": format!("c{i}"), "type": "math", "action": "sum", "args": [i], "depends_on": [format!("c{}", i - 1)]}));
+    }
+    let mut all: Vec<String> = vec!["c9".into()];
+    for i in 0..10 {
+        subtasks.push(
+            json!({"id": format!("f{i}"), "type": "math", "action": "multiply", "args": [i, 2]}),
+        );
+        all.push(format!("f{i}"));
+    }
+    subtasks.push(json!({"id": "join", "type": "date", "action": "today", "depends_on": all}));
+    let report = request(
+        &client,
+        "mesh.plans.submit",
+        json!({"plan_id": "chain", "wait": true, "subtasks": subtasks}),
+    )
+    .await;
+    assert_eq!(report["completed"], 21, "{report}");
+    let m = &mesh.mesh;
+    let rev = |id: &str| {
+        let key = format!("task.chain.{id}");
+        async move { m.results.entry(key).await.unwrap().unwrap().revision }
+    };
+    for i in 1..10 {
+        assert!(
+            rev(&format!("c{i}")).await > rev(&format!("c{}", i - 1)).await,
+            "c{i} ran after its dependency"
+        );
+    }
+    let join = rev("join").await;
+    for id in all {
+        assert!(join > rev(&id).await, "join ran after {id}");
+    }
+    mesh.stop().await;
+}

@@ -134,7 +134,10 @@ impl Router {
         } else {
             actions = run.start();
         }
-        if run.is_done() {
+        if !run.has_waiting() {
+            // Everything is dispatched (or done): no dependents to release, so
+            // there is nothing to follow.
+            self.perform(&plan_id, actions).await;
             return Ok(());
         }
         metrics::gauge!(telemetry::PLANS_TRACKED).increment(1.0);
@@ -249,7 +252,7 @@ impl Router {
                 return;
             };
             let actions = run.on_result(task_id, ok);
-            if run.is_done() {
+            if !run.has_waiting() {
                 stop.cancel();
                 plans.remove(plan_id);
                 metrics::gauge!(telemetry::PLANS_TRACKED).decrement(1.0);

@@ -30,6 +30,7 @@ pub struct PlanRun {
     waiting_on: Vec<usize>,
     state: Vec<State>,
     done: usize,
+    waiting: usize,
 }
 
 impl PlanRun {
@@ -51,6 +52,7 @@ impl PlanRun {
             }
         }
         PlanRun {
+            waiting: plan.subtasks.len(),
             state: vec![State::Waiting; plan.subtasks.len()],
             plan,
             index,
@@ -66,6 +68,7 @@ impl PlanRun {
         for i in 0..self.state.len() {
             if self.state[i] == State::Waiting && self.waiting_on[i] == 0 {
                 self.state[i] = State::Dispatched;
+                self.waiting -= 1;
                 out.push(Action::Dispatch(self.plan.subtasks[i].clone()));
             }
         }
@@ -80,6 +83,10 @@ impl PlanRun {
         if self.state[i] == State::Done {
             return Vec::new();
         }
+        if self.state[i] == State::Waiting {
+            // A result for a task not dispatched by us (recovery, another router).
+            self.waiting -= 1;
+        }
         self.state[i] = State::Done;
         self.done += 1;
         let mut out = Vec::new();
@@ -91,10 +98,12 @@ impl PlanRun {
                 self.waiting_on[j] -= 1;
                 if self.waiting_on[j] == 0 {
                     self.state[j] = State::Dispatched;
+                    self.waiting -= 1;
                     out.push(Action::Dispatch(self.plan.subtasks[j].clone()));
                 }
             } else {
                 self.state[j] = State::Dispatched;
+                self.waiting -= 1;
                 out.push(Action::Fail {
                     task_id: self.plan.subtasks[j].id.clone(),
                     error: Error::new(
@@ -109,6 +118,12 @@ impl PlanRun {
 
     pub fn is_done(&self) -> bool {
         self.done == self.state.len()
+    }
+
+    /// Whether some task still waits for its dependencies. When none does, the
+    /// router has nothing left to release and need not follow the plan.
+    pub fn has_waiting(&self) -> bool {
+        self.waiting > 0
     }
 }
 
@@ -143,6 +158,7 @@ mod tests {
         assert_eq!(ids(&p.on_result("t1", true)), ["run:t4"]);
         assert!(p.on_result("t1", true).is_empty(), "duplicates are ignored");
         assert!(!p.is_done());
+        assert!(!p.has_waiting(), "t4 is dispatched; nothing waits");
         p.on_result("t4", true);
         assert!(p.is_done());
     }
@@ -156,6 +172,7 @@ mod tests {
             {"id":"d","type":"m","action":"x","depends_on":["c"]}
         ]}));
         assert_eq!(ids(&p.start()), ["run:a", "run:b"]);
+        assert!(p.has_waiting());
         assert!(p.on_result("a", true).is_empty(), "c still waits for b");
         assert_eq!(ids(&p.on_result("b", false)), ["fail:c"]);
         assert_eq!(ids(&p.on_result("c", false)), ["fail:d"]);
