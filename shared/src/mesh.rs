@@ -369,7 +369,7 @@ impl Mesh {
         let plan_id = plan_id.to_string();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                let mut watch = match results.watch(&filter).await {
+                let mut watch = match results.watch_with_history(&filter).await {
                     Ok(w) => w,
                     Err(error) => {
                         tracing::warn!(%error, plan_id, "Cannot watch a plan's results; retrying.");

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Registry {
     mesh: Mesh,
-    caps: Arc<RwLock<HashMap<String, CapabilityEntry>>>,
+    caps: Arc<RwLock<HashMap<String, Arc<CapabilityEntry>>>>,
 }
 
 impl Registry {
@@ -31,7 +31,7 @@ impl Registry {
         };
         let watch = mesh
             .registry
-            .watch(mesh.names.cap_key_all())
+            .watch_with_history(mesh.names.cap_key_all())
             .await
             .context("cannot watch the registry")?;
         let this = registry.clone();
@@ -51,7 +51,7 @@ impl Registry {
                     None => {
                         // The watch ended (server restart, consumer gone): start a new one.
                         tokio::time::sleep(Duration::from_millis(500)).await;
-                        match self.mesh.registry.watch(self.mesh.names.cap_key_all()).await {
+                        match self.mesh.registry.watch_with_history(self.mesh.names.cap_key_all()).await {
                             Ok(w) => watch = w,
                             Err(error) => tracing::warn!(%error, "Cannot re-watch the registry."),
                         }
@@ -70,7 +70,7 @@ impl Registry {
             Operation::Put => match codec::from_json::<CapabilityEntry>(&entry.value) {
                 Ok(e) if e.capability == cap => {
                     tracing::info!(capability = cap, pool = %e.pool, actions = ?e.actions, "A capability is registered.");
-                    caps.insert(cap.to_string(), e);
+                    caps.insert(cap.to_string(), Arc::new(e));
                 }
                 Ok(e) => {
                     tracing::warn!(key = %entry.key, capability = %e.capability, "A registry entry names another capability than its key; ignored.")
@@ -87,7 +87,7 @@ impl Registry {
     }
 
     /// The capability, from the view or, on a miss, straight from the bucket.
-    pub async fn resolve(&self, capability: &str) -> Result<Option<CapabilityEntry>> {
+    pub async fn resolve(&self, capability: &str) -> Result<Option<Arc<CapabilityEntry>>> {
         if let Some(e) = self.get(capability) {
             return Ok(Some(e));
         }
@@ -98,6 +98,7 @@ impl Registry {
             .mesh
             .get_json(&self.mesh.registry, &self.mesh.names.cap_key(capability))
             .await?;
+        let entry = entry.map(Arc::new);
         if let Some(e) = &entry {
             self.caps
                 .write()
@@ -107,17 +108,12 @@ impl Registry {
         Ok(entry)
     }
 
-    pub fn get(&self, capability: &str) -> Option<CapabilityEntry> {
+    pub fn get(&self, capability: &str) -> Option<Arc<CapabilityEntry>> {
         self.caps
             .read()
             .expect("registry lock")
             .get(capability)
             .cloned()
-    }
-
-    /// Every capability known now, by name.
-    pub fn snapshot(&self) -> HashMap<String, CapabilityEntry> {
-        self.caps.read().expect("registry lock").clone()
     }
 }
 

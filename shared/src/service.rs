@@ -55,6 +55,30 @@ pub async fn respond<T: Serialize>(
     }
 }
 
+/// Answers with an already-encoded JSON body, re-encoded only when the request
+/// asked for another encoding (a report is forwarded without being rebuilt).
+pub async fn respond_json_bytes(
+    request: &async_nats::service::Request,
+    enc: Encoding,
+    json: bytes::Bytes,
+) {
+    let body = match enc {
+        Encoding::Json => Ok(json),
+        other => Encoding::Json
+            .decode::<serde_json::Value>(&json)
+            .and_then(|v| other.encode(&v)),
+    };
+    match body {
+        Ok(body) => {
+            let headers = enc.headers().unwrap_or_default();
+            if let Err(error) = request.respond_with_headers(Ok(body), headers).await {
+                tracing::debug!(%error, "Could not send a reply (the requester may have gone).");
+            }
+        }
+        Err(e) => respond::<()>(request, enc, &Err(e)).await,
+    }
+}
+
 /// The encoding a request asks for; a bad `Content-Type` answers in JSON.
 pub fn request_encoding(request: &async_nats::service::Request) -> Result<Encoding> {
     Encoding::from_headers(request.message.headers.as_ref())

@@ -44,7 +44,10 @@ impl Priority {
 
 /// One unit of work as users write it. Everything that is not a known field
 /// (`args`, `url`, `to`, …) is kept in `params` and handed to the capability.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Deserialized by hand (see [`task_de`]) rather than with `#[serde(flatten)]`,
+/// which buffers every field: plans of thousands of subtasks are decoded by
+/// several roles, and every task by a worker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Subtask {
     /// Unique within its plan; defaults to `t<n>` (1-based position) when absent.
     #[serde(default)]
@@ -111,13 +114,22 @@ pub struct PlannerRequest {
 }
 
 /// A task as it sits on a pool queue: the subtask plus its plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskMessage {
     pub plan_id: String,
     #[serde(flatten)]
     pub task: Subtask,
     /// 1 on first dispatch; a worker takes the larger of this and the delivery count.
     #[serde(default = "one")]
+    pub attempt: u32,
+}
+
+/// The same wire shape as [`TaskMessage`], borrowed, for encoding without a copy.
+#[derive(Debug, Serialize)]
+pub struct TaskMessageRef<'a> {
+    pub plan_id: &'a str,
+    #[serde(flatten)]
+    pub task: &'a Subtask,
     pub attempt: u32,
 }
 
@@ -447,6 +459,130 @@ pub fn decode_reply<T: serde::de::DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| Error::bad_request(format!("unexpected reply: {e}")))
 }
 
+/// Hand-written decoding of [`Subtask`] and [`TaskMessage`]: one pass over the
+/// map, known fields into their slots, everything else into `params`.
+mod task_de {
+    use super::{Priority, Subtask, TaskMessage};
+    use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+    use serde_json::{Map, Value};
+    use std::fmt;
+
+    /// A map key, borrowed when the format allows it.
+    struct Key<'de>(std::borrow::Cow<'de, str>);
+
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a field name")
+                }
+                fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(v.into()))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(v.to_owned().into()))
+                }
+                fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                    Ok(Key(v.into()))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    struct TaskVisitor {
+        /// Whether `plan_id` and `attempt` are fields (a queue message) or params.
+        queued: bool,
+    }
+
+    type Decoded = (Subtask, Option<String>, Option<u32>);
+
+    fn set<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
+        if slot.replace(value).is_some() {
+            return Err(E::duplicate_field(name));
+        }
+        Ok(())
+    }
+
+    impl<'de> Visitor<'de> for TaskVisitor {
+        type Value = Decoded;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a task object with \"type\" and \"action\"")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Decoded, A::Error> {
+            let (mut id, mut capability, mut action) = (None, None, None);
+            let (mut depends_on, mut priority, mut timeout_ms, mut retries) =
+                (None, None, None, None);
+            let (mut plan_id, mut attempt) = (None, None);
+            let mut params = Map::new();
+            while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                match key.as_ref() {
+                    "id" => set(&mut id, map.next_value::<String>()?, "id")?,
+                    "type" => set(&mut capability, map.next_value::<String>()?, "type")?,
+                    "action" => set(&mut action, map.next_value::<String>()?, "action")?,
+                    "depends_on" => set(
+                        &mut depends_on,
+                        map.next_value::<Vec<String>>()?,
+                        "depends_on",
+                    )?,
+                    "priority" => set(&mut priority, map.next_value::<Priority>()?, "priority")?,
+                    "timeout_ms" => set(
+                        &mut timeout_ms,
+                        map.next_value::<Option<u64>>()?,
+                        "timeout_ms",
+                    )?,
+                    "retries" => set(&mut retries, map.next_value::<Option<u32>>()?, "retries")?,
+                    "plan_id" if self.queued => {
+                        set(&mut plan_id, map.next_value::<String>()?, "plan_id")?
+                    }
+                    "attempt" if self.queued => {
+                        set(&mut attempt, map.next_value::<u32>()?, "attempt")?
+                    }
+                    _ => {
+                        let value = map.next_value::<Value>()?;
+                        if params.insert(key.into_owned(), value).is_some() {
+                            return Err(de::Error::custom("duplicate parameter"));
+                        }
+                    }
+                }
+            }
+            let task = Subtask {
+                id: id.unwrap_or_default(),
+                capability: capability.ok_or_else(|| de::Error::missing_field("type"))?,
+                action: action.ok_or_else(|| de::Error::missing_field("action"))?,
+                depends_on: depends_on.unwrap_or_default(),
+                priority: priority.unwrap_or_default(),
+                timeout_ms: timeout_ms.flatten(),
+                retries: retries.flatten(),
+                params,
+            };
+            Ok((task, plan_id, attempt))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Subtask {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(TaskVisitor { queued: false })
+                .map(|(t, _, _)| t)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for TaskMessage {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let (task, plan_id, attempt) = d.deserialize_map(TaskVisitor { queued: true })?;
+            Ok(TaskMessage {
+                plan_id: plan_id.ok_or_else(|| de::Error::missing_field("plan_id"))?,
+                task,
+                attempt: attempt.unwrap_or(1),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +626,39 @@ mod tests {
         assert_eq!(
             v,
             json!({"plan_id":"abc123","id":"t1","type":"math","action":"sum","args":[1,2,3],"attempt":1})
+        );
+    }
+
+    #[test]
+    fn hand_written_decoding_matches_the_wire_shape() {
+        // plan_id and attempt are params of a subtask, fields of a queue message.
+        let t: Subtask = serde_json::from_value(json!({
+            "type":"m","action":"a","plan_id":"p","attempt":3,"timeout_ms":null
+        }))
+        .unwrap();
+        assert_eq!(t.params["plan_id"], json!("p"));
+        assert_eq!(t.params["attempt"], json!(3));
+        assert_eq!(t.timeout_ms, None);
+        let m: TaskMessage =
+            serde_json::from_value(json!({"plan_id":"p","id":"t","type":"m","action":"a"}))
+                .unwrap();
+        assert_eq!((m.plan_id.as_str(), m.attempt), ("p", 1));
+        assert!(m.task.params.is_empty());
+        let e = serde_json::from_value::<TaskMessage>(json!({"id":"t","type":"m","action":"a"}))
+            .unwrap_err();
+        assert!(e.to_string().contains("plan_id"), "{e}");
+        let e =
+            serde_json::from_str::<Subtask>(r#"{"type":"m","type":"n","action":"a"}"#).unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+        let e = serde_json::from_value::<Subtask>(json!({"type":"m","action":"a","retries":-1}))
+            .unwrap_err();
+        assert!(e.to_string().contains("invalid value"), "{e}");
+        // Escaped keys (owned, not borrowed) work too.
+        let t: Subtask =
+            serde_json::from_str(r#"{"t\u0079pe":"m","action":"a","\u0061rgs":[1]}"#).unwrap();
+        assert_eq!(
+            (t.capability.as_str(), &t.params["args"]),
+            ("m", &json!([1]))
         );
     }
 

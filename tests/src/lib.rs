@@ -204,6 +204,9 @@ pub struct InProcessMesh {
 
 impl InProcessMesh {
     pub async fn start(config: Config) -> InProcessMesh {
+        let mut telemetry = config.telemetry.clone();
+        telemetry.log = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
+        jetmesh_shared::telemetry::init(&telemetry);
         let mesh = Mesh::connect(config, "test").await.expect("mesh connects");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(jetmesh::run_all_roles(mesh.clone(), shutdown.clone()));

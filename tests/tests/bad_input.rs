@@ -297,3 +297,38 @@ async fn bad_tasks_on_mesh_tasks_become_error_results() {
     );
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_queue_messages_fail_their_task_instead_of_vanishing() {
+    let server = NatsServer::start();
+    let mesh = InProcessMesh::start(test_config(&server.url())).await;
+    let m = &mesh.mesh;
+    let js = async_nats::jetstream::new(server.client().await);
+    // A buggy publisher puts a task with a wrong type straight on the queue.
+    js.publish(
+        "mesh.queue.math.normal",
+        r#"{"plan_id":"raw1","id":"t1","type":"math","action":"sum","args":[1],"depends_on":"x"}"#
+            .into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let mut result = None;
+    for _ in 0..100 {
+        result = m
+            .get_json::<TaskResult>(&m.results, "task.raw1.t1")
+            .await
+            .unwrap();
+        if result.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let result = result.expect("the malformed task got a result");
+    assert_eq!(result.error.unwrap().code, "bad_request");
+    // The queue is empty: the message was not left to be redelivered forever.
+    let mut stream = js.get_stream("MESH_QUEUES").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    mesh.stop().await;
+}

@@ -64,7 +64,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let svc = service::start(&mesh.client, "aggregator", &instance, "jetmesh aggregator").await?;
     let mut plans = mesh
         .plans
-        .watch(mesh.names.plan_key_all())
+        .watch_with_history(mesh.names.plan_key_all())
         .await
         .map_err(|e| jetmesh_shared::Error::unavailable("cannot watch plans", e))?;
     let (notes_tx, mut notes) = mpsc::unbounded_channel::<ResultNote>();
@@ -105,7 +105,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
                 Some(Err(error)) => tracing::warn!(%error, "The plans watch failed; it resumes."),
                 None => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    if let Ok(w) = mesh.plans.watch(mesh.names.plan_key_all()).await {
+                    if let Ok(w) = mesh.plans.watch_with_history(mesh.names.plan_key_all()).await {
                         plans = w;
                     }
                 }

@@ -70,7 +70,7 @@ async fn on_submit(mesh: Mesh, request: Request) {
     metrics::counter!(telemetry::REQUESTS, "endpoint" => "submit", "status" => status).increment(1);
     match result {
         Ok(Submitted::Accepted(reply)) => service::respond(&request, enc, &Ok(reply)).await,
-        Ok(Submitted::Report(report)) => service::respond(&request, enc, &Ok(*report)).await,
+        Ok(Submitted::Report(report)) => service::respond_json_bytes(&request, enc, report).await,
         Err((error, plan_id)) => {
             metrics::counter!(telemetry::PLANS_REJECTED, "code" => error.code.as_str())
                 .increment(1);
@@ -83,7 +83,8 @@ async fn on_submit(mesh: Mesh, request: Request) {
 
 enum Submitted {
     Accepted(SubmitReply),
-    Report(Box<Report>),
+    /// The final report, as the summary published it (JSON).
+    Report(bytes::Bytes),
 }
 
 type SubmitError = (Error, Option<String>);
@@ -195,10 +196,7 @@ async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted
             .unwrap_or(mesh.config.chief.wait_timeout_ms),
     );
     match tokio::time::timeout(wait, sub.next()).await {
-        Ok(Some(msg)) => {
-            let report: Report = codec::from_json(&msg.payload).map_err(fail)?;
-            Ok(Submitted::Report(Box::new(report)))
-        }
+        Ok(Some(msg)) => Ok(Submitted::Report(msg.payload)),
         Ok(None) => Err(fail(Error::new(
             ErrorCode::Unavailable,
             "the report subscription closed",

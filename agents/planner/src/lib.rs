@@ -74,6 +74,6 @@ pub async fn make_plan(mesh: &Mesh, registry: &Registry, mut plan: Plan) -> Resu
             known.insert(task.capability.clone(), entry);
         }
     }
-    plan::check_capabilities(&plan, |c| known.get(c))?;
+    plan::check_capabilities(&plan, |c| known.get(c).map(|e| &**e))?;
     Ok(plan)
 }

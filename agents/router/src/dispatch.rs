@@ -7,7 +7,7 @@ use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::registry::Registry;
-use jetmesh_shared::wire::{Subtask, TaskMessage, TaskResult};
+use jetmesh_shared::wire::{Subtask, TaskMessageRef, TaskResult};
 use jetmesh_shared::{Error, Mesh, codec, plan, telemetry};
 use std::time::Duration;
 
@@ -22,10 +22,12 @@ impl Dispatcher {
     /// Errors: `unknown_capability`, `unknown_action`, `unavailable`.
     pub async fn send(&self, plan_id: &str, task: &Subtask) -> Result<PublishAckFuture> {
         let entry = self.registry.resolve(&task.capability).await?;
-        let entry = plan::check_one(&task.id, &task.capability, &task.action, |_| entry.as_ref())?;
-        let message = TaskMessage {
-            plan_id: plan_id.to_string(),
-            task: task.clone(),
+        let entry = plan::check_one(&task.id, &task.capability, &task.action, |_| {
+            entry.as_deref()
+        })?;
+        let message = TaskMessageRef {
+            plan_id,
+            task,
             attempt: 1,
         };
         let mut publish = PublishMessage::build()

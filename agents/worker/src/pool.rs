@@ -156,17 +156,18 @@ pub async fn run(
 impl Pool {
     async fn handle(&self, msg: Message) {
         let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
-        let decoded = Encoding::from_headers(msg.headers.as_ref())
-            .and_then(|enc| enc.decode::<Value>(&msg.payload));
-        let value = match decoded {
-            Ok(v) => v,
+        let enc = match Encoding::from_headers(msg.headers.as_ref()) {
+            Ok(enc) => enc,
             Err(error) => return self.poison(&msg, None, &error).await,
         };
-        let task: TaskMessage = match serde_json::from_value(value.clone()) {
+        let task: TaskMessage = match enc.decode(&msg.payload) {
             Ok(t) => t,
-            Err(e) => {
-                let error = Error::bad_request(format!("malformed task message: {e}"));
-                return self.poison(&msg, Some(&value), &error).await;
+            Err(error) => {
+                // Salvage the ids, if readable, so the task's plan still completes.
+                let value = enc.decode::<Value>(&msg.payload).ok();
+                let error =
+                    Error::bad_request(format!("malformed task message: {}", error.message));
+                return self.poison(&msg, value.as_ref(), &error).await;
             }
         };
         if let Err(error) = ids::validate("plan id", &task.plan_id)
