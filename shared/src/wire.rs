@@ -86,6 +86,7 @@ pub struct Plan {
 
 /// The body of `mesh.plans.submit`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(from = "SubmitRequestWire")]
 pub struct SubmitRequest {
     #[serde(flatten)]
     pub plan: Plan,
@@ -95,6 +96,36 @@ pub struct SubmitRequest {
     /// With `wait`: how long to wait for the report, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_timeout_ms: Option<u64>,
+}
+
+/// How a submit request is read: the same fields, flat, so that a plan of
+/// thousands of subtasks is decoded in one pass (`flatten` would buffer it).
+#[derive(Deserialize)]
+struct SubmitRequestWire {
+    #[serde(default)]
+    plan_id: String,
+    #[serde(default)]
+    goal: Option<String>,
+    #[serde(default)]
+    subtasks: Vec<Subtask>,
+    #[serde(default)]
+    wait: bool,
+    #[serde(default)]
+    wait_timeout_ms: Option<u64>,
+}
+
+impl From<SubmitRequestWire> for SubmitRequest {
+    fn from(w: SubmitRequestWire) -> Self {
+        SubmitRequest {
+            plan: Plan {
+                plan_id: w.plan_id,
+                goal: w.goal,
+                subtasks: w.subtasks,
+            },
+            wait: w.wait,
+            wait_timeout_ms: w.wait_timeout_ms,
+        }
+    }
 }
 
 /// The reply of `mesh.plans.submit` without `wait`.
@@ -442,21 +473,29 @@ impl ErrorReply {
     }
 }
 
-/// Decodes a reply that is either `T` or an [`ErrorReply`].
+/// Decodes a reply that is either `T` or an [`ErrorReply`]. The error probe
+/// skips over the body without building it, so a large `T` is decoded once.
 pub fn decode_reply<T: serde::de::DeserializeOwned>(
     enc: crate::codec::Encoding,
     payload: &[u8],
 ) -> Result<T, Error> {
-    let value: Value = enc.decode(payload)?;
-    if value.get("status").and_then(Value::as_str) == Some("error")
-        && let Some(err) = value.get("error")
-        && let Ok(body) = serde_json::from_value::<ErrorBody>(err.clone())
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        status: Option<TaskStatus>,
+        #[serde(default)]
+        error: Option<ErrorBody>,
+    }
+    let probe: Probe = enc.decode(payload)?;
+    if probe.status == Some(TaskStatus::Error)
+        && let Some(body) = probe.error
     {
         let code = serde_json::from_value::<ErrorCode>(Value::String(body.code.clone()))
             .unwrap_or(ErrorCode::Internal);
         return Err(Error::new(code, body.message));
     }
-    serde_json::from_value(value).map_err(|e| Error::bad_request(format!("unexpected reply: {e}")))
+    enc.decode::<T>(payload)
+        .map_err(|e| Error::bad_request(format!("unexpected reply: {}", e.message)))
 }
 
 /// Hand-written decoding of [`Subtask`] and [`TaskMessage`]: one pass over the

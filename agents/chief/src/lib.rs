@@ -212,11 +212,15 @@ async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted
     }
 }
 
+/// Asks the planner for a valid plan. Internal traffic, so MessagePack: a plan
+/// of thousands of subtasks crosses twice.
 async fn ask_planner(mesh: &Mesh, plan: Plan) -> Result<Plan> {
-    let body = codec::to_json(&PlannerRequest { plan })?;
+    let enc = Encoding::Msgpack;
+    let body = enc.encode(&PlannerRequest { plan })?;
     let timeout = Duration::from_millis(mesh.config.chief.planner_timeout_ms);
     let request = async_nats::Request::new()
         .payload(body)
+        .headers(enc.headers().unwrap_or_default())
         .timeout(Some(timeout));
     let reply = mesh
         .client
@@ -231,7 +235,8 @@ async fn ask_planner(mesh: &Mesh, plan: Plan) -> Result<Plan> {
             }
             _ => Error::unavailable("cannot reach the planner", e),
         })?;
-    wire::decode_reply(Encoding::Json, &reply.payload)
+    let enc = Encoding::from_headers(reply.headers.as_ref())?;
+    wire::decode_reply(enc, &reply.payload)
 }
 
 async fn on_get(mesh: Mesh, request: Request) {

@@ -2,11 +2,6 @@
 
 use clap::Parser;
 
-// Every task allocates small buffers (decode, encode, headers); mimalloc halves
-// the time the system allocator spends on them (see docs/BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = jetmesh::Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
