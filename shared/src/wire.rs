@@ -446,7 +446,7 @@ pub struct CapabilityEntry {
 pub struct HealthEvent {
     pub role: String,
     pub instance: String,
-    /// `started`, `alive` or `stopping`.
+    /// `started` or `stopping`.
     pub state: String,
     pub at: Timestamp,
 }

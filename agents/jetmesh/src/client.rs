@@ -33,7 +33,7 @@ pub struct RunArgs {
     pub capability: String,
     pub action: String,
     /// Positional arguments; each is read as JSON when it parses, else as a string.
-    #[arg(allow_hyphen_values = true)]
+    #[arg(allow_negative_numbers = true)]
     pub args: Vec<String>,
     /// A named parameter, `key=value` (value read like an argument). Repeatable.
     #[arg(long = "param", short = 'p')]

@@ -3,6 +3,12 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // `jetmesh submit --json | head` should end quietly like any Unix tool,
+    // not panic on a closed pipe.
+    // SAFETY: restores the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = jetmesh::Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

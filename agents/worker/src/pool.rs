@@ -279,7 +279,22 @@ impl Pool {
                 return;
             }
         };
-        match self.mesh.results.create(&key, body).await {
+        // A store that fails now may work in a moment (leader election, a
+        // reconnect): retry here before giving the task back to JetStream,
+        // whose redeliveries are limited.
+        let mut outcome = self.mesh.results.create(&key, body.clone()).await;
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..5 {
+            match &outcome {
+                Err(e) if e.kind() != kv::CreateErrorKind::AlreadyExists => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    outcome = self.mesh.results.create(&key, body.clone()).await;
+                }
+                _ => break,
+            }
+        }
+        match outcome {
             Ok(_) => {}
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 metrics::counter!(telemetry::RESULTS_DUPLICATE, "pool" => self.name.clone())
