@@ -9,8 +9,8 @@ use crate::embedded::EmbeddedServer;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures::StreamExt;
-use jetmesh_shared::wire::{Plan, Report, SubmitRequest, Subtask};
-use jetmesh_shared::{CancellationToken, Config, Mesh, codec, registry};
+use jetmesh_shared::wire::{Plan, SubmitRequest, Subtask};
+use jetmesh_shared::{CancellationToken, Config, Mesh, registry};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -307,16 +307,7 @@ async fn big_plan(mesh: &Mesh, n: usize) -> Result<f64> {
         wait_timeout_ms: Some(300_000),
     };
     let started = Instant::now();
-    let reply = mesh
-        .client
-        .send_request(
-            mesh.names.plans_submit(),
-            async_nats::Request::new()
-                .payload(codec::to_json(&request)?)
-                .timeout(Some(Duration::from_secs(300))),
-        )
-        .await?;
-    let report: Report = jetmesh_shared::wire::decode_reply(codec::Encoding::Json, &reply.payload)?;
+    let report = crate::client::submit_and_wait(mesh, request, Duration::from_secs(300)).await?;
     anyhow::ensure!(
         report.completed == n,
         "the plan completed {} of {n} tasks",

@@ -178,6 +178,28 @@ pub async fn status(config: Config, plan_id: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// Submits `request` with `"wait": true` and returns the final report (or the
+/// mesh's error), waiting at most `timeout`.
+pub async fn submit_and_wait(
+    mesh: &Mesh,
+    mut request: SubmitRequest,
+    timeout: Duration,
+) -> Result<Report> {
+    request.wait = true;
+    request.wait_timeout_ms = Some(timeout.as_millis() as u64);
+    let reply = mesh
+        .client
+        .send_request(
+            mesh.names.plans_submit(),
+            async_nats::Request::new()
+                .payload(codec::to_json(&request)?)
+                .timeout(Some(timeout + Duration::from_secs(1))),
+        )
+        .await
+        .context("mesh.plans.submit failed (is a chief running?)")?;
+    Ok(wire::decode_reply(Encoding::Json, &reply.payload)?)
+}
+
 pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
     let text = if args.file.as_os_str() == "-" {
         let mut s = String::new();

@@ -3,7 +3,7 @@
 
 use crate::embedded::EmbeddedServer;
 use anyhow::{Context, Result};
-use jetmesh_shared::wire::{Report, SubmitRequest, TaskResult};
+use jetmesh_shared::wire::{SubmitRequest, TaskResult};
 use jetmesh_shared::{CancellationToken, Config, Mesh, codec, registry};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -104,20 +104,9 @@ async fn run_demo(mesh: &Mesh) -> Result<i32> {
     let result: TaskResult = codec::from_json(&reply.payload)?;
     println!("{}\n", serde_json::to_string(&result)?);
 
-    let mut request: SubmitRequest = serde_json::from_str(DEMO_PLAN)?;
-    request.wait = true;
+    let request: SubmitRequest = serde_json::from_str(DEMO_PLAN)?;
     println!("== mesh.plans.submit examples/plan.json (wait for the report)");
-    let reply = mesh
-        .client
-        .send_request(
-            mesh.names.plans_submit(),
-            async_nats::Request::new()
-                .payload(codec::to_json(&request)?)
-                .timeout(Some(Duration::from_secs(60))),
-        )
-        .await
-        .context("submitting the demo plan failed")?;
-    let report: Report = jetmesh_shared::wire::decode_reply(codec::Encoding::Json, &reply.payload)?;
+    let report = crate::client::submit_and_wait(mesh, request, Duration::from_secs(60)).await?;
     println!("{}", report.markdown);
     println!(
         "Stored as report.{} in {}; try `jetmesh up` to keep the mesh running.",

@@ -135,11 +135,12 @@ impl Date {
         let mut to = p.str("to")?;
         // `{"datetime": "Asia/Tokyo"}` or `args: ["Asia/Tokyo"]`: the caller
         // meant the current time in that zone.
-        if let (None, Some(s)) = (to, datetime) {
-            if parse_when("datetime", s).is_err() && lookup_tz("to", s).is_ok() {
-                to = Some(s);
-                datetime = None;
-            }
+        if let (None, Some(s)) = (to, datetime)
+            && parse_when("datetime", s).is_err()
+            && lookup_tz("to", s).is_ok()
+        {
+            to = Some(s);
+            datetime = None;
         }
         let Some(to) = to else {
             return Err(Error::invalid_args(

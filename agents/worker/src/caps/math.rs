@@ -237,10 +237,10 @@ fn average(nums: &[Num]) -> Value {
         // An i128 cannot overflow summing fewer than 2^64 i64 values.
         let total: i128 = ints.iter().map(|&i| i128::from(i)).sum();
         let count = n as i128;
-        if total % count == 0 {
-            if let Ok(mean) = i64::try_from(total / count) {
-                return Value::from(mean);
-            }
+        if total % count == 0
+            && let Ok(mean) = i64::try_from(total / count)
+        {
+            return Value::from(mean);
         }
         return float_value(total as f64 / n as f64);
     }
