@@ -83,3 +83,49 @@ pub async fn respond_json_bytes(
 pub fn request_encoding(request: &async_nats::service::Request) -> Result<Encoding> {
     Encoding::from_headers(request.message.headers.as_ref())
 }
+
+/// Waits until every role in `roles` answers `$SRV.PING` as `jetmesh-<role>`,
+/// which is when its endpoints are subscribed. Errors with `timeout`, naming
+/// the roles still missing.
+pub async fn wait_for_roles(
+    client: &Client,
+    roles: &[&str],
+    within: std::time::Duration,
+) -> Result<()> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let inbox = client.new_inbox();
+        let mut sub = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Error::unavailable("cannot subscribe", e))?;
+        client
+            .publish_with_reply("$SRV.PING", inbox, "".into())
+            .await
+            .map_err(|e| Error::unavailable("cannot ping services", e))?;
+        let mut seen = std::collections::BTreeSet::new();
+        let window = std::time::Duration::from_millis(200);
+        while let Ok(Some(msg)) = tokio::time::timeout(window, sub.next()).await {
+            if let Ok(ping) =
+                serde_json::from_slice::<async_nats::service::PingResponse>(&msg.payload)
+            {
+                seen.insert(ping.name);
+            }
+        }
+        let missing: Vec<&str> = roles
+            .iter()
+            .copied()
+            .filter(|r| !seen.contains(&format!("jetmesh-{r}")))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::new(
+                crate::ErrorCode::Timeout,
+                format!("roles not answering $SRV.PING: {}", missing.join(", ")),
+            ));
+        }
+    }
+}

@@ -215,6 +215,7 @@ impl InProcessMesh {
             shutdown,
             handle: Some(handle),
         };
+        wait_for_services(&m.mesh.client, &jetmesh::up::ALL_ROLES).await;
         let pools: Vec<String> = m.mesh.config.pools.keys().cloned().collect();
         for pool in pools {
             for cap in m.mesh.config.pool_capabilities(&pool) {
@@ -321,35 +322,11 @@ impl Drop for Proc {
 
 pub use libc::{SIGCONT, SIGKILL, SIGSTOP, SIGTERM};
 
-/// Waits (up to 30 s) until `$SRV.PING` is answered by at least `count`
-/// services named `jetmesh-<role>` for every role in `roles`.
+/// Waits (up to 30 s) until every role in `roles` answers `$SRV.PING`.
 pub async fn wait_for_services(client: &async_nats::Client, roles: &[&str]) {
-    use futures::StreamExt;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let inbox = client.new_inbox();
-        let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
-        client
-            .publish_with_reply("$SRV.PING", inbox, "".into())
-            .await
-            .expect("ping");
-        let mut seen = std::collections::BTreeSet::new();
-        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await
-        {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&msg.payload)
-                && let Some(name) = v["name"].as_str()
-            {
-                seen.insert(name.to_string());
-            }
-        }
-        if roles.iter().all(|r| seen.contains(&format!("jetmesh-{r}"))) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "roles never all answered $SRV.PING: saw {seen:?}"
-        );
-    }
+    jetmesh_shared::service::wait_for_roles(client, roles, Duration::from_secs(30))
+        .await
+        .expect("roles answer $SRV.PING");
 }
 
 impl Proc {

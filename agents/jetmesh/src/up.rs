@@ -40,14 +40,26 @@ pub async fn up(config: Config, args: UpArgs, shutdown: CancellationToken) -> Re
     let (server, config) = server(config, &args).await?;
     let result = async {
         let mesh = Mesh::connect(config.clone(), "up").await?;
-        let pools: Vec<String> = config.pools.keys().cloned().collect();
-        eprintln!(
-            "jetmesh is up on {} with pools {}. Try:\n  nats --server {} req mesh.run.math.sum '{{\"args\":[1,2,3]}}'\nCtrl-C drains and stops.",
-            config.nats.url,
-            pools.join(", "),
-            config.nats.url
-        );
-        crate::run_all_roles(mesh, shutdown).await
+        let mut roles = tokio::spawn(crate::run_all_roles(mesh.clone(), shutdown));
+        // Announce only once every role answers, so the first request works;
+        // a role that fails first ends `up` with its error at once.
+        let ready = tokio::select! {
+            ended = &mut roles => return ended?,
+            ready = jetmesh_shared::service::wait_for_roles(&mesh.client, &ALL_ROLES, Duration::from_secs(60)) => ready,
+        };
+        match ready {
+            Ok(()) => {
+                let pools: Vec<String> = config.pools.keys().cloned().collect();
+                eprintln!(
+                    "jetmesh is up on {} with pools {}. Try:\n  nats --server {} req mesh.run.math.sum '{{\"args\":[1,2,3]}}'\nCtrl-C drains and stops.",
+                    config.nats.url,
+                    pools.join(", "),
+                    config.nats.url
+                );
+            }
+            Err(error) => tracing::warn!(%error, "Not every role answered yet."),
+        }
+        roles.await?
     }
     .await;
     if let Some(server) = server {
@@ -83,8 +95,20 @@ pub async fn demo(config: Config, mut args: UpArgs) -> Result<i32> {
 
 const DEMO_PLAN: &str = include_str!("../../../examples/plan.json");
 
+/// Every role `run_all_roles` starts, by service name.
+pub const ALL_ROLES: [&str; 6] = [
+    "chief",
+    "planner",
+    "router",
+    "aggregator",
+    "summary",
+    "worker",
+];
+
 async fn run_demo(mesh: &Mesh) -> Result<i32> {
-    // Wait for the pools to register (they start alongside).
+    // The roles start alongside: wait until each answers and the pools registered.
+    jetmesh_shared::service::wait_for_roles(&mesh.client, &ALL_ROLES, Duration::from_secs(30))
+        .await?;
     for _ in 0..100 {
         let caps = registry::list(mesh).await?;
         if ["math", "date"]
