@@ -29,6 +29,8 @@ pub struct Config {
     pub chief: ChiefConfig,
     /// The router role.
     pub router: RouterConfig,
+    /// Leader leases of singleton roles.
+    pub leases: LeaseConfig,
     /// Worker pools, by pool name. When the configuration names none, the
     /// built-in `math` and `date` pools are used.
     pub pools: BTreeMap<String, PoolConfig>,
@@ -44,6 +46,7 @@ impl Default for Config {
             mesh: MeshConfig::default(),
             chief: ChiefConfig::default(),
             router: RouterConfig::default(),
+            leases: LeaseConfig::default(),
             pools: default_pools(),
             telemetry: TelemetryConfig::default(),
         }
@@ -184,6 +187,21 @@ impl Default for RouterConfig {
             run_timeout_ms: 30_000,
             max_inflight: 1024,
         }
+    }
+}
+
+/// Leader leases (`mesh_leases`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// How long a lease lives without renewal. A standby takes over within
+    /// about this long after its holder dies; the holder renews every third of it.
+    pub ttl_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig { ttl_ms: 10_000 }
     }
 }
 
@@ -387,6 +405,7 @@ mod tests {
         assert_eq!(config.mesh, defaults.mesh);
         assert_eq!(config.chief, defaults.chief);
         assert_eq!(config.router, defaults.router);
+        assert_eq!(config.leases, defaults.leases);
         assert!(config.pools.contains_key("math"));
         assert!(config.pools.contains_key("date"));
     }

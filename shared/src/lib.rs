@@ -1,7 +1,7 @@
 //! The library every jetmesh role uses. It owns what the roles share and nothing
 //! else: the wire types of protocol v1 ([`wire`]), their encodings ([`codec`]),
 //! every subject and bucket name ([`names`]), error codes ([`error`]), id rules
-//! ([`ids`]), plan validation ([`plan`]), configuration ([`config`]), the
+//! ([`ids`]), leader leases ([`lease`]), plan validation ([`plan`]), configuration ([`config`]), the
 //! connection and stream setup ([`mesh`]), the live capability view
 //! ([`registry`]), service API registration ([`service`]) and telemetry.
 //! Roles depend on this crate and never on each other.
@@ -10,6 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod lease;
 pub mod mesh;
 pub mod names;
 pub mod plan;

@@ -29,6 +29,8 @@ pub struct Mesh {
     pub results: kv::Store,
     /// `mesh_plans`: plan definitions and lifecycle.
     pub plans: kv::Store,
+    /// `mesh_leases`: leader leases; entries expire after the lease TTL.
+    pub leases: kv::Store,
 }
 
 /// The URL used when none is configured and no embedded server runs.
@@ -165,6 +167,15 @@ impl Mesh {
             ),
         )
         .await?;
+        let leases = ensure_kv(
+            &js,
+            bucket(
+                names.leases_bucket(),
+                "jetmesh leader leases",
+                Duration::from_millis(config.leases.ttl_ms.max(1000)),
+            ),
+        )
+        .await?;
         Ok(Mesh {
             client,
             js,
@@ -173,6 +184,7 @@ impl Mesh {
             registry,
             results,
             plans,
+            leases,
         })
     }
 

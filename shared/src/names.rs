@@ -227,6 +227,11 @@ impl Names {
         self.bucket("plans")
     }
 
+    /// `mesh_leases`: one key per singleton role (`chief`, `autoscaler`, …).
+    pub fn leases_bucket(&self) -> String {
+        self.bucket("leases")
+    }
+
     /// The core-NATS subject a KV write to `key` in `bucket` is published on.
     /// Subscribing to it is the cheapest way to be told about one write.
     pub fn kv_subject(&self, bucket: &str, key: &str) -> String {

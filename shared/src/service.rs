@@ -9,7 +9,7 @@ use crate::wire::ErrorReply;
 use async_nats::Client;
 use async_nats::service::{Service, ServiceExt};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// Registers `jetmesh-<role>` with the service API.
 pub async fn start(
@@ -84,12 +84,14 @@ pub fn request_encoding(request: &async_nats::service::Request) -> Result<Encodi
     Encoding::from_headers(request.message.headers.as_ref())
 }
 
-/// Waits until every role in `roles` answers `$SRV.PING` as `jetmesh-<role>`,
-/// which is when its endpoints are subscribed. Errors with `timeout`, naming
-/// the roles still missing.
+/// Waits until every role in `roles` answers `$SRV.INFO` as `jetmesh-<role>`
+/// and every subject in `subjects` is served by some endpoint (a standby chief
+/// is up before it serves `mesh.plans.submit`). Errors with `timeout`, naming
+/// what is still missing.
 pub async fn wait_for_roles(
     client: &Client,
     roles: &[&str],
+    subjects: &[String],
     within: std::time::Duration,
 ) -> Result<()> {
     use futures::StreamExt;
@@ -101,30 +103,42 @@ pub async fn wait_for_roles(
             .await
             .map_err(|e| Error::unavailable("cannot subscribe", e))?;
         client
-            .publish_with_reply("$SRV.PING", inbox, "".into())
+            .publish_with_reply("$SRV.INFO", inbox, "".into())
             .await
-            .map_err(|e| Error::unavailable("cannot ping services", e))?;
-        let mut seen = std::collections::BTreeSet::new();
+            .map_err(|e| Error::unavailable("cannot ask services", e))?;
+        let (mut names, mut served) = (BTreeSet::new(), BTreeSet::new());
         let window = std::time::Duration::from_millis(200);
         while let Ok(Some(msg)) = tokio::time::timeout(window, sub.next()).await {
-            if let Ok(ping) =
-                serde_json::from_slice::<async_nats::service::PingResponse>(&msg.payload)
-            {
-                seen.insert(ping.name);
+            let Ok(info) = serde_json::from_slice::<serde_json::Value>(&msg.payload) else {
+                continue;
+            };
+            if let Some(name) = info["name"].as_str() {
+                names.insert(name.to_string());
+            }
+            for e in info["endpoints"].as_array().into_iter().flatten() {
+                if let Some(subject) = e["subject"].as_str() {
+                    served.insert(subject.to_string());
+                }
             }
         }
-        let missing: Vec<&str> = roles
+        let mut missing: Vec<String> = roles
             .iter()
-            .copied()
-            .filter(|r| !seen.contains(&format!("jetmesh-{r}")))
+            .filter(|r| !names.contains(&format!("jetmesh-{r}")))
+            .map(|r| format!("role {r}"))
             .collect();
+        missing.extend(
+            subjects
+                .iter()
+                .filter(|s| !served.contains(*s))
+                .map(|s| format!("subject {s}")),
+        );
         if missing.is_empty() {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
             return Err(Error::new(
                 crate::ErrorCode::Timeout,
-                format!("roles not answering $SRV.PING: {}", missing.join(", ")),
+                format!("not ready: {}", missing.join(", ")),
             ));
         }
     }

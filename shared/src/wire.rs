@@ -441,6 +441,18 @@ pub struct CapabilityEntry {
     pub registered_at: Option<Timestamp>,
 }
 
+/// The value of a lease key in `mesh_leases` (`chief`, …): who holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The holder's instance id (`chief-3fa2c1`).
+    pub holder: String,
+    /// The revision at which the holder acquired the lease: its fencing token.
+    pub term: u64,
+    pub acquired_at: Timestamp,
+    pub renewed_at: Timestamp,
+    pub ttl_ms: u64,
+}
+
 /// `mesh.health.<role>.<instance>`: a role started, is alive, or is stopping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthEvent {

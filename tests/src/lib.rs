@@ -215,7 +215,7 @@ impl InProcessMesh {
             shutdown,
             handle: Some(handle),
         };
-        wait_for_services(&m.mesh.client, &jetmesh::up::ALL_ROLES).await;
+        wait_ready(&m.mesh).await;
         let pools: Vec<String> = m.mesh.config.pools.keys().cloned().collect();
         for pool in pools {
             for cap in m.mesh.config.pool_capabilities(&pool) {
@@ -322,11 +322,12 @@ impl Drop for Proc {
 
 pub use libc::{SIGCONT, SIGKILL, SIGSTOP, SIGTERM};
 
-/// Waits (up to 30 s) until every role in `roles` answers `$SRV.PING`.
-pub async fn wait_for_services(client: &async_nats::Client, roles: &[&str]) {
-    jetmesh_shared::service::wait_for_roles(client, roles, Duration::from_secs(30))
+/// Waits (up to 30 s) until every role answers and the public endpoints are
+/// served (one chief holds the lease).
+pub async fn wait_ready(mesh: &Mesh) {
+    jetmesh::up::wait_ready(mesh, Duration::from_secs(30))
         .await
-        .expect("roles answer $SRV.PING");
+        .expect("the mesh is ready");
 }
 
 impl Proc {

@@ -3,7 +3,7 @@
 //! people CLI.
 
 use jetmesh_tests::{
-    NatsServer, Proc, jetmesh_bin, root, test_config, wait_for_capability, wait_for_services,
+    NatsServer, Proc, jetmesh_bin, root, test_config, wait_for_capability, wait_ready,
 };
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -39,21 +39,10 @@ async fn roles_as_separate_processes_work_together() {
     procs.push(Proc::jetmesh(&url, &["worker", "--pool", "date"]));
 
     let client = server.client().await;
-    wait_for_services(
-        &client,
-        &[
-            "chief",
-            "planner",
-            "router",
-            "aggregator",
-            "summary",
-            "worker",
-        ],
-    )
-    .await;
     let mesh = jetmesh_shared::Mesh::connect(test_config(&url), "test")
         .await
         .unwrap();
+    wait_ready(&mesh).await;
     wait_for_capability(&mesh, "math").await;
     wait_for_capability(&mesh, "date").await;
     for p in &mut procs {

@@ -11,6 +11,7 @@ use async_nats::service::Request;
 use futures::StreamExt;
 use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::error::{Context, Result};
+use jetmesh_shared::lease::Lease;
 use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::wire::{
     self, Plan, PlanCounts, PlanReady, PlanRecord, PlanStatus, PlanView, PlannerRequest, Report,
@@ -22,50 +23,128 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Runs the chief until `shutdown`.
+/// The lease the active chief holds in `mesh_leases`.
+pub const LEASE: &str = "chief";
+
+/// Runs the chief until `shutdown`. Any number of chiefs may run: they all
+/// answer `mesh.plans.get`, and the one holding the `chief` lease also takes
+/// `mesh.plans.submit` and closes plans. The others stand by and take over
+/// when the lease expires or is released.
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let instance = shutdown::instance_id("chief");
     let svc = service::start(&mesh.client, "chief", &instance, "jetmesh chief").await?;
-    let serve = |subject: String| {
-        let svc = &svc;
-        async move {
-            svc.endpoint(subject)
-                .await
-                .map_err(|e| Error::unavailable("cannot serve a chief endpoint", e))
-        }
-    };
-    let mut submit = serve(mesh.names.plans_submit()).await?;
-    let mut get = serve(mesh.names.plans_get_all()).await?;
-    let reports = tokio::spawn(follow_reports(mesh.clone(), shutdown.clone()));
+    let mut get = svc
+        .endpoint(mesh.names.plans_get_all())
+        .await
+        .map_err(|e| Error::unavailable("cannot serve mesh.plans.get", e))?;
+    let lease = Lease::campaign(&mesh, LEASE, &instance, shutdown.clone());
     mesh.publish_health("chief", &instance, "started").await;
-    tracing::info!(instance = %instance, "The chief is taking requests.");
+    tracing::info!(instance = %instance, "The chief is up; it takes plans while it holds the lease.");
 
     let inflight = TaskTracker::new();
+    let reads = {
+        let (mesh, inflight, shutdown) = (mesh.clone(), inflight.clone(), shutdown.clone());
+        async move {
+            while let Some(Some(request)) = shutdown.run_until_cancelled(get.next()).await {
+                inflight.spawn(on_get(mesh.clone(), request));
+            }
+        }
+    };
+    let leading = async {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = lease.acquired() => {}
+            }
+            lead(&mesh, &svc, &lease, &shutdown, &inflight).await?;
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+    };
+    let (_, led) = tokio::join!(reads, leading);
+    // Waiting submitters keep their plans; they are answered or time out.
+    inflight.close();
+    let _ = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, inflight.wait()).await;
+    mesh.publish_health("chief", &instance, "stopping").await;
+    let _ = svc.stop().await;
+    led
+}
+
+/// Serves as the active chief until the lease is lost or shutdown.
+async fn lead(
+    mesh: &Mesh,
+    svc: &async_nats::service::Service,
+    lease: &Lease,
+    shutdown: &CancellationToken,
+    inflight: &TaskTracker,
+) -> Result<()> {
+    let stop = shutdown.child_token();
+    let mut submit = svc
+        .endpoint(mesh.names.plans_submit())
+        .await
+        .map_err(|e| Error::unavailable("cannot serve mesh.plans.submit", e))?;
+    let reports = tokio::spawn(follow_reports(mesh.clone(), lease.clone(), stop.clone()));
+    resume_plans(mesh, lease).await;
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
+            _ = lease.lost() => {
+                tracing::warn!("The chief lost its lease; it stops taking plans.");
+                break;
+            }
             r = submit.next() => match r {
-                Some(request) => { inflight.spawn(on_submit(mesh.clone(), request)); }
-                None => break,
-            },
-            r = get.next() => match r {
-                Some(request) => { inflight.spawn(on_get(mesh.clone(), request)); }
+                Some(request) => { inflight.spawn(on_submit(mesh.clone(), lease.clone(), request)); }
                 None => break,
             },
         }
     }
-    // Waiting submitters keep their plans; they are answered or time out.
-    inflight.close();
-    let _ = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, inflight.wait()).await;
+    let _ = submit.stop().await;
+    stop.cancel();
     let _ = reports.await;
-    mesh.publish_health("chief", &instance, "stopping").await;
-    let _ = svc.stop().await;
     Ok(())
 }
 
-async fn on_submit(mesh: Mesh, request: Request) {
+/// A new leader carries on every unfinished plan: it announces each one again
+/// (the router ignores plans it already follows, and dispatch is de-duplicated),
+/// so a plan stored just before the previous chief died still runs.
+async fn resume_plans(mesh: &Mesh, lease: &Lease) {
+    let entries = match mesh.scan(&mesh.plans, &mesh.names.plan_key_all()).await {
+        Ok(e) => e,
+        Err(error) => {
+            tracing::warn!(%error, "Cannot read unfinished plans.");
+            return;
+        }
+    };
+    let mut resumed = 0;
+    for entry in entries {
+        let Ok(record) = codec::from_json::<PlanRecord>(&entry.value) else {
+            continue;
+        };
+        if record.status != PlanStatus::Running || lease.fence().is_err() {
+            continue;
+        }
+        let ready = PlanReady {
+            plan_id: record.plan.plan_id.clone(),
+            total_tasks: record.plan.subtasks.len(),
+            at: jiff::Timestamp::now(),
+        };
+        match mesh
+            .publish_event(EventKind::PlanReady, &ready.plan_id, &ready)
+            .await
+        {
+            Ok(()) => resumed += 1,
+            Err(error) => tracing::warn!(%error, plan_id = %ready.plan_id, "Cannot resume a plan."),
+        }
+    }
+    if resumed > 0 {
+        tracing::info!(plans = resumed, "The new leader resumed unfinished plans.");
+    }
+}
+
+async fn on_submit(mesh: Mesh, lease: Lease, request: Request) {
     let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
-    let result = submit(&mesh, &request).await;
+    let result = submit(&mesh, &lease, &request).await;
     let status = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!(telemetry::REQUESTS, "endpoint" => "submit", "status" => status).increment(1);
     match result {
@@ -89,7 +168,11 @@ enum Submitted {
 
 type SubmitError = (Error, Option<String>);
 
-async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted, SubmitError> {
+async fn submit(
+    mesh: &Mesh,
+    lease: &Lease,
+    request: &Request,
+) -> std::result::Result<Submitted, SubmitError> {
     let msg = &request.message;
     let (req, _): (SubmitRequest, _) = codec::decode_message(
         msg.headers.as_ref(),
@@ -124,6 +207,8 @@ async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted
         created_at: jiff::Timestamp::now(),
         finished_at: None,
     };
+    // Fenced: only the lease holder stores plans.
+    lease.fence().map_err(fail)?;
     match mesh
         .plans
         .create(
@@ -178,6 +263,7 @@ async fn submit(mesh: &Mesh, request: &Request) -> std::result::Result<Submitted
         total_tasks: total,
         at: jiff::Timestamp::now(),
     };
+    lease.fence().map_err(fail)?;
     mesh.publish_event(EventKind::PlanReady, &plan_id, &ready)
         .await
         .map_err(fail)?;
@@ -323,7 +409,7 @@ pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
 
 /// Marks plans `reported` in `mesh_plans` as their final reports come out.
 /// The pull stream is reopened if it ends (server restart, consumer lost).
-async fn follow_reports(mesh: Mesh, shutdown: CancellationToken) {
+async fn follow_reports(mesh: Mesh, lease: Lease, shutdown: CancellationToken) {
     let durable = mesh.names.chief_reports_consumer();
     while !shutdown.is_cancelled() {
         let messages = match mesh.event_consumer(&durable, EventKind::FinalReport).await {
@@ -345,7 +431,7 @@ async fn follow_reports(mesh: Mesh, shutdown: CancellationToken) {
         while let Some(msg) = messages.next().await {
             let Ok(msg) = msg else { continue };
             let plan_id = names::last_token(&msg.subject).to_string();
-            match close_plan(&mesh, &plan_id).await {
+            match close_plan(&mesh, &lease, &plan_id).await {
                 Ok(()) => {
                     let _ = msg.ack().await;
                 }
@@ -363,7 +449,7 @@ async fn follow_reports(mesh: Mesh, shutdown: CancellationToken) {
     }
 }
 
-async fn close_plan(mesh: &Mesh, plan_id: &str) -> Result<()> {
+async fn close_plan(mesh: &Mesh, lease: &Lease, plan_id: &str) -> Result<()> {
     let key = mesh.names.plan_key(plan_id);
     let Some(entry) = mesh.plans.entry(&key).await.context("cannot read plan")? else {
         return Ok(());
@@ -374,6 +460,7 @@ async fn close_plan(mesh: &Mesh, plan_id: &str) -> Result<()> {
     }
     record.status = PlanStatus::Reported;
     record.finished_at = Some(jiff::Timestamp::now());
+    lease.fence()?;
     mesh.plans
         .update(&key, codec::to_json(&record)?, entry.revision)
         .await

@@ -144,12 +144,7 @@ async fn measure(mut config: Config, args: &BenchArgs) -> Result<Vec<Figure>> {
 }
 
 async fn wait_for_math(mesh: &Mesh) -> Result<()> {
-    jetmesh_shared::service::wait_for_roles(
-        &mesh.client,
-        &crate::up::ALL_ROLES,
-        Duration::from_secs(30),
-    )
-    .await?;
+    crate::up::wait_ready(mesh, Duration::from_secs(30)).await?;
     for _ in 0..100 {
         if registry::list(mesh)
             .await?

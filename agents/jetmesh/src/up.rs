@@ -45,7 +45,7 @@ pub async fn up(config: Config, args: UpArgs, shutdown: CancellationToken) -> Re
         // a role that fails first ends `up` with its error at once.
         let ready = tokio::select! {
             ended = &mut roles => return ended?,
-            ready = jetmesh_shared::service::wait_for_roles(&mesh.client, &ALL_ROLES, Duration::from_secs(60)) => ready,
+            ready = wait_ready(&mesh, Duration::from_secs(60)) => ready,
         };
         match ready {
             Ok(()) => {
@@ -105,10 +105,22 @@ pub const ALL_ROLES: [&str; 6] = [
     "worker",
 ];
 
+/// Waits until every role answers and the public endpoints are served (the
+/// chief's `mesh.plans.submit` only once one chief holds the lease).
+pub async fn wait_ready(mesh: &Mesh, within: Duration) -> jetmesh_shared::Result<()> {
+    let n = &mesh.names;
+    let subjects = [
+        n.plans_submit(),
+        n.plans_get_all(),
+        n.run_all(),
+        n.planner_plan(),
+    ];
+    jetmesh_shared::service::wait_for_roles(&mesh.client, &ALL_ROLES, &subjects, within).await
+}
+
 async fn run_demo(mesh: &Mesh) -> Result<i32> {
     // The roles start alongside: wait until each answers and the pools registered.
-    jetmesh_shared::service::wait_for_roles(&mesh.client, &ALL_ROLES, Duration::from_secs(30))
-        .await?;
+    wait_ready(mesh, Duration::from_secs(30)).await?;
     for _ in 0..100 {
         let caps = registry::list(mesh).await?;
         if ["math", "date"]
