@@ -87,6 +87,11 @@ impl Lease {
         }
     }
 
+    /// This campaigner's instance id.
+    pub fn holder(&self) -> &str {
+        &self.inner.holder
+    }
+
     pub fn is_leader(&self) -> bool {
         self.fence().is_ok()
     }

@@ -21,6 +21,7 @@ pub async fn start(
     let mut metadata = HashMap::new();
     metadata.insert("instance".to_string(), instance.to_string());
     metadata.insert("role".to_string(), role.to_string());
+    metadata.insert("pid".to_string(), std::process::id().to_string());
     metadata.insert(
         "protocol".to_string(),
         crate::wire::PROTOCOL_VERSION.to_string(),

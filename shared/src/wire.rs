@@ -328,6 +328,12 @@ pub struct PlanRecord {
     pub created_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
+    /// The chief instance that accepted the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_by: Option<String>,
+    /// That chief's lease term (fencing token) when it stored the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 /// `mesh.evt.task_available.<plan_id>`: a request was received.

@@ -276,10 +276,16 @@ impl Proc {
 
     /// `jetmesh <args>` against `url`, logging to stderr.
     pub fn jetmesh(url: &str, args: &[&str]) -> Proc {
+        Proc::jetmesh_env(url, args, &[])
+    }
+
+    /// `jetmesh <args>` against `url` with extra environment (config overrides).
+    pub fn jetmesh_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(jetmesh_bin());
         cmd.args(args)
             .env("NATS_URL", url)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .current_dir(root());
         Proc::spawn(&format!("jetmesh {}", args.join(" ")), &mut cmd)
     }
@@ -337,4 +343,30 @@ impl Proc {
             panic!("{} exited early with {status}", self.name);
         }
     }
+}
+
+/// The process id of every running instance of service `jetmesh-<role>`, by
+/// instance id (from `$SRV.INFO` metadata).
+pub async fn role_pids(
+    client: &async_nats::Client,
+    role: &str,
+) -> std::collections::HashMap<String, i32> {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(format!("$SRV.INFO.jetmesh-{role}"), inbox, "".into())
+        .await
+        .expect("info");
+    let mut out = std::collections::HashMap::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+        if let (Some(i), Some(p)) = (
+            v["metadata"]["instance"].as_str(),
+            v["metadata"]["pid"].as_str(),
+        ) {
+            out.insert(i.to_string(), p.parse().unwrap_or(0));
+        }
+    }
+    out
 }

@@ -206,9 +206,10 @@ async fn submit(
         status: PlanStatus::Running,
         created_at: jiff::Timestamp::now(),
         finished_at: None,
+        accepted_by: Some(lease.holder().to_string()),
+        // Fenced: only the lease holder stores plans.
+        term: Some(lease.fence().map_err(fail)?),
     };
-    // Fenced: only the lease holder stores plans.
-    lease.fence().map_err(fail)?;
     match mesh
         .plans
         .create(

@@ -140,6 +140,35 @@ pub async fn caps(config: Config, json: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// Who holds each leader lease, and what the registry holds.
+pub async fn mesh_status(config: Config, json: bool) -> Result<i32> {
+    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    let chief = jetmesh_shared::lease::holder(&mesh, "chief").await?;
+    let caps = registry::list(&mesh).await?;
+    if json {
+        let v = serde_json::json!({"leaders": {"chief": chief}, "capabilities": caps});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    match chief {
+        Some(l) => println!(
+            "chief: {} leads (term {}, since {}, renewed {})",
+            l.holder, l.term, l.acquired_at, l.renewed_at
+        ),
+        None => println!("chief: no leader (no chief running, or the lease just expired)"),
+    }
+    let names: Vec<&str> = caps.iter().map(|c| c.capability.as_str()).collect();
+    println!(
+        "capabilities: {}",
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    );
+    Ok(0)
+}
+
 pub async fn status(config: Config, plan_id: &str, json: bool) -> Result<i32> {
     ids::validate("plan id", plan_id)?;
     let client = client(&config).await?;

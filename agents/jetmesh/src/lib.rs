@@ -56,9 +56,10 @@ pub enum Command {
     },
     /// Submit a plan (a JSON file, or - for stdin).
     Submit(client::SubmitArgs),
-    /// Show a plan's status and results.
+    /// Show who leads and what is registered, or, with a plan id, that plan's
+    /// status and results.
     Status {
-        plan_id: String,
+        plan_id: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -145,7 +146,14 @@ pub async fn main(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Submit(args) => client::submit(config, args).await,
-        Command::Status { plan_id, json } => client::status(config, &plan_id, json).await,
+        Command::Status {
+            plan_id: Some(plan_id),
+            json,
+        } => client::status(config, &plan_id, json).await,
+        Command::Status {
+            plan_id: None,
+            json,
+        } => client::mesh_status(config, json).await,
         Command::Caps { json } => client::caps(config, json).await,
         Command::Run(args) => client::run(config, args).await,
         Command::Bench(args) => bench::run(config, args).await.map(|_| 0),

@@ -146,6 +146,8 @@ mod tests {
             status: PlanStatus::Running,
             created_at: created,
             finished_at: None,
+            accepted_by: None,
+            term: None,
         };
         let mut results = HashMap::new();
         let mut ok = TaskResult::success(json!(6));
