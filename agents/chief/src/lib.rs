@@ -99,7 +99,19 @@ async fn lead(
             },
         }
     }
+    // Unsubscribe, then answer what was already delivered: a requester gets a
+    // clear `unavailable` (retry), never silence.
     let _ = submit.stop().await;
+    while let Ok(Some(request)) =
+        tokio::time::timeout(Duration::from_millis(200), submit.next()).await
+    {
+        let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
+        let refused: Result<()> = Err(Error::new(
+            ErrorCode::Unavailable,
+            "this chief just stepped down; send the request again",
+        ));
+        service::respond(&request, enc, &refused).await;
+    }
     stop.cancel();
     let _ = reports.await;
     Ok(())
