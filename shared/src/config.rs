@@ -128,6 +128,8 @@ pub struct MeshConfig {
     pub plans_ttl_secs: u64,
     /// How long events stay in `MESH_EVENTS`.
     pub events_ttl_secs: u64,
+    /// How long dead letters stay in `MESH_DLQ`.
+    pub dlq_ttl_secs: u64,
     /// Window in which a re-published task (same plan and task id) is dropped.
     pub dedupe_window_secs: u64,
     /// Largest request body any role accepts, in bytes.
@@ -145,6 +147,7 @@ impl Default for MeshConfig {
             results_ttl_secs: 3600,
             plans_ttl_secs: 86_400,
             events_ttl_secs: 86_400,
+            dlq_ttl_secs: 7 * 86_400,
             dedupe_window_secs: 120,
             max_request_bytes: 1024 * 1024,
             max_subtasks: 10_000,

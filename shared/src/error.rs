@@ -39,6 +39,9 @@ pub enum ErrorCode {
     NoPlannerProvider,
     /// No plan or task has that id.
     NotFound,
+    /// The task was delivered as often as its pool allows without a result (or
+    /// could not be decoded); it is in `MESH_DLQ`.
+    DeadLettered,
     /// The task or the wait ran out of time.
     Timeout,
     /// The pool refuses new work until its backlog drains.
@@ -70,6 +73,7 @@ impl ErrorCode {
             ErrorCode::DuplicatePlan => "duplicate_plan",
             ErrorCode::NoPlannerProvider => "no_planner_provider",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::DeadLettered => "dead_lettered",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::DivisionByZero => "division_by_zero",

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod dlq;
 pub mod error;
 pub mod ids;
 pub mod lease;

@@ -113,6 +113,15 @@ impl Mesh {
                 ..Default::default()
             },
             stream::Config {
+                name: names.dlq_stream(),
+                description: Some("jetmesh dead letters (jetmesh dlq ls|show|replay|purge)".into()),
+                subjects: vec![names.dlq_all()],
+                retention: stream::RetentionPolicy::Limits,
+                max_age: Duration::from_secs(m.dlq_ttl_secs),
+                duplicate_window: dedupe,
+                ..Default::default()
+            },
+            stream::Config {
                 name: names.events_stream(),
                 description: Some("jetmesh events, health and alerts".into()),
                 subjects: names.events_subjects(),

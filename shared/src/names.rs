@@ -174,11 +174,45 @@ impl Names {
             self.subject("evt.>"),
             self.subject("health.>"),
             self.subject("alerts.>"),
+            self.max_deliveries_advisories(),
         ]
     }
 
     pub fn queues_subjects(&self) -> Vec<String> {
         vec![self.subject("queue.>")]
+    }
+
+    /// `MESH_DLQ`: dead letters, browsable and replayable.
+    pub fn dlq_stream(&self) -> String {
+        self.stream("DLQ")
+    }
+
+    /// `mesh.dlq.<pool>`: a dead letter of one pool.
+    pub fn dlq(&self, pool: &str) -> String {
+        self.subject(&format!("dlq.{pool}"))
+    }
+
+    pub fn dlq_all(&self) -> String {
+        self.subject("dlq.>")
+    }
+
+    /// JetStream's advisory for a message of the queue stream that reached its
+    /// consumer's max deliveries (captured in `MESH_EVENTS`).
+    pub fn max_deliveries_advisories(&self) -> String {
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            self.queues_stream()
+        )
+    }
+
+    /// The router's durable consumer on max-deliveries advisories.
+    pub fn router_dlq_consumer(&self) -> String {
+        "router_dlq".to_string()
+    }
+
+    /// The pool a `pool_<pool>` consumer belongs to.
+    pub fn pool_of_consumer<'a>(&self, consumer: &'a str) -> Option<&'a str> {
+        consumer.strip_prefix("pool_")
     }
 
     /// `pool_<pool>`: the durable consumer every worker of a pool shares (fixed).

@@ -459,6 +459,74 @@ pub struct LeaseRecord {
     pub ttl_ms: u64,
 }
 
+/// A dead letter in `MESH_DLQ`: the message is the original body (with its
+/// `Content-Type`), and these fields ride in `Jetmesh-Dlq-*` headers, so that
+/// `nats stream view MESH_DLQ` shows both and a replay is byte for byte.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeadLetter {
+    /// `max_deliveries` or `undecodable`.
+    pub reason: String,
+    /// What went wrong, for people.
+    pub detail: String,
+    pub pool: String,
+    /// The queue subject the task was on (where a replay goes).
+    pub subject: String,
+    /// Deliveries made before it was dead-lettered.
+    pub attempts: u64,
+    pub plan_id: Option<String>,
+    pub task_id: Option<String>,
+}
+
+impl DeadLetter {
+    pub const REASON: &'static str = "Jetmesh-Dlq-Reason";
+    pub const DETAIL: &'static str = "Jetmesh-Dlq-Detail";
+    pub const POOL: &'static str = "Jetmesh-Dlq-Pool";
+    pub const SUBJECT: &'static str = "Jetmesh-Dlq-Subject";
+    pub const ATTEMPTS: &'static str = "Jetmesh-Dlq-Attempts";
+    pub const PLAN: &'static str = "Jetmesh-Dlq-Plan-Id";
+    pub const TASK: &'static str = "Jetmesh-Dlq-Task-Id";
+
+    pub fn to_headers(&self, headers: &mut async_nats::HeaderMap) {
+        // Header values are single lines.
+        let detail: String = self
+            .detail
+            .replace(['\r', '\n'], " ")
+            .chars()
+            .take(1000)
+            .collect();
+        headers.insert(Self::REASON, self.reason.as_str());
+        headers.insert(Self::DETAIL, detail.as_str());
+        headers.insert(Self::POOL, self.pool.as_str());
+        headers.insert(Self::SUBJECT, self.subject.as_str());
+        headers.insert(Self::ATTEMPTS, self.attempts.to_string().as_str());
+        if let Some(p) = &self.plan_id {
+            headers.insert(Self::PLAN, p.as_str());
+        }
+        if let Some(t) = &self.task_id {
+            headers.insert(Self::TASK, t.as_str());
+        }
+    }
+
+    pub fn from_headers(headers: Option<&async_nats::HeaderMap>) -> DeadLetter {
+        let get = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        DeadLetter {
+            reason: get(Self::REASON).unwrap_or_default(),
+            detail: get(Self::DETAIL).unwrap_or_default(),
+            pool: get(Self::POOL).unwrap_or_default(),
+            subject: get(Self::SUBJECT).unwrap_or_default(),
+            attempts: get(Self::ATTEMPTS)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            plan_id: get(Self::PLAN),
+            task_id: get(Self::TASK),
+        }
+    }
+}
+
 /// `mesh.health.<role>.<instance>`: a role started, is alive, or is stopping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthEvent {
@@ -519,7 +587,7 @@ pub fn decode_reply<T: serde::de::DeserializeOwned>(
 /// Hand-written decoding of [`Subtask`] and [`TaskMessage`]: one pass over the
 /// map, known fields into their slots, everything else into `params`.
 mod task_de {
-    use super::{Priority, Subtask, TaskMessage};
+    use super::{Subtask, TaskMessage};
     use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
     use serde_json::{Map, Value};
     use std::fmt;
@@ -556,6 +624,15 @@ mod task_de {
 
     type Decoded = (Subtask, Option<String>, Option<u32>);
 
+    /// The next value, with the field's name in any error ("depends_on: …").
+    fn field<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+        map: &mut A,
+        name: &str,
+    ) -> Result<T, A::Error> {
+        map.next_value::<T>()
+            .map_err(|e| de::Error::custom(format_args!("field {name}: {e}")))
+    }
+
     fn set<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
         if slot.replace(value).is_some() {
             return Err(E::duplicate_field(name));
@@ -578,26 +655,26 @@ mod task_de {
             let mut params = Map::new();
             while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                 match key.as_ref() {
-                    "id" => set(&mut id, map.next_value::<String>()?, "id")?,
-                    "type" => set(&mut capability, map.next_value::<String>()?, "type")?,
-                    "action" => set(&mut action, map.next_value::<String>()?, "action")?,
+                    "id" => set(&mut id, field(&mut map, "id")?, "id")?,
+                    "type" => set(&mut capability, field(&mut map, "type")?, "type")?,
+                    "action" => set(&mut action, field(&mut map, "action")?, "action")?,
                     "depends_on" => set(
                         &mut depends_on,
-                        map.next_value::<Vec<String>>()?,
+                        field(&mut map, "depends_on")?,
                         "depends_on",
                     )?,
-                    "priority" => set(&mut priority, map.next_value::<Priority>()?, "priority")?,
+                    "priority" => set(&mut priority, field(&mut map, "priority")?, "priority")?,
                     "timeout_ms" => set(
                         &mut timeout_ms,
-                        map.next_value::<Option<u64>>()?,
+                        field(&mut map, "timeout_ms")?,
                         "timeout_ms",
                     )?,
-                    "retries" => set(&mut retries, map.next_value::<Option<u32>>()?, "retries")?,
+                    "retries" => set(&mut retries, field(&mut map, "retries")?, "retries")?,
                     "plan_id" if self.queued => {
-                        set(&mut plan_id, map.next_value::<String>()?, "plan_id")?
+                        set(&mut plan_id, field(&mut map, "plan_id")?, "plan_id")?
                     }
                     "attempt" if self.queued => {
-                        set(&mut attempt, map.next_value::<u32>()?, "attempt")?
+                        set(&mut attempt, field(&mut map, "attempt")?, "attempt")?
                     }
                     _ => {
                         let value = map.next_value::<Value>()?;

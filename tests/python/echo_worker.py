@@ -8,8 +8,11 @@ foreign-worker contract of protocol v1 and nothing else:
 3. for each task, write the result object to mesh_results key
    task.<plan_id>.<task_id>, then ack (a permanent failure is a result too).
 
-Capability "echo", actions "say" (returns its text/args) and "fail" (always an
-error result). Usage: NATS_URL=nats://127.0.0.1:4222 python3 echo_worker.py
+Capability "echo", actions "say" (returns its text/args), "fail" (always an
+error result) and "flaky" (naks, leaving the task unrecorded, while the file
+named by ECHO_BROKEN_FILE exists: a retryable failure that tests fix by
+removing the file). ECHO_MAX_DELIVER sets the consumer's max deliveries when
+this worker creates it (default 5). Usage: NATS_URL=nats://127.0.0.1:4222 python3 echo_worker.py
 Prints "ready" once registered; SIGTERM stops it after the current batch.
 """
 
@@ -35,6 +38,8 @@ def execute(task):
     if action == "say":
         text = task.get("text", task.get("args"))
         return {"status": "success", "output": {"echo": text}}
+    if action == "flaky":
+        return {"status": "success", "output": "fixed"}
     if action == "fail":
         return {"status": "error", "error": {"code": "echo_failed", "message": "asked to fail"}}
     return {"status": "error", "error": {"code": "unknown_action", "message": f"echo has no action {action!r}"}}
@@ -57,13 +62,13 @@ async def main():
                 filter_subject=f"mesh.queue.{POOL}.>",
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=30,
-                max_deliver=5,
+                max_deliver=int(os.environ.get("ECHO_MAX_DELIVER", "5")),
                 max_ack_pending=10000,
             ),
         )
     sub = await js.pull_subscribe_bind(consumer, stream="MESH_QUEUES")
 
-    entry = {"capability": CAPABILITY, "actions": ["say", "fail"], "pool": POOL, "encoding": "json"}
+    entry = {"capability": CAPABILITY, "actions": ["say", "fail", "flaky"], "pool": POOL, "encoding": "json"}
     await registry.put(f"cap.{CAPABILITY}", json.dumps(entry).encode())
     print("ready", flush=True)
 
@@ -91,6 +96,10 @@ async def handle(msg, results):
         plan_id, task_id = task["plan_id"], task["id"]
     except (ValueError, KeyError):
         await msg.term()  # cannot even say which task it was
+        return
+    broken = os.environ.get("ECHO_BROKEN_FILE", "")
+    if task.get("action") == "flaky" and broken and os.path.exists(broken):
+        await msg.nak(delay=0.1)  # retryable: JetStream delivers it again
         return
     result = execute(task)
     result.update(

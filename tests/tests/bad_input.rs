@@ -326,7 +326,17 @@ async fn malformed_queue_messages_fail_their_task_instead_of_vanishing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let result = result.expect("the malformed task got a result");
-    assert_eq!(result.error.unwrap().code, "bad_request");
+    assert_eq!(result.error.unwrap().code, "dead_lettered");
+    // It is in the dead-letter queue with the reason and the original body.
+    let letters = jetmesh_shared::dlq::list(m, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].letter.reason, "undecodable");
+    assert_eq!(letters[0].letter.task_id.as_deref(), Some("t1"));
+    assert!(
+        letters[0].letter.detail.contains("depends_on"),
+        "{:?}",
+        letters[0].letter
+    );
     // The queue is empty: the message was not left to be redelivered forever.
     let mut stream = js.get_stream("MESH_QUEUES").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 0);

@@ -28,6 +28,24 @@ pub struct SubmitArgs {
     pub timeout: u64,
 }
 
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Show one dead letter: its reason, ids and original body.
+    Show { id: u64 },
+    /// Put a dead letter's task back on its queue (after fixing the cause).
+    Replay { id: u64 },
+    /// Remove every dead letter.
+    Purge,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     pub capability: String,
@@ -310,4 +328,73 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
         println!("{}", report.markdown);
     }
     Ok(if report.failed == 0 { 0 } else { 2 })
+}
+
+pub async fn dlq(config: Config, command: DlqCommand) -> Result<i32> {
+    use jetmesh_shared::dlq;
+    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    match command {
+        DlqCommand::Ls { json, limit } => {
+            let entries = dlq::list(&mesh, limit).await?;
+            if json {
+                let v: Vec<Value> = entries.iter().map(entry_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if entries.is_empty() {
+                println!("No dead letters.");
+            } else {
+                println!(
+                    "{:<6} {:<20} {:<10} {:<15} {:<8} TASK",
+                    "ID", "AT", "POOL", "REASON", "ATTEMPTS"
+                );
+                for e in &entries {
+                    let task = match (&e.letter.plan_id, &e.letter.task_id) {
+                        (Some(p), Some(t)) => format!("{p}.{t}"),
+                        _ => "-".into(),
+                    };
+                    let at = e.at.strftime("%Y-%m-%d %H:%M:%S").to_string();
+                    println!(
+                        "{:<6} {:<20} {:<10} {:<15} {:<8} {task}",
+                        e.seq, at, e.letter.pool, e.letter.reason, e.letter.attempts
+                    );
+                }
+            }
+        }
+        DlqCommand::Show { id } => {
+            let e = dlq::get(&mesh, id).await?;
+            println!("{}", serde_json::to_string_pretty(&entry_json(&e))?);
+        }
+        DlqCommand::Replay { id } => {
+            dlq::replay(&mesh, id).await?;
+            println!("Dead letter {id} is back on its queue.");
+        }
+        DlqCommand::Purge => {
+            let n = dlq::purge(&mesh).await?;
+            println!("Removed {n} dead letters.");
+        }
+    }
+    Ok(0)
+}
+
+fn entry_json(e: &jetmesh_shared::dlq::Entry) -> Value {
+    let body = match std::str::from_utf8(&e.body) {
+        Ok(text) => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string())),
+        Err(_) => Value::String(format!(
+            "<{} bytes of {}>",
+            e.body.len(),
+            e.content_type.as_deref().unwrap_or("binary")
+        )),
+    };
+    serde_json::json!({
+        "id": e.seq,
+        "at": e.at.to_string(),
+        "reason": e.letter.reason,
+        "detail": e.letter.detail,
+        "pool": e.letter.pool,
+        "subject": e.letter.subject,
+        "attempts": e.letter.attempts,
+        "plan_id": e.letter.plan_id,
+        "task_id": e.letter.task_id,
+        "content_type": e.content_type,
+        "body": body,
+    })
 }

@@ -69,6 +69,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Browse, replay and clear dead letters (MESH_DLQ).
+    Dlq {
+        #[command(subcommand)]
+        command: client::DlqCommand,
+    },
     /// Run one task and print its result: `jetmesh run math sum 1 2 3`.
     Run(client::RunArgs),
     /// Measure throughput and latency against a baseline (see docs/BENCHMARKS.md).
@@ -156,6 +161,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
         } => client::mesh_status(config, json).await,
         Command::Caps { json } => client::caps(config, json).await,
         Command::Run(args) => client::run(config, args).await,
+        Command::Dlq { command } => client::dlq(config, command).await,
         Command::Bench(args) => bench::run(config, args).await.map(|_| 0),
     }
 }

@@ -56,14 +56,15 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         .await
         .map_err(|e| Error::unavailable("cannot serve mesh.run", e))?;
     let intake = router.intake_loop(shutdown.clone());
+    let dead = router.dead_letter_loop(shutdown.clone());
     let plans = router.plans_loop(shutdown.clone());
     let run = router.run_loop(run_endpoint, shutdown.clone());
     mesh.publish_health("router", &instance, "started").await;
     tracing::info!(instance = %instance, "The router is routing.");
-    let (a, b, c) = tokio::join!(intake, plans, run);
+    let (a, b, c, d) = tokio::join!(intake, plans, run, dead);
     mesh.publish_health("router", &instance, "stopping").await;
     let _ = svc.stop().await;
-    a.and(b).and(c)
+    a.and(b).and(c).and(d)
 }
 
 impl Router {
@@ -264,6 +265,126 @@ impl Router {
             let plan_id = plan_id.to_string();
             tokio::spawn(async move { this.perform(&plan_id, actions).await });
         }
+    }
+
+    // ----- dead letters -----
+
+    /// Turns max-deliveries advisories of the queue stream into dead letters:
+    /// the message goes to `MESH_DLQ`, its task is marked failed, and it leaves
+    /// the queue.
+    async fn dead_letter_loop(&self, shutdown: CancellationToken) -> Result<()> {
+        let stream = self
+            .mesh
+            .js
+            .get_stream_no_info(self.mesh.names.events_stream())
+            .await
+            .context("cannot open the event stream")?;
+        let name = self.mesh.names.router_dlq_consumer();
+        let consumer = stream
+            .get_or_create_consumer(
+                &name,
+                async_nats::jetstream::consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: self.mesh.names.max_deliveries_advisories(),
+                    ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    num_replicas: self.mesh.config.mesh.replicas,
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("cannot create the dead-letter consumer")?;
+        let queues = self
+            .mesh
+            .js
+            .get_stream_no_info(self.mesh.names.queues_stream())
+            .await
+            .context("cannot open the queue stream")?;
+        while !shutdown.is_cancelled() {
+            let mut messages = match consumer.messages().await {
+                Ok(m) => m,
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot read advisories; retrying.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(Some(msg)) = shutdown.run_until_cancelled(messages.next()).await {
+                let Ok(msg) = msg else { continue };
+                match self.on_max_deliveries(&queues, &msg.payload).await {
+                    Ok(()) => {
+                        let _ = msg.ack().await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "Cannot dead-letter a task; it will be retried.");
+                        let _ = msg
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_max_deliveries(
+        &self,
+        queues: &async_nats::jetstream::stream::Stream<()>,
+        advisory: &[u8],
+    ) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct Advisory {
+            consumer: String,
+            stream_seq: u64,
+            #[serde(default)]
+            deliveries: u64,
+        }
+        let Ok(a) = codec::from_json::<Advisory>(advisory) else {
+            return Ok(()); // not ours to understand; nothing to do
+        };
+        let Ok(msg) = queues.get_raw_message(a.stream_seq).await else {
+            return Ok(()); // acked or removed since: nothing is stuck
+        };
+        let pool = self
+            .mesh
+            .names
+            .pool_of_consumer(&a.consumer)
+            .unwrap_or(&a.consumer)
+            .to_string();
+        let ids = jetmesh_shared::dlq::task_ids(Some(&msg.headers), &msg.payload);
+        let letter = jetmesh_shared::wire::DeadLetter {
+            reason: "max_deliveries".into(),
+            detail: format!(
+                "delivered {} times to pool {pool} without a result",
+                a.deliveries
+            ),
+            pool,
+            subject: msg.subject.to_string(),
+            attempts: a.deliveries,
+            plan_id: ids.as_ref().map(|(p, _)| p.clone()),
+            task_id: ids.as_ref().map(|(_, t)| t.clone()),
+        };
+        let content_type = msg
+            .headers
+            .get(jetmesh_shared::codec::CONTENT_TYPE)
+            .map(|v| v.as_str().to_string());
+        jetmesh_shared::dlq::send(
+            &self.mesh,
+            &letter,
+            msg.payload.clone(),
+            content_type.as_deref(),
+            Some(format!("dlq.{}", a.stream_seq)),
+        )
+        .await?;
+        if let Some((plan, task)) = &ids {
+            jetmesh_shared::dlq::fail_task(&self.mesh, plan, task, a.deliveries, &letter.detail)
+                .await?;
+        }
+        queues
+            .delete_message(a.stream_seq)
+            .await
+            .context("cannot remove the dead-lettered task from its queue")?;
+        Ok(())
     }
 
     // ----- single tasks: mesh.tasks (durable) -----

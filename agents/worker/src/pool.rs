@@ -11,8 +11,8 @@ use async_nats::jetstream::{AckKind, Message, kv};
 use futures::StreamExt;
 use jetmesh_shared::codec::Encoding;
 use jetmesh_shared::error::{Context, Error, ErrorCode, Result};
-use jetmesh_shared::wire::{CapabilityEntry, TaskMessage, TaskResult};
-use jetmesh_shared::{Mesh, codec, ids, registry, service, shutdown, telemetry};
+use jetmesh_shared::wire::{CapabilityEntry, DeadLetter, TaskMessage, TaskResult};
+use jetmesh_shared::{Mesh, codec, dlq, ids, registry, service, shutdown, telemetry};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -319,8 +319,9 @@ impl Pool {
         }
     }
 
-    /// A message that can never run: record an error result when its ids are
-    /// readable (so its plan still completes), and stop its redelivery.
+    /// A message that can never run (it cannot be decoded): dead-letter it
+    /// with the reason, mark its task failed when its ids are readable (so its
+    /// plan still completes), and take it off the queue.
     async fn poison(&self, msg: &Message, value: Option<&Value>, error: &Error) {
         metrics::counter!(telemetry::TASKS_REJECTED, "pool" => self.name.clone(), "code" => error.code.as_str()).increment(1);
         let ids = value.and_then(|v| {
@@ -329,15 +330,46 @@ impl Pool {
             (ids::is_valid(plan) && ids::is_valid(task))
                 .then(|| (plan.to_string(), task.to_string()))
         });
-        tracing::error!(%error, subject = %msg.subject, pool = %self.name, "A task message cannot be run.");
-        match ids {
+        let attempts = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+        let letter = DeadLetter {
+            reason: "undecodable".into(),
+            detail: error.message.clone(),
+            pool: self.name.clone(),
+            subject: msg.subject.to_string(),
+            attempts,
+            plan_id: ids.as_ref().map(|(p, _)| p.clone()),
+            task_id: ids.as_ref().map(|(_, t)| t.clone()),
+        };
+        let content_type = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(jetmesh_shared::codec::CONTENT_TYPE))
+            .map(|v| v.as_str().to_string());
+        let seq = msg.info().map(|i| i.stream_sequence).ok();
+        let stored = dlq::send(
+            &self.mesh,
+            &letter,
+            msg.payload.clone(),
+            content_type.as_deref(),
+            seq.map(|s| format!("dlq.{s}")),
+        )
+        .await
+        .and(match &ids {
             Some((plan, task)) => {
-                let mut result = TaskResult::failure(error).for_task(&plan, &task);
-                result.worker = Some(self.instance.clone());
-                self.record(msg, &plan, &task, &result).await;
+                dlq::fail_task(&self.mesh, plan, task, attempts, &error.message).await
             }
-            None => {
-                let _ = msg.ack_with(AckKind::Term).await;
+            None => Ok(()),
+        });
+        match stored {
+            // In the dead-letter queue now: off the work queue.
+            Ok(()) => {
+                let _ = msg.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot dead-letter a task; it will be redelivered.");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
             }
         }
     }
