@@ -18,6 +18,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use std::time::Duration;
 
+async fn stream(mesh: &Mesh) -> Result<jetstream::stream::Stream<()>> {
+    mesh.js
+        .get_stream_no_info(mesh.names.dlq_stream())
+        .await
+        .context("cannot open the dead-letter stream")
+}
+
 /// One dead letter as stored.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -106,11 +113,7 @@ pub async fn fail_task(
 
 /// Every dead letter, oldest first (at most `limit`).
 pub async fn list(mesh: &Mesh, limit: usize) -> Result<Vec<Entry>> {
-    let stream = mesh
-        .js
-        .get_stream_no_info(mesh.names.dlq_stream())
-        .await
-        .context("cannot open the dead-letter stream")?;
+    let stream = stream(mesh).await?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig::default())
         .await
@@ -156,11 +159,7 @@ fn entry(seq: u64, at_nanos: i128, headers: Option<&async_nats::HeaderMap>, body
 
 /// One dead letter by its `MESH_DLQ` sequence.
 pub async fn get(mesh: &Mesh, seq: u64) -> Result<Entry> {
-    let stream = mesh
-        .js
-        .get_stream_no_info(mesh.names.dlq_stream())
-        .await
-        .context("cannot open the dead-letter stream")?;
+    let stream = stream(mesh).await?;
     let msg = stream
         .get_raw_message(seq)
         .await
@@ -207,11 +206,7 @@ pub async fn replay(mesh: &Mesh, seq: u64) -> Result<()> {
 
 /// Removes one dead letter.
 pub async fn remove(mesh: &Mesh, seq: u64) -> Result<()> {
-    let stream = mesh
-        .js
-        .get_stream_no_info(mesh.names.dlq_stream())
-        .await
-        .context("cannot open the dead-letter stream")?;
+    let stream = stream(mesh).await?;
     stream
         .delete_message(seq)
         .await
@@ -221,11 +216,7 @@ pub async fn remove(mesh: &Mesh, seq: u64) -> Result<()> {
 
 /// Removes every dead letter; returns how many there were.
 pub async fn purge(mesh: &Mesh) -> Result<u64> {
-    let stream = mesh
-        .js
-        .get_stream_no_info(mesh.names.dlq_stream())
-        .await
-        .context("cannot open the dead-letter stream")?;
+    let stream = stream(mesh).await?;
     let r = stream.purge().await.context("cannot purge dead letters")?;
     Ok(r.purged)
 }

@@ -353,25 +353,42 @@ impl Mesh {
         durable: &str,
         kind: EventKind,
     ) -> Result<consumer::Consumer<consumer::pull::Config>> {
+        self.durable_consumer(
+            &self.names.events_stream(),
+            durable,
+            &self.names.event_all(kind),
+        )
+        .await
+    }
+
+    /// A durable pull consumer with explicit acks, from the start of `stream`
+    /// (`filter` empty: every subject), created if absent.
+    pub async fn durable_consumer(
+        &self,
+        stream: &str,
+        durable: &str,
+        filter: &str,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>> {
         let stream = self
             .js
-            .get_stream_no_info(self.names.events_stream())
+            .get_stream_no_info(stream)
             .await
-            .context("cannot open the event stream")?;
+            .context("cannot open a stream")?;
         stream
             .get_or_create_consumer(
                 durable,
                 consumer::pull::Config {
                     durable_name: Some(durable.to_string()),
-                    filter_subject: self.names.event_all(kind),
+                    filter_subject: filter.to_string(),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 20_000,
                     num_replicas: self.config.mesh.replicas,
                     ..Default::default()
                 },
             )
             .await
-            .context("cannot create an event consumer")
+            .context("cannot create a durable consumer")
     }
 
     /// Follows every result of one plan — those already stored, then each new

@@ -370,3 +370,31 @@ pub async fn role_pids(
     }
     out
 }
+
+/// Starts `tests/python/echo_worker.py` (nats-py) against `url` with extra
+/// environment, and waits (up to 20 s) until it prints `ready`.
+pub async fn spawn_echo_worker(url: &str, env: &[(&str, &std::ffi::OsStr)]) -> Proc {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = Command::new(python());
+    cmd.arg(root().join("tests/python/echo_worker.py"))
+        .env("NATS_URL", url)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped());
+    let mut worker = Proc::spawn("echo_worker.py", &mut cmd);
+    let stdout = worker.child.stdout.take().expect("stdout");
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), ready)
+        .await
+        .expect("the Python worker is ready in time")
+        .expect("join")
+        .expect("read");
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the Python worker (needs nats-py) did not start"
+    );
+    worker
+}

@@ -5,10 +5,9 @@
 use futures::StreamExt;
 use jetmesh_shared::dlq;
 use jetmesh_shared::wire::TaskResult;
-use jetmesh_tests::{InProcessMesh, NatsServer, Proc, jetmesh_bin, python, root, test_config};
+use jetmesh_tests::{InProcessMesh, NatsServer, jetmesh_bin, spawn_echo_worker, test_config};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,24 +106,14 @@ async fn exhausted_deliveries_are_dead_lettered_and_a_replay_after_the_fix_compl
     let broken = dir.path().join("broken");
     std::fs::write(&broken, "x").unwrap();
 
-    let mut cmd = Command::new(python());
-    cmd.arg(root().join("tests/python/echo_worker.py"))
-        .env("NATS_URL", server.url())
-        .env("ECHO_MAX_DELIVER", "3")
-        .env("ECHO_BROKEN_FILE", &broken)
-        .stdout(Stdio::piped());
-    let mut worker = Proc::spawn("echo_worker.py", &mut cmd);
-    let stdout = worker.child.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    });
-    let line = tokio::time::timeout(Duration::from_secs(20), ready)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
+    let mut worker = spawn_echo_worker(
+        &server.url(),
+        &[
+            ("ECHO_MAX_DELIVER", "3".as_ref()),
+            ("ECHO_BROKEN_FILE", broken.as_os_str()),
+        ],
+    )
+    .await;
     jetmesh_tests::wait_for_capability(m, "echo").await;
 
     let plan = json!({"plan_id": "dl1", "wait": true, "subtasks": [

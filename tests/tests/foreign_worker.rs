@@ -2,10 +2,8 @@
 //! alone: the Python script in tests/python registers capability `echo` and the
 //! router routes to it with no change and no restart.
 
-use jetmesh_tests::{InProcessMesh, NatsServer, Proc, python, root, test_config};
+use jetmesh_tests::{InProcessMesh, NatsServer, spawn_echo_worker, test_config};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,26 +23,7 @@ async fn python_worker_registers_echo_and_gets_routed_tasks() {
     .unwrap();
     assert_eq!(r["error"]["code"], "unknown_capability");
 
-    let mut cmd = Command::new(python());
-    cmd.arg(root().join("tests/python/echo_worker.py"))
-        .env("NATS_URL", server.url())
-        .stdout(Stdio::piped());
-    let mut worker = Proc::spawn("echo_worker.py", &mut cmd);
-    let stdout = worker.child.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    });
-    let line = tokio::time::timeout(Duration::from_secs(20), ready)
-        .await
-        .expect("worker ready in time")
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        line.trim(),
-        "ready",
-        "the Python worker (needs nats-py) did not start"
-    );
+    let mut worker = spawn_echo_worker(&server.url(), &[]).await;
 
     // mesh.run and a plan that mixes the foreign pool with a built-in one.
     let mut r = Value::Null;

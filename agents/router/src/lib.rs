@@ -273,27 +273,14 @@ impl Router {
     /// the message goes to `MESH_DLQ`, its task is marked failed, and it leaves
     /// the queue.
     async fn dead_letter_loop(&self, shutdown: CancellationToken) -> Result<()> {
-        let stream = self
+        let consumer = self
             .mesh
-            .js
-            .get_stream_no_info(self.mesh.names.events_stream())
-            .await
-            .context("cannot open the event stream")?;
-        let name = self.mesh.names.router_dlq_consumer();
-        let consumer = stream
-            .get_or_create_consumer(
-                &name,
-                async_nats::jetstream::consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: self.mesh.names.max_deliveries_advisories(),
-                    ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    num_replicas: self.mesh.config.mesh.replicas,
-                    ..Default::default()
-                },
+            .durable_consumer(
+                &self.mesh.names.events_stream(),
+                &self.mesh.names.router_dlq_consumer(),
+                &self.mesh.names.max_deliveries_advisories(),
             )
-            .await
-            .context("cannot create the dead-letter consumer")?;
+            .await?;
         let queues = self
             .mesh
             .js
@@ -390,27 +377,14 @@ impl Router {
     // ----- single tasks: mesh.tasks (durable) -----
 
     async fn intake_loop(&self, shutdown: CancellationToken) -> Result<()> {
-        let stream = self
+        let consumer = self
             .mesh
-            .js
-            .get_stream_no_info(self.mesh.names.intake_stream())
-            .await
-            .context("cannot open the intake stream")?;
-        let name = self.mesh.names.router_intake_consumer();
-        let consumer = stream
-            .get_or_create_consumer(
-                &name,
-                async_nats::jetstream::consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: 20_000,
-                    num_replicas: self.mesh.config.mesh.replicas,
-                    ..Default::default()
-                },
+            .durable_consumer(
+                &self.mesh.names.intake_stream(),
+                &self.mesh.names.router_intake_consumer(),
+                "",
             )
-            .await
-            .context("cannot create the intake consumer")?;
+            .await?;
         let limit = self.mesh.config.router.max_inflight.max(1);
         loop {
             let messages = consumer
