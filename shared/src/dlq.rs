@@ -194,7 +194,7 @@ pub async fn replay(mesh: &Mesh, seq: u64) -> Result<()> {
     let msg = jetstream::message::PublishMessage::build()
         .payload(e.body)
         .headers(headers)
-        .message_id(format!("replay.{seq}.{}", crate::ids::generate()));
+        .message_id(mesh.names.replay_msg_id(seq));
     mesh.js
         .send_publish(e.letter.subject.clone(), msg)
         .await

@@ -176,15 +176,23 @@ impl Mesh {
             ),
         )
         .await?;
-        let leases = ensure_kv(
-            &js,
-            bucket(
-                names.leases_bucket(),
-                "jetmesh leader leases",
-                Duration::from_millis(config.leases.ttl_ms.max(1000)),
-            ),
-        )
-        .await?;
+        // The lease TTL is a safety margin shared by every holder: it is set
+        // when the bucket is created and never changed by a process connecting
+        // with another config (change it deliberately with `nats kv edit`).
+        let leases = match js.get_key_value(names.leases_bucket()).await {
+            Ok(store) => store,
+            Err(_) => {
+                ensure_kv(
+                    &js,
+                    bucket(
+                        names.leases_bucket(),
+                        "jetmesh leader leases",
+                        Duration::from_millis(config.leases.ttl_ms.max(1000)),
+                    ),
+                )
+                .await?
+            }
+        };
         Ok(Mesh {
             client,
             js,

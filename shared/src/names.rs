@@ -210,6 +210,21 @@ impl Names {
         "router_dlq".to_string()
     }
 
+    /// De-duplication id of the dead letter of queue message `queue_seq`.
+    pub fn dlq_msg_id(&self, queue_seq: u64) -> String {
+        format!("dlq.{queue_seq}")
+    }
+
+    /// A fresh message id for replaying dead letter `dlq_seq` (never de-duplicated).
+    pub fn replay_msg_id(&self, dlq_seq: u64) -> String {
+        format!("replay.{dlq_seq}.{}", crate::ids::generate())
+    }
+
+    /// The lease key of the active chief in `mesh_leases`.
+    pub fn chief_lease(&self) -> String {
+        "chief".to_string()
+    }
+
     /// The pool a `pool_<pool>` consumer belongs to.
     pub fn pool_of_consumer<'a>(&self, consumer: &'a str) -> Option<&'a str> {
         consumer.strip_prefix("pool_")

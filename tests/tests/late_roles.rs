@@ -75,3 +75,63 @@ async fn a_plan_accepted_while_router_aggregator_and_summary_are_down_completes_
         r.unwrap().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_announced_again_after_the_dedupe_window_does_not_rerun_finished_tasks() {
+    let server = NatsServer::start();
+    let mut config = test_config(&server.url());
+    config.mesh.dedupe_window_secs = 1;
+    let mesh = jetmesh_tests::InProcessMesh::start(config).await;
+    let m = &mesh.mesh;
+    let client = server.client().await;
+    // `slow` belongs to a pool with no worker, so the plan stays running.
+    let entry = br#"{"capability":"slow","actions":["go"],"pool":"slow","encoding":"json"}"#;
+    m.registry
+        .put("cap.slow", entry.to_vec().into())
+        .await
+        .unwrap();
+    let reply = client
+        .request(
+            "mesh.plans.submit",
+            json!({"plan_id": "again", "subtasks": [
+                {"id": "a", "type": "math", "action": "sum", "args": [1, 2]},
+                {"id": "b", "type": "slow", "action": "go"}
+            ]})
+            .to_string()
+            .into(),
+        )
+        .await
+        .unwrap();
+    let accepted: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(accepted["status"], "accepted", "{accepted}");
+    let started = std::time::Instant::now();
+    while m.results.get("task.again.a").await.unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Any write for `a` from now on (even one the bucket refuses) shows here.
+    let mut writes = client
+        .subscribe("$KV.mesh_results.task.again.a")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past the window
+    // A resuming chief announces the plan again.
+    m.publish_event(
+        jetmesh_shared::EventKind::PlanReady,
+        "again",
+        &json!({"plan_id": "again", "total_tasks": 2, "at": jiff::Timestamp::now()}),
+    )
+    .await
+    .unwrap();
+    let rerun = tokio::time::timeout(
+        Duration::from_secs(2),
+        futures::StreamExt::next(&mut writes),
+    )
+    .await;
+    assert!(
+        rerun.is_err(),
+        "task a ran again after the plan was announced again"
+    );
+    mesh.stop().await;
+}

@@ -23,9 +23,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The lease the active chief holds in `mesh_leases`.
-pub const LEASE: &str = "chief";
-
 /// Runs the chief until `shutdown`. Any number of chiefs may run: they all
 /// answer `mesh.plans.get`, and the one holding the `chief` lease also takes
 /// `mesh.plans.submit` and closes plans. The others stand by and take over
@@ -37,7 +34,12 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         .endpoint(mesh.names.plans_get_all())
         .await
         .map_err(|e| Error::unavailable("cannot serve mesh.plans.get", e))?;
-    let lease = Lease::campaign(&mesh, LEASE, &instance, shutdown.clone());
+    let lease = Lease::campaign(
+        &mesh,
+        &mesh.names.chief_lease(),
+        &instance,
+        shutdown.clone(),
+    );
     mesh.publish_health("chief", &instance, "started").await;
     tracing::info!(instance = %instance, "The chief is up; it takes plans while it holds the lease.");
 

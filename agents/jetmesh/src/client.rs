@@ -161,7 +161,7 @@ pub async fn caps(config: Config, json: bool) -> Result<i32> {
 /// Who holds each leader lease, and what the registry holds.
 pub async fn mesh_status(config: Config, json: bool) -> Result<i32> {
     let mesh = Mesh::ensure(client(&config).await?, config).await?;
-    let chief = jetmesh_shared::lease::holder(&mesh, "chief").await?;
+    let chief = jetmesh_shared::lease::holder(&mesh, &mesh.names.chief_lease()).await?;
     let caps = registry::list(&mesh).await?;
     if json {
         let v = serde_json::json!({"leaders": {"chief": chief}, "capabilities": caps});

@@ -205,9 +205,8 @@ impl Router {
                     continue;
                 }
             };
-            let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
             let outcome = match codec::from_json::<PlanReady>(&msg.payload) {
-                Ok(event) => self.on_plan_ready(&event.plan_id, redelivered).await,
+                Ok(event) => self.on_plan_ready(&event.plan_id).await,
                 Err(error) => {
                     tracing::error!(%error, subject = %msg.subject, "A plan_ready event cannot be read; skipped.");
                     Ok(())
@@ -227,13 +226,16 @@ impl Router {
         }
     }
 
-    async fn on_plan_ready(&self, plan_id: &str, redelivered: bool) -> Result<()> {
+    async fn on_plan_ready(&self, plan_id: &str) -> Result<()> {
         let record: Option<PlanRecord> = self
             .mesh
             .get_json(&self.mesh.plans, &self.mesh.names.plan_key(plan_id))
             .await?;
         match record {
-            Some(r) if r.status == PlanStatus::Running => self.track(r, redelivered).await,
+            // Always catch up from stored results: a plan announced again (a new
+            // chief resuming it, possibly past the de-duplication window) must not
+            // run its finished tasks again.
+            Some(r) if r.status == PlanStatus::Running => self.track(r, true).await,
             Some(_) => Ok(()),
             None => {
                 tracing::warn!(
@@ -360,7 +362,7 @@ impl Router {
             &letter,
             msg.payload.clone(),
             content_type.as_deref(),
-            Some(format!("dlq.{}", a.stream_seq)),
+            Some(self.mesh.names.dlq_msg_id(a.stream_seq)),
         )
         .await?;
         if let Some((plan, task)) = &ids {

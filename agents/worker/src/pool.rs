@@ -351,7 +351,7 @@ impl Pool {
             &letter,
             msg.payload.clone(),
             content_type.as_deref(),
-            seq.map(|s| format!("dlq.{s}")),
+            seq.map(|s| self.mesh.names.dlq_msg_id(s)),
         )
         .await
         .and(match &ids {
