@@ -56,6 +56,55 @@ pub async fn respond<T: Serialize>(
     }
 }
 
+/// Answers a plain request message (one taken from a queue subscription, not a
+/// service endpoint) with `result`, in `enc`.
+pub async fn reply<T: Serialize>(
+    client: &Client,
+    msg: &async_nats::Message,
+    enc: Encoding,
+    result: &Result<T>,
+) {
+    let body = match result {
+        Ok(value) => enc.encode(value),
+        Err(err) => enc.encode(&ErrorReply::new(err)),
+    };
+    let body = body.unwrap_or_else(|e| {
+        Encoding::Json
+            .encode(&ErrorReply::new(&e))
+            .unwrap_or_default()
+    });
+    send_reply(client, msg, enc, body).await;
+}
+
+/// [`reply`] with an already-encoded JSON body (re-encoded only for msgpack).
+pub async fn reply_json_bytes(
+    client: &Client,
+    msg: &async_nats::Message,
+    enc: Encoding,
+    json: bytes::Bytes,
+) {
+    let body = match enc {
+        Encoding::Json => Ok(json),
+        other => Encoding::Json
+            .decode::<serde_json::Value>(&json)
+            .and_then(|v| other.encode(&v)),
+    };
+    match body {
+        Ok(body) => send_reply(client, msg, enc, body).await,
+        Err(e) => reply::<()>(client, msg, enc, &Err(e)).await,
+    }
+}
+
+async fn send_reply(client: &Client, msg: &async_nats::Message, enc: Encoding, body: bytes::Bytes) {
+    let Some(to) = msg.reply.clone() else {
+        return; // published without a reply subject: nobody to answer
+    };
+    let headers = enc.headers().unwrap_or_default();
+    if let Err(error) = client.publish_with_headers(to, headers, body).await {
+        tracing::debug!(%error, "Could not send a reply (the requester may have gone).");
+    }
+}
+
 /// Answers with an already-encoded JSON body, re-encoded only when the request
 /// asked for another encoding (a report is forwarded without being rebuilt).
 pub async fn respond_json_bytes(

@@ -58,7 +58,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = lease.acquired() => {}
             }
-            lead(&mesh, &svc, &lease, &shutdown, &inflight).await?;
+            lead(&mesh, &lease, &shutdown, &inflight).await?;
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -76,14 +76,17 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
 /// Serves as the active chief until the lease is lost or shutdown.
 async fn lead(
     mesh: &Mesh,
-    svc: &async_nats::service::Service,
     lease: &Lease,
     shutdown: &CancellationToken,
     inflight: &TaskTracker,
 ) -> Result<()> {
     let stop = shutdown.child_token();
-    let mut submit = svc
-        .endpoint(mesh.names.plans_submit())
+    // A plain queue subscription (the service's queue group), not a service
+    // endpoint: on step-down it must be *drained*, so that a request the server
+    // routed here just before the unsubscribe is answered, not dropped.
+    let mut submit = mesh
+        .client
+        .queue_subscribe(mesh.names.plans_submit(), "q".to_string())
         .await
         .map_err(|e| Error::unavailable("cannot serve mesh.plans.submit", e))?;
     let reports = tokio::spawn(follow_reports(mesh.clone(), lease.clone(), stop.clone()));
@@ -96,23 +99,21 @@ async fn lead(
                 break;
             }
             r = submit.next() => match r {
-                Some(request) => { inflight.spawn(on_submit(mesh.clone(), lease.clone(), request)); }
+                Some(msg) => { inflight.spawn(on_submit(mesh.clone(), lease.clone(), msg)); }
                 None => break,
             },
         }
     }
-    // Unsubscribe, then answer what was already delivered: a requester gets a
-    // clear `unavailable` (retry), never silence.
-    let _ = submit.stop().await;
-    while let Ok(Some(request)) =
-        tokio::time::timeout(Duration::from_millis(200), submit.next()).await
-    {
-        let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
+    // Drain: the server stops routing here, and everything it routed before
+    // still arrives and gets a clear `unavailable` (retry), never silence.
+    let _ = submit.drain().await;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), submit.next()).await {
+        let enc = Encoding::from_headers(msg.headers.as_ref()).unwrap_or(Encoding::Json);
         let refused: Result<()> = Err(Error::new(
             ErrorCode::Unavailable,
             "this chief just stepped down; send the request again",
         ));
-        service::respond(&request, enc, &refused).await;
+        service::reply(&mesh.client, &msg, enc, &refused).await;
     }
     stop.cancel();
     let _ = reports.await;
@@ -156,20 +157,24 @@ async fn resume_plans(mesh: &Mesh, lease: &Lease) {
     }
 }
 
-async fn on_submit(mesh: Mesh, lease: Lease, request: Request) {
-    let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
+async fn on_submit(mesh: Mesh, lease: Lease, request: async_nats::Message) {
+    let enc = Encoding::from_headers(request.headers.as_ref()).unwrap_or(Encoding::Json);
     let result = submit(&mesh, &lease, &request).await;
     let status = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!(telemetry::REQUESTS, "endpoint" => "submit", "status" => status).increment(1);
     match result {
-        Ok(Submitted::Accepted(reply)) => service::respond(&request, enc, &Ok(reply)).await,
-        Ok(Submitted::Report(report)) => service::respond_json_bytes(&request, enc, report).await,
+        Ok(Submitted::Accepted(reply)) => {
+            service::reply(&mesh.client, &request, enc, &Ok(reply)).await
+        }
+        Ok(Submitted::Report(report)) => {
+            service::reply_json_bytes(&mesh.client, &request, enc, report).await
+        }
         Err((error, plan_id)) => {
             metrics::counter!(telemetry::PLANS_REJECTED, "code" => error.code.as_str())
                 .increment(1);
             let mut reply = wire::ErrorReply::new(&error);
             reply.plan_id = plan_id;
-            service::respond(&request, enc, &Ok(reply)).await
+            service::reply(&mesh.client, &request, enc, &Ok(reply)).await
         }
     }
 }
@@ -185,9 +190,8 @@ type SubmitError = (Error, Option<String>);
 async fn submit(
     mesh: &Mesh,
     lease: &Lease,
-    request: &Request,
+    msg: &async_nats::Message,
 ) -> std::result::Result<Submitted, SubmitError> {
-    let msg = &request.message;
     let (req, _): (SubmitRequest, _) = codec::decode_message(
         msg.headers.as_ref(),
         &msg.payload,
@@ -195,6 +199,14 @@ async fn submit(
     )
     .map_err(|e| (e, None))?;
     let mut plan = req.plan;
+    // Nothing to plan: refused before anything is announced or stored (which
+    // also makes `{}` a side-effect-free probe that a leader is serving).
+    if plan.subtasks.is_empty() && plan.goal.as_deref().is_none_or(|g| g.trim().is_empty()) {
+        return Err((
+            Error::bad_request("the request has neither \"subtasks\" nor a \"goal\""),
+            None,
+        ));
+    }
     if plan.plan_id.is_empty() {
         plan.plan_id = ids::generate();
     }

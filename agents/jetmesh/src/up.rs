@@ -109,13 +109,31 @@ pub const ALL_ROLES: [&str; 6] = [
 /// chief's `mesh.plans.submit` only once one chief holds the lease).
 pub async fn wait_ready(mesh: &Mesh, within: Duration) -> jetmesh_shared::Result<()> {
     let n = &mesh.names;
-    let subjects = [
-        n.plans_submit(),
-        n.plans_get_all(),
-        n.run_all(),
-        n.planner_plan(),
-    ];
-    jetmesh_shared::service::wait_for_roles(&mesh.client, &ALL_ROLES, &subjects, within).await
+    let subjects = [n.plans_get_all(), n.run_all(), n.planner_plan()];
+    let deadline = tokio::time::Instant::now() + within;
+    jetmesh_shared::service::wait_for_roles(&mesh.client, &ALL_ROLES, &subjects, within).await?;
+    // mesh.plans.submit is served by the lease holder alone (a plain queue
+    // subscription): probe it with an empty request, which it refuses at once.
+    loop {
+        let probe = async_nats::Request::new()
+            .payload("{}".into())
+            .timeout(Some(Duration::from_millis(500)));
+        if mesh
+            .client
+            .send_request(n.plans_submit(), probe)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(jetmesh_shared::Error::new(
+                jetmesh_shared::ErrorCode::Timeout,
+                "no chief serves mesh.plans.submit (none holds the lease)",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn run_demo(mesh: &Mesh) -> Result<i32> {
