@@ -35,21 +35,27 @@ pub async fn start(
         .map_err(|e| Error::unavailable("cannot register with the service API", e))
 }
 
+/// The body of a reply: the value, or an error reply; an encoding failure
+/// becomes a JSON error reply.
+fn encode_reply<T: Serialize>(enc: Encoding, result: &Result<T>) -> bytes::Bytes {
+    let body = match result {
+        Ok(value) => enc.encode(value),
+        Err(err) => enc.encode(&ErrorReply::new(err)),
+    };
+    body.unwrap_or_else(|e| {
+        Encoding::Json
+            .encode(&ErrorReply::new(&e))
+            .unwrap_or_default()
+    })
+}
+
 /// Answers a service request with `result` (a value, or an error reply), in `enc`.
 pub async fn respond<T: Serialize>(
     request: &async_nats::service::Request,
     enc: Encoding,
     result: &Result<T>,
 ) {
-    let body = match result {
-        Ok(value) => enc.encode(value),
-        Err(err) => enc.encode(&ErrorReply::new(err)),
-    };
-    let body = body.unwrap_or_else(|e| {
-        Encoding::Json
-            .encode(&ErrorReply::new(&e))
-            .unwrap_or_default()
-    });
+    let body = encode_reply(enc, result);
     let headers = enc.headers().unwrap_or_default();
     if let Err(error) = request.respond_with_headers(Ok(body), headers).await {
         tracing::debug!(%error, "Could not send a reply (the requester may have gone).");
@@ -64,15 +70,7 @@ pub async fn reply<T: Serialize>(
     enc: Encoding,
     result: &Result<T>,
 ) {
-    let body = match result {
-        Ok(value) => enc.encode(value),
-        Err(err) => enc.encode(&ErrorReply::new(err)),
-    };
-    let body = body.unwrap_or_else(|e| {
-        Encoding::Json
-            .encode(&ErrorReply::new(&e))
-            .unwrap_or_default()
-    });
+    let body = encode_reply(enc, result);
     send_reply(client, msg, enc, body).await;
 }
 
@@ -102,30 +100,6 @@ async fn send_reply(client: &Client, msg: &async_nats::Message, enc: Encoding, b
     let headers = enc.headers().unwrap_or_default();
     if let Err(error) = client.publish_with_headers(to, headers, body).await {
         tracing::debug!(%error, "Could not send a reply (the requester may have gone).");
-    }
-}
-
-/// Answers with an already-encoded JSON body, re-encoded only when the request
-/// asked for another encoding (a report is forwarded without being rebuilt).
-pub async fn respond_json_bytes(
-    request: &async_nats::service::Request,
-    enc: Encoding,
-    json: bytes::Bytes,
-) {
-    let body = match enc {
-        Encoding::Json => Ok(json),
-        other => Encoding::Json
-            .decode::<serde_json::Value>(&json)
-            .and_then(|v| other.encode(&v)),
-    };
-    match body {
-        Ok(body) => {
-            let headers = enc.headers().unwrap_or_default();
-            if let Err(error) = request.respond_with_headers(Ok(body), headers).await {
-                tracing::debug!(%error, "Could not send a reply (the requester may have gone).");
-            }
-        }
-        Err(e) => respond::<()>(request, enc, &Err(e)).await,
     }
 }
 

@@ -398,3 +398,32 @@ pub async fn spawn_echo_worker(url: &str, env: &[(&str, &std::ffi::OsStr)]) -> P
     );
     worker
 }
+
+/// Sends a JSON request (plain, no headers) and decodes the JSON reply;
+/// `timeout` bounds the wait (a waiting submit needs more than the default).
+pub async fn request_json(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> serde_json::Value {
+    let reply = client
+        .send_request(
+            subject.to_string(),
+            async_nats::Request::new()
+                .payload(body.to_string().into())
+                .timeout(Some(timeout)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: no reply: {e}"));
+    serde_json::from_slice(&reply.payload).expect("a JSON reply")
+}
+
+/// The entry of task `id` in a report's `tasks`.
+pub fn report_task(report: &serde_json::Value, id: &str) -> serde_json::Value {
+    report["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["id"] == id))
+        .unwrap_or_else(|| panic!("task {id} not in report {report}"))
+        .clone()
+}

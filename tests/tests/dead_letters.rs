@@ -5,7 +5,10 @@
 use futures::StreamExt;
 use jetmesh_shared::dlq;
 use jetmesh_shared::wire::TaskResult;
-use jetmesh_tests::{InProcessMesh, NatsServer, jetmesh_bin, spawn_echo_worker, test_config};
+use jetmesh_tests::{
+    InProcessMesh, NatsServer, jetmesh_bin, report_task, request_json, spawn_echo_worker,
+    test_config,
+};
 use serde_json::{Value, json};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -121,25 +124,8 @@ async fn exhausted_deliveries_are_dead_lettered_and_a_replay_after_the_fix_compl
         {"id": "after", "type": "math", "action": "sum", "args": [1, 1], "depends_on": ["flaky"]},
         {"id": "ok", "type": "math", "action": "sum", "args": [2, 2]}
     ]});
-    let reply = client
-        .send_request(
-            "mesh.plans.submit",
-            async_nats::Request::new()
-                .payload(plan.to_string().into())
-                .timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .unwrap();
-    let report: Value = serde_json::from_slice(&reply.payload).unwrap();
-    let task = |id: &str| {
-        report["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let report = request_json(&client, "mesh.plans.submit", &plan, Duration::from_secs(30)).await;
+    let task = |id: &str| report_task(&report, id);
     assert_eq!(task("flaky")["error"]["code"], "dead_lettered", "{report}");
     assert_eq!(task("flaky")["attempt"], 3);
     assert_eq!(task("after")["error"]["code"], "dependency_failed");

@@ -4,7 +4,7 @@
 use jetmesh_shared::codec::{CONTENT_TYPE, MSGPACK};
 use jetmesh_shared::config::PoolConfig;
 use jetmesh_shared::wire::{PlanCounts, PlanStatus, Report, TaskResult};
-use jetmesh_tests::{InProcessMesh, NatsServer, test_config};
+use jetmesh_tests::{InProcessMesh, NatsServer, report_task, test_config};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -151,15 +151,7 @@ async fn a_failing_task_fails_alone_and_its_dependents_are_skipped() {
         (report["completed"].as_u64(), report["failed"].as_u64()),
         (Some(1), Some(2))
     );
-    let task = |id: &str| {
-        report["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let task = |id: &str| report_task(&report, id);
     assert_eq!(task("ok")["output"], 4);
     assert_eq!(task("bad")["error"]["code"], "division_by_zero");
     assert_eq!(task("after")["error"]["code"], "dependency_failed");

@@ -2,7 +2,9 @@
 //! alone: the Python script in tests/python registers capability `echo` and the
 //! router routes to it with no change and no restart.
 
-use jetmesh_tests::{InProcessMesh, NatsServer, spawn_echo_worker, test_config};
+use jetmesh_tests::{
+    InProcessMesh, NatsServer, report_task, request_json, spawn_echo_worker, test_config,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -50,25 +52,8 @@ async fn python_worker_registers_echo_and_gets_routed_tasks() {
         {"id": "c", "type": "echo", "action": "say", "text": "after b", "depends_on": ["b"]},
         {"id": "d", "type": "echo", "action": "fail"}
     ]});
-    let reply = client
-        .send_request(
-            "mesh.plans.submit",
-            async_nats::Request::new()
-                .payload(plan.to_string().into())
-                .timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .unwrap();
-    let report: Value = serde_json::from_slice(&reply.payload).unwrap();
-    let task = |id: &str| {
-        report["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let report = request_json(&client, "mesh.plans.submit", &plan, Duration::from_secs(30)).await;
+    let task = |id: &str| report_task(&report, id);
     assert_eq!(task("a")["output"], json!({"echo": [1, 2]}), "{report}");
     assert_eq!(task("b")["output"], 3);
     assert_eq!(task("c")["output"], json!({"echo": "after b"}));
