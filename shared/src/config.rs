@@ -31,6 +31,8 @@ pub struct Config {
     pub router: RouterConfig,
     /// Leader leases of singleton roles.
     pub leases: LeaseConfig,
+    /// Worker heartbeats and dead-worker detection.
+    pub health: HealthConfig,
     /// Worker pools, by pool name. When the configuration names none, the
     /// built-in `math` and `date` pools are used.
     pub pools: BTreeMap<String, PoolConfig>,
@@ -47,6 +49,7 @@ impl Default for Config {
             chief: ChiefConfig::default(),
             router: RouterConfig::default(),
             leases: LeaseConfig::default(),
+            health: HealthConfig::default(),
             pools: default_pools(),
             telemetry: TelemetryConfig::default(),
         }
@@ -208,6 +211,25 @@ impl Default for LeaseConfig {
     }
 }
 
+/// Worker heartbeats (`mesh_health`) and the health monitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often a worker process writes its heartbeat.
+    pub heartbeat_ms: u64,
+    /// A worker whose heartbeat is older than this is declared dead.
+    pub dead_after_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            heartbeat_ms: 1000,
+            dead_after_ms: 5000,
+        }
+    }
+}
+
 /// One worker pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -216,6 +238,9 @@ pub struct PoolConfig {
     pub capabilities: Vec<String>,
     /// Concurrent worker slots in one pool process.
     pub workers: usize,
+    /// The fewest slots the pool keeps across its live processes: when a
+    /// worker process dies, the survivors take up its slots to this count.
+    pub min: usize,
     /// Encoding of task messages sent to this pool (`json` or `msgpack`).
     pub encoding: Encoding,
     /// Seconds a task may be held without an ack before JetStream redelivers it.
@@ -239,6 +264,7 @@ impl PoolConfig {
                 vec![capability.to_string()]
             },
             workers,
+            min: 1,
             encoding: Encoding::Json,
             ack_wait_secs: 30,
             max_deliver: 5,

@@ -15,7 +15,7 @@ pub fn is_valid(id: &str) -> bool {
 }
 
 /// Checks `id`; `what` names it in the error ("plan id", "capability", …).
-pub fn validate(what: &str, id: &str) -> Result<()> {
+pub fn validate(what: impl std::fmt::Display, id: &str) -> Result<()> {
     if is_valid(id) {
         Ok(())
     } else {

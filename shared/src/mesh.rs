@@ -31,6 +31,10 @@ pub struct Mesh {
     pub plans: kv::Store,
     /// `mesh_leases`: leader leases; entries expire after the lease TTL.
     pub leases: kv::Store,
+    /// `mesh_health`: worker heartbeats.
+    pub health: kv::Store,
+    /// `mesh_scale`: slot assignments per pool.
+    pub scale: kv::Store,
 }
 
 /// The URL used when none is configured and no embedded server runs.
@@ -193,6 +197,24 @@ impl Mesh {
                 .await?
             }
         };
+        let health = ensure_kv(
+            &js,
+            bucket(
+                names.health_bucket(),
+                "jetmesh worker heartbeats",
+                Duration::from_millis(config.health.dead_after_ms.max(1000) * 3),
+            ),
+        )
+        .await?;
+        let scale = ensure_kv(
+            &js,
+            bucket(
+                names.scale_bucket(),
+                "jetmesh worker slots per pool",
+                Duration::ZERO,
+            ),
+        )
+        .await?;
         Ok(Mesh {
             client,
             js,
@@ -202,6 +224,8 @@ impl Mesh {
             results,
             plans,
             leases,
+            health,
+            scale,
         })
     }
 
@@ -233,6 +257,8 @@ impl Mesh {
             instance: instance.into(),
             state: state.into(),
             at: jiff::Timestamp::now(),
+            pool: None,
+            detail: None,
         };
         let Ok(payload) = codec::to_json(&event) else {
             return;

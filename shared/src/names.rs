@@ -225,6 +225,11 @@ impl Names {
         "chief".to_string()
     }
 
+    /// The lease key of the active autoscaler (and health monitor).
+    pub fn autoscaler_lease(&self) -> String {
+        "autoscaler".to_string()
+    }
+
     /// The pool a `pool_<pool>` consumer belongs to.
     pub fn pool_of_consumer<'a>(&self, consumer: &'a str) -> Option<&'a str> {
         consumer.strip_prefix("pool_")
@@ -279,6 +284,31 @@ impl Names {
     /// `mesh_leases`: one key per singleton role (`chief`, `autoscaler`, …).
     pub fn leases_bucket(&self) -> String {
         self.bucket("leases")
+    }
+
+    /// `mesh_health`: worker heartbeats; entries expire soon after they stop.
+    pub fn health_bucket(&self) -> String {
+        self.bucket("health")
+    }
+
+    /// `mesh_scale`: worker slots assigned to each pool's processes.
+    pub fn scale_bucket(&self) -> String {
+        self.bucket("scale")
+    }
+
+    /// `worker.<pool>.<instance>` in `mesh_health`.
+    pub fn worker_health_key(&self, pool: &str, instance: &str) -> String {
+        format!("worker.{pool}.{instance}")
+    }
+
+    /// Every worker heartbeat key.
+    pub fn worker_health_all(&self) -> String {
+        "worker.>".to_string()
+    }
+
+    /// `pool.<pool>` in `mesh_scale`.
+    pub fn scale_key(&self, pool: &str) -> String {
+        format!("pool.{pool}")
     }
 
     /// The core-NATS subject a KV write to `key` in `bucket` is published on.

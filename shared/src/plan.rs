@@ -35,8 +35,11 @@ pub fn normalize(plan: &mut Plan, max_subtasks: usize) -> Result<()> {
             task.id = format!("t{}", i + 1);
         }
         ids::validate("task id", &task.id)?;
-        ids::validate(&format!("capability of task {}", task.id), &task.capability)?;
-        ids::validate(&format!("action of task {}", task.id), &task.action)?;
+        ids::validate(
+            format_args!("capability of task {}", task.id),
+            &task.capability,
+        )?;
+        ids::validate(format_args!("action of task {}", task.id), &task.action)?;
         if task.timeout_ms == Some(0) {
             return Err(Error::bad_request(format!(
                 "task {}: timeout_ms must be greater than 0",

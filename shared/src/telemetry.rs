@@ -21,6 +21,8 @@ pub const REQUESTS: &str = "jetmesh_requests_total";
 pub const RUN_LATENCY: &str = "jetmesh_run_latency_seconds";
 pub const PLANS_TRACKED: &str = "jetmesh_plans_tracked";
 pub const DEAD_LETTERS: &str = "jetmesh_dead_letters_total";
+pub const WORKERS_DEAD: &str = "jetmesh_workers_dead_total";
+pub const WORKERS_LIVE: &str = "jetmesh_workers_live";
 
 /// Installs the log subscriber (once per process) and, if configured, the
 /// Prometheus listener. A listener that cannot bind is a warning, not a failure:

@@ -84,6 +84,30 @@ pub struct Plan {
     pub subtasks: Vec<Subtask>,
 }
 
+/// A plan without its tasks' parameters (see [`PlanRecord`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PlanOutline {
+    #[serde(default)]
+    pub plan_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subtasks: Vec<SubtaskOutline>,
+}
+
+/// A subtask's id, capability, action and dependencies; the other fields of
+/// the stored subtask are skipped unread.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SubtaskOutline {
+    #[serde(default)]
+    pub id: String,
+    #[serde(rename = "type")]
+    pub capability: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+}
+
 /// The body of `mesh.plans.submit`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(from = "SubmitRequestWire")]
@@ -139,9 +163,19 @@ pub struct SubmitReply {
 }
 
 /// What the chief asks the planner: turn a goal into subtasks, or validate them.
+/// (`P` is `&Plan` when sending, so the chief keeps its plan.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlannerRequest {
-    pub plan: Plan,
+pub struct PlannerRequest<P = Plan> {
+    pub plan: P,
+}
+
+/// The planner's answer. `plan` is left out when the plan it was sent is
+/// valid exactly as sent (an explicit, normalized plan), so a plan of
+/// thousands of subtasks does not cross back.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PlannerReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
 }
 
 /// A task as it sits on a pool queue: the subtask plus its plan.
@@ -319,11 +353,17 @@ pub struct PlanCounts {
 
 /// `plan.<plan_id>` in `mesh_plans`: the definition and lifecycle of a plan, the
 /// state a chief (or a router, or an aggregator) needs to carry on after a restart.
+///
+/// Generic over how much of the plan a reader decodes: the whole [`Plan`]
+/// (the default; the router dispatches from it), its [`PlanOutline`] (ids and
+/// shape, without parameters: the aggregator and the summary), or the raw JSON
+/// (a chief changing only the status). A plan of thousands of subtasks is read
+/// by several roles, so each decodes no more than it uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlanRecord {
+pub struct PlanRecord<P = Plan> {
     #[serde(default = "one")]
     pub v: u32,
-    pub plan: Plan,
+    pub plan: P,
     pub status: PlanStatus,
     pub created_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -527,14 +567,63 @@ impl DeadLetter {
     }
 }
 
-/// `mesh.health.<role>.<instance>`: a role started, is alive, or is stopping.
+/// `mesh.health.<role>.<instance>`: a role started, is stopping, or (said by
+/// the health monitor about a worker that stopped heartbeating) is `dead`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthEvent {
     pub role: String,
     pub instance: String,
-    /// `started` or `stopping`.
+    /// `started`, `stopping` or `dead`.
     pub state: String,
     pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Why, for `dead`: how long no heartbeat came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `worker.<pool>.<instance>` in `mesh_health`: a worker process's heartbeat,
+/// rewritten every `health.heartbeat_ms`. A foreign worker may write one too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerHeartbeat {
+    pub pool: String,
+    pub instance: String,
+    /// Concurrent task slots the process runs now.
+    pub slots: usize,
+    /// Slots executing a task now.
+    pub busy: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub started_at: Timestamp,
+    pub at: Timestamp,
+}
+
+/// `mesh.alerts.<pool>`: something an operator should know about a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub pool: String,
+    /// `worker_dead`, `pool_down`, …
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub at: Timestamp,
+}
+
+/// `pool.<pool>` in `mesh_scale`: how many task slots each live process of the
+/// pool should run. A process not named keeps its own count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleDecision {
+    pub pool: String,
+    pub slots: std::collections::BTreeMap<String, usize>,
+    pub reason: String,
+    pub at: Timestamp,
+    /// The autoscaler's lease term when it decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 /// An error reply: `{"status":"error","error":{...}}`, plus ids when known.

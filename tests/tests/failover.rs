@@ -196,7 +196,7 @@ async fn a_new_leader_resumes_a_plan_stored_but_never_announced() {
     .unwrap();
     // As if a chief stored the plan and died before publishing plan_ready
     // (while the router was already running, so its start-up recovery cannot see it).
-    let record = PlanRecord {
+    let record: PlanRecord = PlanRecord {
         v: 1,
         plan: serde_json::from_value(plan("orphan")).unwrap(),
         status: PlanStatus::Running,

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use jetmesh_shared::codec;
 use jetmesh_shared::error::Result;
 use jetmesh_shared::names::{self, EventKind};
-use jetmesh_shared::wire::{AggregationReady, PlanCounts, PlanRecord, PlanStatus};
+use jetmesh_shared::wire::{AggregationReady, PlanCounts, PlanOutline, PlanRecord, PlanStatus};
 use jetmesh_shared::{Mesh, service, shutdown, telemetry};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -88,7 +88,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
             entry = plans.next() => match entry {
                 Some(Ok(entry)) => {
                     let Some(plan_id) = names::parse_plan_key(&entry.key) else { continue };
-                    match codec::from_json::<PlanRecord>(&entry.value).ok() {
+                    match codec::from_json::<PlanRecord<PlanOutline>>(&entry.value).ok() {
                         Some(r) if r.status == PlanStatus::Running => {
                             if !tallies.contains_key(plan_id) {
                                 let tally = follow(&mesh, r, shutdown.child_token(), notes_tx.clone());
@@ -122,7 +122,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
 /// Starts counting a running plan and following its results.
 fn follow(
     mesh: &Mesh,
-    record: PlanRecord,
+    record: PlanRecord<PlanOutline>,
     stop: CancellationToken,
     notes: mpsc::UnboundedSender<ResultNote>,
 ) -> Tally {
@@ -133,7 +133,7 @@ fn follow(
     });
     metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").increment(1.0);
     Tally {
-        tasks: record.plan.subtasks.iter().map(|t| t.id.clone()).collect(),
+        tasks: record.plan.subtasks.into_iter().map(|t| t.id).collect(),
         done: HashMap::new(),
         dirty: true,
         stop,

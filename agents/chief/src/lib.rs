@@ -14,8 +14,8 @@ use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::lease::Lease;
 use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::wire::{
-    self, Plan, PlanCounts, PlanReady, PlanRecord, PlanStatus, PlanView, PlannerRequest, Report,
-    SubmitReply, SubmitRequest, TaskAvailable, TaskResult,
+    self, Plan, PlanCounts, PlanReady, PlanRecord, PlanStatus, PlanView, PlannerReply,
+    PlannerRequest, Report, SubmitReply, SubmitRequest, TaskAvailable, TaskResult,
 };
 use jetmesh_shared::{Error, ErrorCode, Mesh, ids, service, shutdown, telemetry};
 use serde_json::{Map, Value, json};
@@ -224,7 +224,15 @@ async fn submit(
         .await
         .map_err(fail)?;
 
-    let plan = ask_planner(mesh, plan).await.map_err(fail)?;
+    // Normalized here (ids, defaults), so an explicit plan is one the planner
+    // only has to confirm.
+    if !plan.subtasks.is_empty() {
+        jetmesh_shared::plan::normalize(&mut plan, mesh.config.mesh.max_subtasks).map_err(fail)?;
+    }
+    let plan = match ask_planner(mesh, &plan).await.map_err(fail)? {
+        Some(planned) => planned,
+        None => plan,
+    };
     let total = plan.subtasks.len();
     let record = PlanRecord {
         v: wire::PROTOCOL_VERSION,
@@ -327,7 +335,8 @@ async fn submit(
 
 /// Asks the planner for a valid plan. Internal traffic, so MessagePack: a plan
 /// of thousands of subtasks crosses twice.
-async fn ask_planner(mesh: &Mesh, plan: Plan) -> Result<Plan> {
+/// `None`: the plan is valid as sent.
+async fn ask_planner(mesh: &Mesh, plan: &Plan) -> Result<Option<Plan>> {
     let enc = Encoding::Msgpack;
     let body = enc.encode(&PlannerRequest { plan })?;
     let timeout = Duration::from_millis(mesh.config.chief.planner_timeout_ms);
@@ -349,7 +358,8 @@ async fn ask_planner(mesh: &Mesh, plan: Plan) -> Result<Plan> {
             _ => Error::unavailable("cannot reach the planner", e),
         })?;
     let enc = Encoding::from_headers(reply.headers.as_ref())?;
-    wire::decode_reply(enc, &reply.payload)
+    let reply: PlannerReply = wire::decode_reply(enc, &reply.payload)?;
+    Ok(reply.plan)
 }
 
 async fn on_get(mesh: Mesh, request: Request) {
@@ -481,7 +491,8 @@ async fn close_plan(mesh: &Mesh, lease: &Lease, plan_id: &str) -> Result<()> {
     let Some(entry) = mesh.plans.entry(&key).await.context("cannot read plan")? else {
         return Ok(());
     };
-    let mut record: PlanRecord = codec::from_json(&entry.value)?;
+    // Only the status changes: the plan itself is carried over unparsed.
+    let mut record: PlanRecord<Box<serde_json::value::RawValue>> = codec::from_json(&entry.value)?;
     if record.status == PlanStatus::Reported {
         return Ok(());
     }

@@ -52,7 +52,8 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         None
     };
     config.telemetry.metrics_listen.clear();
-    let result = measure(config, &args).await;
+    let server_pid = server.as_ref().and_then(|s| s.pid());
+    let result = measure(config, &args, server_pid).await;
     if let Some(s) = server {
         s.stop().await;
     }
@@ -67,7 +68,52 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-async fn measure(mut config: Config, args: &BenchArgs) -> Result<Vec<Figure>> {
+/// CPU time (user + system) of a process so far, from `/proc`.
+fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    let pid = pid.map_or("self".to_string(), |p| p.to_string());
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_millis(ticks * 1000 / hz))
+}
+
+/// CPU spent by this process and by the embedded server during one phase.
+struct CpuMeter {
+    server: Option<u32>,
+    start: (Option<Duration>, Option<Duration>),
+}
+
+impl CpuMeter {
+    fn start(server: Option<u32>) -> CpuMeter {
+        CpuMeter {
+            server,
+            start: (cpu_time(None), server.and_then(|p| cpu_time(Some(p)))),
+        }
+    }
+
+    /// `client / server` CPU milliseconds per 1000 items, as text.
+    fn per_thousand(&self, items: usize) -> String {
+        let per = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => format!(
+                "{:.0}",
+                b.saturating_sub(a).as_secs_f64() * 1000.0 * 1000.0 / items.max(1) as f64
+            ),
+            _ => "?".into(),
+        };
+        let client = per(self.start.0, cpu_time(None));
+        let server = per(self.start.1, self.server.and_then(|p| cpu_time(Some(p))));
+        format!("{client} + {server}")
+    }
+}
+
+async fn measure(
+    mut config: Config,
+    args: &BenchArgs,
+    server_pid: Option<u32>,
+) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let client = jetmesh_shared::mesh::connect(&config.nats, "bench").await?;
 
@@ -75,7 +121,9 @@ async fn measure(mut config: Config, args: &BenchArgs) -> Result<Vec<Figure>> {
         "(a) raw JetStream loop, {} messages, {} consumers ...",
         args.tasks, args.workers
     );
+    let cpu = CpuMeter::start(server_pid);
     let raw = raw_loop(&client, args.tasks, args.workers).await?;
+    let raw_cpu = cpu.per_thousand(args.tasks);
     eprintln!("    {raw:.0} msg/s");
 
     config
@@ -93,7 +141,9 @@ async fn measure(mut config: Config, args: &BenchArgs) -> Result<Vec<Figure>> {
         "(b) jetmesh single tasks via mesh.tasks, {} tasks ...",
         args.tasks
     );
+    let cpu = CpuMeter::start(server_pid);
     let single = single_tasks(&mesh, args.tasks).await?;
+    let single_cpu = cpu.per_thousand(args.tasks);
     eprintln!("    {single:.0} tasks/s");
     figures.push(Figure {
         name: "single tasks end to end (tasks/s)",
@@ -103,7 +153,9 @@ async fn measure(mut config: Config, args: &BenchArgs) -> Result<Vec<Figure>> {
     });
 
     eprintln!("(b) one plan of {} subtasks ...", args.plan_tasks);
+    let cpu = CpuMeter::start(server_pid);
     let plan = big_plan(&mesh, args.plan_tasks).await?;
+    let plan_cpu = cpu.per_thousand(args.plan_tasks);
     eprintln!("    {plan:.0} tasks/s");
     figures.push(Figure {
         name: "one plan, thousands of subtasks (tasks/s)",
@@ -111,6 +163,14 @@ async fn measure(mut config: Config, args: &BenchArgs) -> Result<Vec<Figure>> {
         baseline: format!("{raw:.0} (raw loop)"),
         ratio: format!("{:.2}", plan / raw),
     });
+    if server_pid.is_some() {
+        figures.push(Figure {
+            name: "CPU ms per 1000 tasks, jetmesh + nats-server: single / plan",
+            value: format!("{single_cpu} / {plan_cpu}"),
+            baseline: format!("{raw_cpu} (raw loop)"),
+            ratio: "-".into(),
+        });
+    }
 
     eprintln!("(c) latency, {} sequential requests each ...", args.samples);
     let (run50, run99) = run_latency(&mesh, args.samples).await?;

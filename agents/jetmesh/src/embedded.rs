@@ -54,6 +54,11 @@ pub fn find_binary(cfg: &EmbeddedConfig) -> Result<PathBuf> {
 }
 
 impl EmbeddedServer {
+    /// The child's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Starts the server and waits until it accepts connections.
     pub async fn start(cfg: &EmbeddedConfig) -> Result<EmbeddedServer> {
         let bin = find_binary(cfg)?;

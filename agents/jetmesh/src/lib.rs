@@ -45,6 +45,8 @@ pub enum Command {
     Aggregator,
     /// Run the summary role.
     Summary,
+    /// Run the autoscaler role (the health monitor; one leads, others stand by).
+    Autoscaler,
     /// Run a worker pool process.
     Worker {
         /// The pool, as named under [pools] in the config.
@@ -145,6 +147,11 @@ pub async fn main(cli: Cli) -> Result<i32> {
             jetmesh_summary::run(mesh, s).await?;
             Ok(0)
         }
+        Command::Autoscaler => {
+            let (mesh, s) = role("autoscaler").await?;
+            jetmesh_autoscaler::run(mesh, s).await?;
+            Ok(0)
+        }
         Command::Worker { pool, workers } => {
             let (mesh, s) = role("worker").await?;
             jetmesh_worker::run(mesh, &pool, workers, s).await?;
@@ -170,12 +177,13 @@ pub async fn main(cli: Cli) -> Result<i32> {
 /// fails stops the others.
 pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let mut set = tokio::task::JoinSet::new();
-    let roles: [(&str, RoleFn); 5] = [
+    let roles: [(&str, RoleFn); 6] = [
         ("chief", |m, s| Box::pin(jetmesh_chief::run(m, s))),
         ("planner", |m, s| Box::pin(jetmesh_planner::run(m, s))),
         ("router", |m, s| Box::pin(jetmesh_router::run(m, s))),
         ("aggregator", |m, s| Box::pin(jetmesh_aggregator::run(m, s))),
         ("summary", |m, s| Box::pin(jetmesh_summary::run(m, s))),
+        ("autoscaler", |m, s| Box::pin(jetmesh_autoscaler::run(m, s))),
     ];
     for (name, f) in roles {
         let fut = f(mesh.clone(), shutdown.clone());

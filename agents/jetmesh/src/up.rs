@@ -96,12 +96,13 @@ pub async fn demo(config: Config, mut args: UpArgs) -> Result<i32> {
 const DEMO_PLAN: &str = include_str!("../../../examples/plan.json");
 
 /// Every role `run_all_roles` starts, by service name.
-pub const ALL_ROLES: [&str; 6] = [
+pub const ALL_ROLES: [&str; 7] = [
     "chief",
     "planner",
     "router",
     "aggregator",
     "summary",
+    "autoscaler",
     "worker",
 ];
 

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::error::Result;
 use jetmesh_shared::registry::Registry;
-use jetmesh_shared::wire::{Plan, PlannerRequest};
+use jetmesh_shared::wire::{Plan, PlannerReply, PlannerRequest};
 use jetmesh_shared::{Error, ErrorCode, Mesh, plan, service, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +37,15 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
                 &request.message.payload,
                 mesh.config.mesh.max_request_bytes * 2,
             )?;
-            make_plan(&mesh, &registry, req.plan).await
+            // An explicit plan with every id given comes out of normalizing
+            // unchanged: say it is valid rather than send it back.
+            let as_sent = !req.plan.subtasks.is_empty()
+                && !req.plan.plan_id.is_empty()
+                && req.plan.subtasks.iter().all(|t| !t.id.is_empty());
+            let plan = make_plan(&mesh, &registry, req.plan).await?;
+            Ok(PlannerReply {
+                plan: (!as_sent).then_some(plan),
+            })
         }
         .await;
         let status = if result.is_ok() { "ok" } else { "error" };

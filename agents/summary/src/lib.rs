@@ -11,7 +11,7 @@ use futures::StreamExt;
 use jetmesh_shared::codec;
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::names::{self, EventKind};
-use jetmesh_shared::wire::{AggregationReady, PlanRecord, Report, TaskResult};
+use jetmesh_shared::wire::{AggregationReady, PlanOutline, PlanRecord, Report, TaskResult};
 use jetmesh_shared::{Error, ErrorCode, Mesh, service, shutdown, telemetry};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -78,7 +78,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
 
 /// Builds, stores and publishes the report of `plan_id`.
 pub async fn summarize(mesh: &Mesh, plan_id: &str) -> Result<()> {
-    let record: PlanRecord = mesh
+    let record: PlanRecord<PlanOutline> = mesh
         .get_json(&mesh.plans, &mesh.names.plan_key(plan_id))
         .await?
         .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("plan {plan_id} is not stored")))?;

@@ -1,12 +1,14 @@
 //! Rendering a report: the JSON structure and its markdown for people.
 
-use jetmesh_shared::wire::{PlanRecord, PlanStatus, Report, ReportTask, TaskResult, TaskStatus};
+use jetmesh_shared::wire::{
+    PlanOutline, PlanRecord, PlanStatus, Report, ReportTask, TaskResult, TaskStatus,
+};
 use std::collections::HashMap;
 use std::fmt::Write;
 
 /// The report of a plan whose results are `results` (by task id).
 pub fn report(
-    record: &PlanRecord,
+    record: &PlanRecord<PlanOutline>,
     results: &HashMap<String, TaskResult>,
     now: jiff::Timestamp,
 ) -> Report {
@@ -127,18 +129,19 @@ fn cell(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jetmesh_shared::wire::Plan;
     use jetmesh_shared::{Error, ErrorCode};
     use serde_json::json;
 
     #[test]
     fn report_lists_every_task_with_output_error_and_duration() {
-        let plan: Plan = serde_json::from_value(json!({"plan_id":"abc","goal":"demo","subtasks":[
-            {"id":"t1","type":"math","action":"sum","args":[1,2,3]},
-            {"id":"t2","type":"math","action":"divide","args":[1,0]},
-            {"id":"t3","type":"date","action":"today"}
-        ]}))
-        .unwrap();
+        // The outline skips the parameters of a stored subtask.
+        let plan: PlanOutline =
+            serde_json::from_value(json!({"plan_id":"abc","goal":"demo","subtasks":[
+                {"id":"t1","type":"math","action":"sum","args":[1,2,3]},
+                {"id":"t2","type":"math","action":"divide","args":[1,0]},
+                {"id":"t3","type":"date","action":"today"}
+            ]}))
+            .unwrap();
         let created = jiff::Timestamp::from_second(1_700_000_000).unwrap();
         let record = PlanRecord {
             v: 1,

@@ -28,6 +28,7 @@ pub fn builtin(name: &str) -> Option<Arc<dyn Capability>> {
     match name {
         "math" => Some(Arc::new(crate::caps::math::Math)),
         "date" => Some(Arc::new(crate::caps::date::Date::default())),
+        "sim" => Some(Arc::new(crate::caps::sim::Sim)),
         _ => None,
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod capability;
 pub mod caps;
+pub mod liveness;
 pub mod pool;
 
 pub use pool::run;

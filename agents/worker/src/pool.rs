@@ -7,6 +7,7 @@
 //! hands back what it had buffered, and finishes what it runs.
 
 use crate::capability::{Capability, builtin};
+use crate::liveness::{self, Slots};
 use async_nats::jetstream::{AckKind, Message, kv};
 use futures::StreamExt;
 use jetmesh_shared::codec::Encoding;
@@ -16,7 +17,6 @@ use jetmesh_shared::{Mesh, codec, dlq, ids, registry, service, shutdown, telemet
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,7 +45,7 @@ pub async fn run(
     for name in mesh.config.pool_capabilities(pool) {
         let cap = builtin(&name).ok_or_else(|| {
             Error::bad_request(format!(
-                "pool {pool}: there is no built-in capability {name:?} (built in: math, date); \
+                "pool {pool}: there is no built-in capability {name:?} (built in: math, date, sim); \
                  a foreign worker can serve it instead"
             ))
         })?;
@@ -85,7 +85,22 @@ pub async fn run(
         ack_wait: Duration::from_secs(config.ack_wait_secs),
         max_deliver: u32::try_from(config.max_deliver).unwrap_or(u32::MAX).max(1),
     });
-    let slots = Arc::new(Semaphore::new(workers));
+    let slots = Slots::new(workers);
+    let beating = CancellationToken::new();
+    let heart = liveness::heartbeat(
+        mesh.clone(),
+        pool.name.clone(),
+        instance.clone(),
+        slots.clone(),
+        beating.clone(),
+    );
+    let scale = liveness::follow_scale(
+        mesh.clone(),
+        pool.name.clone(),
+        instance.clone(),
+        slots.clone(),
+        shutdown.clone(),
+    );
     let tracker = TaskTracker::new();
     let mut messages = consumer
         .stream()
@@ -97,9 +112,9 @@ pub async fn run(
         .context("cannot pull from the pool consumer")?;
 
     loop {
-        let permit = tokio::select! {
+        let mut permit = tokio::select! {
             _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("semaphore open"),
+            p = slots.acquire() => p,
         };
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -107,6 +122,7 @@ pub async fn run(
         };
         match next {
             Some(Ok(msg)) => {
+                permit.begin();
                 let pool = pool.clone();
                 tracker.spawn(async move {
                     pool.handle(msg).await;
@@ -148,6 +164,9 @@ pub async fn run(
         .await
         .is_ok();
     tracing::info!(pool = %pool.name, handed_back, drained, "The pool stopped.");
+    beating.cancel();
+    let _ = heart.await;
+    let _ = scale.await;
     mesh.publish_health("worker", &instance, "stopping").await;
     let _ = svc.stop().await;
     Ok(())

@@ -1,0 +1,248 @@
+//! The health monitor. It follows `worker.>` in `mesh_health` and keeps, per
+//! worker process, its last heartbeat and when it arrived (by this process's
+//! clock, so clock skew between hosts does not matter). A worker whose last
+//! heartbeat is older than `health.dead_after_ms` is declared dead:
+//! - `mesh.health.worker.<instance>` gets a `dead` event, `mesh.alerts.<pool>`
+//!   a `worker_dead` alert (both stored in `MESH_EVENTS`);
+//! - its heartbeat key is removed;
+//! - when the pool's live slots fall below its `min`, the surviving processes
+//!   are assigned the difference in `mesh_scale` and grow to match; when none
+//!   survives, a `pool_down` alert says so.
+//!
+//! The tasks a dead worker held need nothing from here: JetStream redelivers
+//! them once their ack wait passes. A worker that stops cleanly deletes its
+//! heartbeat and is not reported. Workers found when the monitor starts (or
+//! takes over) get a full `dead_after` of grace.
+
+use futures::StreamExt;
+use jetmesh_shared::error::{Context, Result};
+use jetmesh_shared::lease::Lease;
+use jetmesh_shared::wire::{Alert, HealthEvent, ScaleDecision, WorkerHeartbeat};
+use jetmesh_shared::{Error, Mesh, codec, telemetry};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::time::Instant;
+
+struct Seen {
+    beat: WorkerHeartbeat,
+    at: Instant,
+}
+
+pub struct Monitor {
+    mesh: Mesh,
+    lease: Lease,
+    /// By heartbeat key.
+    workers: HashMap<String, Seen>,
+    dead_after: Duration,
+}
+
+impl Monitor {
+    pub fn new(mesh: Mesh, lease: Lease) -> Monitor {
+        let dead_after = Duration::from_millis(mesh.config.health.dead_after_ms.max(100));
+        Monitor {
+            mesh,
+            lease,
+            workers: HashMap::new(),
+            dead_after,
+        }
+    }
+
+    /// Watches heartbeats until the watch ends (an error: the caller restarts).
+    pub async fn run(mut self) -> Result<()> {
+        let mut watch = self
+            .mesh
+            .health
+            .watch_with_history(self.mesh.names.worker_health_all())
+            .await
+            .context("cannot watch heartbeats")?;
+        let mut sweep =
+            tokio::time::interval((self.dead_after / 10).max(Duration::from_millis(50)));
+        loop {
+            tokio::select! {
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => self.on_entry(entry),
+                    Some(Err(error)) => tracing::warn!(%error, "The heartbeat watch failed; it resumes."),
+                    None => return Err(Error::new(jetmesh_shared::ErrorCode::Unavailable, "the heartbeat watch ended")),
+                },
+                _ = sweep.tick() => self.sweep().await,
+            }
+        }
+    }
+
+    fn on_entry(&mut self, entry: async_nats::jetstream::kv::Entry) {
+        use async_nats::jetstream::kv::Operation;
+        if entry.operation != Operation::Put {
+            // A clean stop.
+            self.workers.remove(&entry.key);
+        } else if let Ok(beat) = codec::from_json::<WorkerHeartbeat>(&entry.value) {
+            if !self.workers.contains_key(&entry.key) {
+                tracing::info!(pool = %beat.pool, instance = %beat.instance, slots = beat.slots, "A worker is alive.");
+            }
+            self.workers.insert(
+                entry.key,
+                Seen {
+                    beat,
+                    at: Instant::now(),
+                },
+            );
+        }
+        self.gauge();
+    }
+
+    fn gauge(&self) {
+        let mut per_pool: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in self.workers.values() {
+            *per_pool.entry(&s.beat.pool).or_default() += 1;
+        }
+        for (pool, n) in per_pool {
+            metrics::gauge!(telemetry::WORKERS_LIVE, "pool" => pool.to_string()).set(n as f64);
+        }
+    }
+
+    async fn sweep(&mut self) {
+        let dead: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, s)| s.at.elapsed() > self.dead_after)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in dead {
+            // Only the lease holder speaks for the mesh.
+            let Ok(term) = self.lease.fence() else { return };
+            let Some(seen) = self.workers.remove(&key) else {
+                continue;
+            };
+            self.declare_dead(&key, &seen, term).await;
+        }
+    }
+
+    async fn declare_dead(&self, key: &str, seen: &Seen, term: u64) {
+        let beat = &seen.beat;
+        let silent = seen.at.elapsed();
+        metrics::counter!(telemetry::WORKERS_DEAD, "pool" => beat.pool.clone()).increment(1);
+        tracing::warn!(pool = %beat.pool, instance = %beat.instance, pid = ?beat.pid, silent_ms = silent.as_millis() as u64, "A worker stopped heartbeating; it is declared dead.");
+        let detail = format!(
+            "no heartbeat for {} ms (the limit is {} ms)",
+            silent.as_millis(),
+            self.dead_after.as_millis()
+        );
+        let event = HealthEvent {
+            role: "worker".into(),
+            instance: beat.instance.clone(),
+            state: "dead".into(),
+            at: jiff::Timestamp::now(),
+            pool: Some(beat.pool.clone()),
+            detail: Some(detail.clone()),
+        };
+        self.store(self.mesh.names.health("worker", &beat.instance), &event)
+            .await;
+        let host = beat
+            .host
+            .as_deref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
+        let pid = beat
+            .pid
+            .map(|p| format!(" (pid {p}{host})"))
+            .unwrap_or_default();
+        self.alert(Alert {
+            pool: beat.pool.clone(),
+            kind: "worker_dead".into(),
+            message: format!(
+                "worker {}{pid} of pool {} is dead: {detail}; the tasks it held return to the queue after their ack wait",
+                beat.instance, beat.pool
+            ),
+            instance: Some(beat.instance.clone()),
+            at: jiff::Timestamp::now(),
+        })
+        .await;
+        if let Err(error) = self.mesh.health.delete(key).await {
+            tracing::debug!(%error, "Cannot remove a dead worker's heartbeat; it expires.");
+        }
+        self.replace(&beat.pool, &beat.instance, term).await;
+    }
+
+    /// Brings the pool back to its minimum slots on the surviving processes.
+    async fn replace(&self, pool: &str, dead: &str, term: u64) {
+        let live: Vec<&WorkerHeartbeat> = self
+            .workers
+            .values()
+            .map(|s| &s.beat)
+            .filter(|b| b.pool == pool)
+            .collect();
+        let min = self.mesh.config.pool(pool).min;
+        let have: usize = live.iter().map(|b| b.slots).sum();
+        if live.is_empty() {
+            self.alert(Alert {
+                pool: pool.to_string(),
+                kind: "pool_down".into(),
+                message: format!(
+                    "pool {pool} has no live worker left; its tasks wait in the queue until one starts"
+                ),
+                instance: None,
+                at: jiff::Timestamp::now(),
+            })
+            .await;
+            return;
+        }
+        if have >= min {
+            return;
+        }
+        let mut slots: BTreeMap<String, usize> =
+            live.iter().map(|b| (b.instance.clone(), b.slots)).collect();
+        for _ in have..min {
+            if let Some(fewest) = slots.values_mut().min() {
+                *fewest += 1;
+            }
+        }
+        let decision = ScaleDecision {
+            pool: pool.to_string(),
+            slots,
+            reason: format!(
+                "worker {dead} died; {have} slots are live and the pool's minimum is {min}"
+            ),
+            at: jiff::Timestamp::now(),
+            term: Some(term),
+        };
+        tracing::info!(
+            pool,
+            have,
+            min,
+            "Surviving workers take up the dead worker's slots."
+        );
+        let stored = match codec::to_json(&decision) {
+            Ok(body) if self.lease.fence().is_ok() => self
+                .mesh
+                .scale
+                .put(self.mesh.names.scale_key(pool), body)
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::unavailable("cannot write a slot assignment", e)),
+            Ok(_) => return,
+            Err(e) => Err(e),
+        };
+        if let Err(error) = stored {
+            tracing::warn!(%error, pool, "Cannot reassign slots.");
+        }
+    }
+
+    async fn alert(&self, alert: Alert) {
+        tracing::warn!(pool = %alert.pool, kind = %alert.kind, "{}", alert.message);
+        self.store(self.mesh.names.alerts(&alert.pool), &alert)
+            .await;
+    }
+
+    /// Publishes to `MESH_EVENTS` and waits until stored.
+    async fn store<T: serde::Serialize>(&self, subject: String, body: &T) {
+        let Ok(payload) = codec::to_json(body) else {
+            return;
+        };
+        let stored = match self.mesh.js.publish(subject.clone(), payload).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = stored {
+            tracing::warn!(%error, subject, "Cannot publish a health event.");
+        }
+    }
+}
