@@ -85,6 +85,11 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::with_config("")
+    }
+
+    /// A server whose config file ends with `extra` (cluster blocks, names).
+    pub fn with_config(extra: &str) -> NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("jetmesh-nats-")
             .tempdir()
@@ -94,7 +99,7 @@ impl NatsServer {
         std::fs::write(
             &conf,
             format!(
-                "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n",
+                "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n{extra}\n",
                 dir.path().display().to_string(),
                 store.display().to_string()
             ),
@@ -177,6 +182,195 @@ impl NatsServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A cluster of real nats-servers (named `n0`, `n1`, …) with JetStream,
+/// routes on free loopback ports; each node is a [`NatsServer`].
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes and waits until JetStream has a meta leader.
+    pub async fn start(n: usize) -> NatsCluster {
+        let ports: Vec<u16> = (0..n)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port()
+            })
+            .collect();
+        let routes = ports
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                NatsServer::with_config(&format!(
+                    "server_name: n{i}\ncluster {{ name: jetmesh-test, listen: \"127.0.0.1:{p}\", routes: [{routes}] }}\n"
+                ))
+            })
+            .collect();
+        let cluster = NatsCluster { nodes };
+        let urls: Vec<async_nats::ServerAddr> = cluster
+            .nodes
+            .iter()
+            .map(|n| n.url().parse().expect("a server URL"))
+            .collect();
+        let client = async_nats::connect(urls).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = client
+                .request("$JS.API.INFO", "".into())
+                .await
+                .ok()
+                .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+                .is_some_and(|v| v.get("error").is_none());
+            if ready {
+                return cluster;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster has no JetStream meta leader"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every node's client URL, comma-separated (the form `NATS_URL` takes).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node called `name` (`n0`, …).
+    pub fn node(&mut self, name: &str) -> &mut NatsServer {
+        let i: usize = name
+            .strip_prefix('n')
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("no node {name}"));
+        &mut self.nodes[i]
+    }
+}
+
+/// A mixed workload on a `sim` pool: `plans` plans of `tasks` sleeps of
+/// `ms` each, submitted with `prefix` ids, and `single` sleeps sent to
+/// `mesh.tasks` (plan id `<prefix>single`), each acknowledged by JetStream.
+pub struct Workload {
+    pub prefix: String,
+    pub plans: usize,
+    pub tasks: usize,
+    pub single: usize,
+    pub ms: u64,
+}
+
+impl Workload {
+    pub async fn submit(&self, mesh: &Mesh) {
+        for p in 0..self.plans {
+            let subtasks: Vec<_> = (0..self.tasks)
+                .map(|i| serde_json::json!({"id": format!("t{i}"), "type": "sim", "action": "sleep", "ms": self.ms}))
+                .collect();
+            let reply = request_json(
+                &mesh.client,
+                &mesh.names.plans_submit(),
+                &serde_json::json!({"plan_id": format!("{}{p}", self.prefix), "subtasks": subtasks}),
+                Duration::from_secs(10),
+            )
+            .await;
+            assert_eq!(reply["status"], "accepted", "{reply}");
+        }
+        for i in 0..self.single {
+            let body = serde_json::json!({"plan_id": format!("{}single", self.prefix), "id": format!("s{i}"), "ms": self.ms});
+            mesh.js
+                .publish(mesh.names.tasks("sim", "sleep"), body.to_string().into())
+                .await
+                .expect("published")
+                .await
+                .expect("acknowledged by JetStream");
+        }
+    }
+
+    /// How many of the workload's tasks have a result now.
+    pub async fn done(&self, mesh: &Mesh) -> usize {
+        mesh.scan(&mesh.results, "task.>")
+            .await
+            .map(|e| {
+                e.iter()
+                    .filter(|e| e.key.starts_with(&format!("task.{}", self.prefix)))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until every plan is reported with all its tasks completed and
+    /// every single task succeeded; panics after `within`.
+    pub async fn finished(&self, mesh: &Mesh, within: Duration) {
+        let started = Instant::now();
+        for p in 0..self.plans {
+            let plan = format!("{}{p}", self.prefix);
+            loop {
+                let view = match mesh
+                    .client
+                    .request(mesh.names.plans_get(&plan), "".into())
+                    .await
+                {
+                    Ok(r) => {
+                        serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap_or_default()
+                    }
+                    Err(_) => serde_json::Value::Null,
+                };
+                if view["status"] == "reported" {
+                    assert_eq!(
+                        view["completed"], self.tasks,
+                        "{plan}: {}",
+                        view["report"]["markdown"]
+                    );
+                    break;
+                }
+                assert!(
+                    started.elapsed() < within,
+                    "{plan} is not reported after {within:?}: status {}, completed {}, pending {}",
+                    view["status"],
+                    view["completed"],
+                    view["pending"]
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let single = format!("{}single", self.prefix);
+        loop {
+            let results = mesh
+                .scan(&mesh.results, &mesh.names.task_key_plan(&single))
+                .await
+                .unwrap_or_default();
+            if results.len() == self.single {
+                for e in results {
+                    let r: jetmesh_shared::wire::TaskResult =
+                        serde_json::from_slice(&e.value).expect("a result");
+                    assert!(r.is_success(), "{r:?}");
+                }
+                return;
+            }
+            assert!(
+                started.elapsed() < within,
+                "{} of {} single tasks finished after {within:?}",
+                results.len(),
+                self.single
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.plans * self.tasks + self.single
     }
 }
 

@@ -4,14 +4,9 @@
 //! JetStream acknowledged. Bounded in time; cleaned up on drop.
 
 use jetmesh_shared::Config;
-use jetmesh_shared::wire::TaskResult;
-use jetmesh_tests::{InProcessMesh, NatsServer, request_json, test_config};
+use jetmesh_tests::{InProcessMesh, NatsServer, Workload, request_json, test_config};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-const PLANS: usize = 4;
-const PLAN_TASKS: usize = 60;
-const SINGLE: usize = 100;
 
 fn config(url: &str) -> Config {
     let mut c = test_config(url);
@@ -30,84 +25,20 @@ async fn every_task_completes_across_a_server_restart() {
 
     // Plans of 60 tasks of 30 ms on 8 slots, plus single tasks: about
     // two seconds of work, so the restart lands in the middle of it.
-    let mut plan_ids = Vec::new();
-    for p in 0..PLANS {
-        let subtasks: Vec<_> = (0..PLAN_TASKS)
-            .map(|i| json!({"id": format!("t{i}"), "type": "sim", "action": "sleep", "ms": 30}))
-            .collect();
-        let reply = request_json(
-            &mesh.client,
-            &mesh.names.plans_submit(),
-            &json!({"plan_id": format!("restart{p}"), "subtasks": subtasks}),
-            Duration::from_secs(10),
-        )
-        .await;
-        assert_eq!(reply["status"], "accepted", "{reply}");
-        plan_ids.push(format!("restart{p}"));
-    }
-    for i in 0..SINGLE {
-        let body = json!({"plan_id": "single", "id": format!("s{i}"), "ms": 20});
-        mesh.js
-            .publish(mesh.names.tasks("sim", "sleep"), body.to_string().into())
-            .await
-            .unwrap()
-            .await
-            .expect("acknowledged by JetStream");
-    }
-
+    let work = Workload {
+        prefix: "restart".into(),
+        plans: 4,
+        tasks: 60,
+        single: 100,
+        ms: 30,
+    };
+    work.submit(&mesh).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let done_before = mesh
-        .scan(&mesh.results, "task.>")
-        .await
-        .unwrap()
-        .len();
+    let done_before = work.done(&mesh).await;
     server.restart();
     let restarted = Instant::now();
+    work.finished(&mesh, Duration::from_secs(90)).await;
 
-    // Every plan is reported and every task has a result.
-    let deadline = Duration::from_secs(90);
-    for plan in &plan_ids {
-        loop {
-            let view = match mesh
-                .client
-                .request(mesh.names.plans_get(plan), "".into())
-                .await
-            {
-                Ok(reply) => serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap(),
-                Err(_) => json!({}),
-            };
-            if view["status"] == "reported" {
-                assert_eq!(view["completed"], PLAN_TASKS, "{plan}: {}", view["report"]);
-                break;
-            }
-            assert!(
-                restarted.elapsed() < deadline,
-                "{plan} not reported {deadline:?} after the restart: {}\n{}",
-                json!({"status": view["status"], "completed": view["completed"], "pending": view["pending"]}),
-                server.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    loop {
-        let results = mesh
-            .scan(&mesh.results, &mesh.names.task_key_plan("single"))
-            .await
-            .unwrap_or_default();
-        if results.len() == SINGLE {
-            for e in results {
-                let r: TaskResult = serde_json::from_slice(&e.value).unwrap();
-                assert!(r.is_success(), "{r:?}");
-            }
-            break;
-        }
-        assert!(
-            restarted.elapsed() < deadline,
-            "{} of {SINGLE} single tasks finished {deadline:?} after the restart",
-            results.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     // Watches and consumers were re-established, not just drained: a plan
     // submitted after the restart runs end to end.
     let reply = request_json(
@@ -126,7 +57,7 @@ async fn every_task_completes_across_a_server_restart() {
         restarted.elapsed()
     );
     assert!(
-        done_before < PLANS * PLAN_TASKS + SINGLE,
+        done_before < work.total(),
         "the restart came after the work was done; the test proves nothing"
     );
     m.stop().await;
