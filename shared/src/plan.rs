@@ -20,6 +20,9 @@ pub fn normalize(plan: &mut Plan, max_subtasks: usize) -> Result<()> {
             "the plan has no subtasks (give \"subtasks\", or a \"goal\" for the planner)",
         ));
     }
+    if plan.deadline_ms == Some(0) {
+        return Err(Error::bad_request("deadline_ms must be greater than 0"));
+    }
     if plan.subtasks.len() > max_subtasks {
         return Err(Error::new(
             ErrorCode::PayloadTooLarge,

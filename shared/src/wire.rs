@@ -82,6 +82,11 @@ pub struct Plan {
     pub goal: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subtasks: Vec<Subtask>,
+    /// The plan's deadline, in milliseconds after it is accepted: tasks
+    /// without a result by then are recorded as `timeout`, and the plan
+    /// completes with them counted as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// A plan without its tasks' parameters (see [`PlanRecord`]).
@@ -93,6 +98,8 @@ pub struct PlanOutline {
     pub goal: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subtasks: Vec<SubtaskOutline>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// A subtask's id, capability, action and dependencies; the other fields of
@@ -133,6 +140,8 @@ struct SubmitRequestWire {
     #[serde(default)]
     subtasks: Vec<Subtask>,
     #[serde(default)]
+    deadline_ms: Option<u64>,
+    #[serde(default)]
     wait: bool,
     #[serde(default)]
     wait_timeout_ms: Option<u64>,
@@ -145,6 +154,7 @@ impl From<SubmitRequestWire> for SubmitRequest {
                 plan_id: w.plan_id,
                 goal: w.goal,
                 subtasks: w.subtasks,
+                deadline_ms: w.deadline_ms,
             },
             wait: w.wait,
             wait_timeout_ms: w.wait_timeout_ms,
@@ -187,6 +197,10 @@ pub struct TaskMessage {
     /// 1 on first dispatch; a worker takes the larger of this and the delivery count.
     #[serde(default = "one")]
     pub attempt: u32,
+    /// The plan's deadline: a worker does not start the task after it, and
+    /// stops running it then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
 }
 
 /// The same wire shape as [`TaskMessage`], borrowed, for encoding without a copy.
@@ -196,6 +210,8 @@ pub struct TaskMessageRef<'a> {
     #[serde(flatten)]
     pub task: &'a Subtask,
     pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
 }
 
 /// The body of `mesh.run.<cap>.<action>` and `mesh.tasks.<cap>.<action>`: the
@@ -711,7 +727,12 @@ mod task_de {
         queued: bool,
     }
 
-    type Decoded = (Subtask, Option<String>, Option<u32>);
+    type Decoded = (
+        Subtask,
+        Option<String>,
+        Option<u32>,
+        Option<jiff::Timestamp>,
+    );
 
     /// The next value, with the field's name in any error ("depends_on: …").
     fn field<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
@@ -740,7 +761,7 @@ mod task_de {
             let (mut id, mut capability, mut action) = (None, None, None);
             let (mut depends_on, mut priority, mut timeout_ms, mut retries) =
                 (None, None, None, None);
-            let (mut plan_id, mut attempt) = (None, None);
+            let (mut plan_id, mut attempt, mut deadline) = (None, None, None);
             let mut params = Map::new();
             while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                 match key.as_ref() {
@@ -765,6 +786,9 @@ mod task_de {
                     "attempt" if self.queued => {
                         set(&mut attempt, field(&mut map, "attempt")?, "attempt")?
                     }
+                    "deadline" if self.queued => {
+                        set(&mut deadline, field(&mut map, "deadline")?, "deadline")?
+                    }
                     _ => {
                         let value = map.next_value::<Value>()?;
                         if params.insert(key.into_owned(), value).is_some() {
@@ -783,24 +807,26 @@ mod task_de {
                 retries: retries.flatten(),
                 params,
             };
-            Ok((task, plan_id, attempt))
+            Ok((task, plan_id, attempt, deadline.flatten()))
         }
     }
 
     impl<'de> Deserialize<'de> for Subtask {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             d.deserialize_map(TaskVisitor { queued: false })
-                .map(|(t, _, _)| t)
+                .map(|(t, _, _, _)| t)
         }
     }
 
     impl<'de> Deserialize<'de> for TaskMessage {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let (task, plan_id, attempt) = d.deserialize_map(TaskVisitor { queued: true })?;
+            let (task, plan_id, attempt, deadline) =
+                d.deserialize_map(TaskVisitor { queued: true })?;
             Ok(TaskMessage {
                 plan_id: plan_id.ok_or_else(|| de::Error::missing_field("plan_id"))?,
                 task,
                 attempt: attempt.unwrap_or(1),
+                deadline,
             })
         }
     }
@@ -865,8 +891,23 @@ mod tests {
         let m: TaskMessage =
             serde_json::from_value(json!({"plan_id":"p","id":"t","type":"m","action":"a"}))
                 .unwrap();
-        assert_eq!((m.plan_id.as_str(), m.attempt), ("p", 1));
+        assert_eq!((m.plan_id.as_str(), m.attempt, m.deadline), ("p", 1, None));
         assert!(m.task.params.is_empty());
+        // A queue message's deadline is a field, in both encodings; a subtask's is a param.
+        let m: TaskMessage = serde_json::from_value(json!({
+            "plan_id":"p","id":"t","type":"m","action":"a","deadline":"2026-11-21T12:00:00Z"
+        }))
+        .unwrap();
+        assert_eq!(m.deadline, Some("2026-11-21T12:00:00Z".parse().unwrap()));
+        for enc in [Encoding::Json, Encoding::Msgpack] {
+            assert_eq!(
+                enc.decode::<TaskMessage>(&enc.encode(&m).unwrap()).unwrap(),
+                m
+            );
+        }
+        let t: Subtask =
+            serde_json::from_value(json!({"type":"m","action":"a","deadline":1})).unwrap();
+        assert_eq!(t.params["deadline"], json!(1));
         let e = serde_json::from_value::<TaskMessage>(json!({"id":"t","type":"m","action":"a"}))
             .unwrap_err();
         assert!(e.to_string().contains("plan_id"), "{e}");

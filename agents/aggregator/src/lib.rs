@@ -6,12 +6,19 @@
 //! `task.<plan_id>.*` that replays what is already stored, so arrival order
 //! never matters and a restarted aggregator picks up where it was; results of
 //! single tasks (no plan record) cost nothing here.
+//!
+//! A plan with a `deadline_ms` that passes with tasks still unfinished gets a
+//! `timeout` result for each of them (a KV create, so a result that made it
+//! first stands and a late one is ignored); the plan then completes as usual.
 
+use async_nats::jetstream::kv;
 use futures::StreamExt;
 use jetmesh_shared::codec;
 use jetmesh_shared::error::Result;
 use jetmesh_shared::names::{self, EventKind};
-use jetmesh_shared::wire::{AggregationReady, PlanCounts, PlanOutline, PlanRecord, PlanStatus};
+use jetmesh_shared::wire::{
+    AggregationReady, PlanCounts, PlanOutline, PlanRecord, PlanStatus, TaskResult,
+};
 use jetmesh_shared::{Mesh, service, shutdown, telemetry};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -28,6 +35,9 @@ struct Tally {
     dirty: bool,
     /// Stops this plan's result follower.
     stop: CancellationToken,
+    /// When unfinished tasks time out, if the plan has a deadline.
+    deadline: Option<jiff::Timestamp>,
+    expired: bool,
 }
 
 impl Tally {
@@ -77,7 +87,10 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = flush.tick() => flush_counts(&mesh, &mut tallies).await,
+            _ = flush.tick() => {
+                flush_counts(&mesh, &mut tallies).await;
+                expire(&mesh, &mut tallies);
+            }
             Some((plan_id, task_id, ok)) = notes.recv() => {
                 let Some(tally) = tallies.get_mut(&plan_id) else { continue };
                 tally.apply(&task_id, ok);
@@ -132,11 +145,74 @@ fn follow(
         let _ = notes.send((id.clone(), task.to_string(), ok));
     });
     metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").increment(1.0);
+    let deadline = record.plan.deadline_ms.and_then(|ms| {
+        record
+            .created_at
+            .checked_add(jiff::SignedDuration::from_millis(
+                ms.min(i64::MAX as u64) as i64
+            ))
+            .ok()
+    });
     Tally {
         tasks: record.plan.subtasks.into_iter().map(|t| t.id).collect(),
         done: HashMap::new(),
         dirty: true,
         stop,
+        deadline,
+        expired: false,
+    }
+}
+
+/// Records `timeout` for the unfinished tasks of plans past their deadline.
+/// The results come back through the plan's follower like any other.
+fn expire(mesh: &Mesh, tallies: &mut HashMap<String, Tally>) {
+    let now = jiff::Timestamp::now();
+    for (plan_id, tally) in tallies.iter_mut() {
+        if tally.expired || tally.deadline.is_none_or(|d| d > now) {
+            continue;
+        }
+        tally.expired = true;
+        let late: Vec<String> = tally
+            .tasks
+            .iter()
+            .filter(|t| !tally.done.contains_key(*t))
+            .cloned()
+            .collect();
+        tracing::info!(
+            plan_id,
+            tasks = late.len(),
+            "The plan's deadline passed; its unfinished tasks time out."
+        );
+        let (mesh, plan_id) = (mesh.clone(), plan_id.clone());
+        tokio::spawn(async move {
+            let error = jetmesh_shared::Error::new(
+                jetmesh_shared::ErrorCode::Timeout,
+                "the plan's deadline passed before this task finished",
+            );
+            futures::stream::iter(late)
+                .for_each_concurrent(64, |task_id| {
+                    let (mesh, plan_id, error) = (&mesh, &plan_id, &error);
+                    async move {
+                        let result = TaskResult::failure(error).for_task(plan_id, &task_id);
+                        let Ok(body) = codec::to_json(&result) else { return };
+                        let key = mesh.names.task_key(plan_id, &task_id);
+                        let mut delay = Duration::from_millis(100);
+                        // Retried: a lost timeout would leave the plan open.
+                        loop {
+                            match mesh.results.create(&key, body.clone()).await {
+                                Ok(_) => return,
+                                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return,
+                                Err(error) => {
+                                    tracing::warn!(%error, plan_id, task_id, "Cannot record a timeout; retrying.");
+                                    tokio::time::sleep(delay).await;
+                                    delay = (delay * 2).min(Duration::from_secs(5));
+                                }
+                            }
+                        }
+                    }
+                })
+                .await;
+        });
     }
 }
 

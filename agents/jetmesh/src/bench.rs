@@ -363,6 +363,7 @@ async fn big_plan(mesh: &Mesh, n: usize) -> Result<f64> {
             plan_id: String::new(),
             goal: Some("benchmark".into()),
             subtasks,
+            deadline_ms: None,
         },
         wait: true,
         wait_timeout_ms: Some(300_000),

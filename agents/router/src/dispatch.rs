@@ -20,7 +20,12 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Publishes the task; the returned future resolves when JetStream stored it.
     /// Errors: `unknown_capability`, `unknown_action`, `unavailable`.
-    pub async fn send(&self, plan_id: &str, task: &Subtask) -> Result<PublishAckFuture> {
+    pub async fn send(
+        &self,
+        plan_id: &str,
+        task: &Subtask,
+        deadline: Option<jiff::Timestamp>,
+    ) -> Result<PublishAckFuture> {
         let entry = self.registry.resolve(&task.capability).await?;
         let entry = plan::check_one(&task.id, &task.capability, &task.action, |_| {
             entry.as_deref()
@@ -29,6 +34,7 @@ impl Dispatcher {
             plan_id,
             task,
             attempt: 1,
+            deadline,
         };
         let mut publish = PublishMessage::build()
             .payload(entry.encoding.encode(&message)?)
@@ -53,10 +59,10 @@ impl Dispatcher {
     /// Dispatches, retrying transient failures until stored or `give_up` passes.
     /// A permanent failure (unknown capability or action) is recorded as the
     /// task's result, so its plan still completes.
-    pub async fn dispatch(&self, plan_id: &str, task: &Subtask) {
+    pub async fn dispatch(&self, plan_id: &str, task: &Subtask, deadline: Option<jiff::Timestamp>) {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=20 {
-            let outcome = match self.send(plan_id, task).await {
+            let outcome = match self.send(plan_id, task, deadline).await {
                 Ok(ack) => ack.await.context("task not stored").map(|_| ()),
                 Err(e) => Err(e),
             };

@@ -103,7 +103,16 @@ impl Router {
         {
             return Ok(());
         }
+        let deadline = record.plan.deadline_ms.and_then(|ms| {
+            record
+                .created_at
+                .checked_add(jiff::SignedDuration::from_millis(
+                    ms.min(i64::MAX as u64) as i64
+                ))
+                .ok()
+        });
         let mut run = PlanRun::new(Arc::new(record.plan));
+        run.deadline = deadline;
         let mut actions = Vec::new();
         if catch_up {
             // Mark recorded results first, then start only what is still waiting.
@@ -138,7 +147,7 @@ impl Router {
         if !run.has_waiting() {
             // Everything is dispatched (or done): no dependents to release, so
             // there is nothing to follow.
-            self.perform(&plan_id, actions).await;
+            self.perform(&plan_id, deadline, actions).await;
             return Ok(());
         }
         metrics::gauge!(telemetry::PLANS_TRACKED).increment(1.0);
@@ -153,16 +162,23 @@ impl Router {
             .follow_plan_results(&plan_id, stop, move |task, ok| {
                 this.on_result(&id, task, ok)
             });
-        self.perform(&plan_id, actions).await;
+        self.perform(&plan_id, deadline, actions).await;
         Ok(())
     }
 
-    async fn perform(&self, plan_id: &str, actions: Vec<Action>) {
+    async fn perform(
+        &self,
+        plan_id: &str,
+        deadline: Option<jiff::Timestamp>,
+        actions: Vec<Action>,
+    ) {
         let limit = self.mesh.config.router.max_inflight.max(1);
         futures::stream::iter(actions)
             .for_each_concurrent(limit, |action| async move {
                 match action {
-                    Action::Dispatch(task) => self.dispatcher.dispatch(plan_id, &task).await,
+                    Action::Dispatch(task) => {
+                        self.dispatcher.dispatch(plan_id, &task, deadline).await
+                    }
                     Action::Fail { task_id, error } => {
                         self.dispatcher
                             .record_failure(plan_id, &task_id, &error)
@@ -254,7 +270,7 @@ impl Router {
             let Some((run, stop)) = plans.get_mut(plan_id) else {
                 return;
             };
-            let actions = run.on_result(task_id, ok);
+            let actions = (run.on_result(task_id, ok), run.deadline);
             if !run.has_waiting() {
                 stop.cancel();
                 plans.remove(plan_id);
@@ -262,10 +278,11 @@ impl Router {
             }
             actions
         };
+        let (actions, deadline) = actions;
         if !actions.is_empty() {
             let this = self.clone();
             let plan_id = plan_id.to_string();
-            tokio::spawn(async move { this.perform(&plan_id, actions).await });
+            tokio::spawn(async move { this.perform(&plan_id, deadline, actions).await });
         }
     }
 
@@ -416,7 +433,7 @@ impl Router {
         let fallback = format!("tasks-{seq}");
         let parsed = self.parse_single(&msg.subject, msg.headers.as_ref(), &msg.payload, &fallback);
         let outcome = match &parsed {
-            Ok((plan_id, task)) => match self.dispatcher.send(plan_id, task).await {
+            Ok((plan_id, task)) => match self.dispatcher.send(plan_id, task, None).await {
                 Ok(ack) => ack.await.context("task not stored").map(|_| ()),
                 Err(e) => Err(e),
             },
@@ -565,7 +582,7 @@ impl Router {
             .map_err(with_ids)?;
         let ack = self
             .dispatcher
-            .send(&plan_id, &task)
+            .send(&plan_id, &task, None)
             .await
             .map_err(with_ids)?
             .await

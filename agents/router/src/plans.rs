@@ -25,6 +25,8 @@ pub enum Action {
 
 pub struct PlanRun {
     plan: Arc<Plan>,
+    /// The plan's deadline, passed on to workers with each task.
+    pub deadline: Option<jiff::Timestamp>,
     index: HashMap<String, usize>,
     dependents: Vec<Vec<usize>>,
     waiting_on: Vec<usize>,
@@ -52,6 +54,7 @@ impl PlanRun {
             }
         }
         PlanRun {
+            deadline: None,
             waiting: plan.subtasks.len(),
             state: vec![State::Waiting; plan.subtasks.len()],
             plan,

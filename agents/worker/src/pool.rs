@@ -200,8 +200,10 @@ impl Pool {
         let elapsed = started.elapsed();
 
         let retries = task.task.retries.unwrap_or(0);
+        let past_deadline = task.deadline.is_some_and(|d| d <= jiff::Timestamp::now());
         if let Err(e) = &outcome
             && e.code.is_retryable()
+            && !past_deadline
             && attempt <= retries
             && attempt < self.max_deliver
         {
@@ -257,8 +259,24 @@ impl Pool {
                 ),
             ));
         }
+        // Bounded by the task's timeout and by its plan's deadline.
+        let until_deadline = match task.deadline {
+            Some(d) => match jiff::Timestamp::now().duration_until(d).try_into() {
+                Ok(left) if left > Duration::ZERO => Some(left),
+                _ => {
+                    return Err(Error::new(
+                        ErrorCode::Timeout,
+                        "the plan's deadline passed before this task started",
+                    ));
+                }
+            },
+            None => None,
+        };
         let work = cap.execute(&t.action, &t.params);
-        let limit = t.timeout_ms.map(Duration::from_millis);
+        let limit = match (t.timeout_ms.map(Duration::from_millis), until_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let keepalive = async {
             let mut tick = tokio::time::interval(self.ack_wait / 2);
             tick.tick().await;
@@ -272,10 +290,12 @@ impl Pool {
                 Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
                     Err(Error::new(
                         ErrorCode::Timeout,
-                        format!(
-                            "the task ran longer than its timeout_ms ({} ms)",
-                            limit.as_millis()
-                        ),
+                        match t.timeout_ms {
+                            Some(ms) if Duration::from_millis(ms) == limit => {
+                                format!("the task ran longer than its timeout_ms ({ms} ms)")
+                            }
+                            _ => "the plan's deadline passed while the task ran".to_string(),
+                        },
                     ))
                 }),
                 None => work.await,
