@@ -6,7 +6,9 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::names::EventKind;
-use jetmesh_shared::wire::{self, PlanView, Report, SubmitReply, SubmitRequest, TaskResult};
+use jetmesh_shared::wire::{
+    self, PlanView, Report, SubmitReply, SubmitRequest, TaskResult, WorkerHeartbeat,
+};
 use jetmesh_shared::{Config, Mesh, ids, mesh, registry};
 use serde_json::{Map, Value};
 use std::io::Read;
@@ -162,18 +164,46 @@ pub async fn caps(config: Config, json: bool) -> Result<i32> {
 pub async fn mesh_status(config: Config, json: bool) -> Result<i32> {
     let mesh = Mesh::ensure(client(&config).await?, config).await?;
     let chief = jetmesh_shared::lease::holder(&mesh, &mesh.names.chief_lease()).await?;
+    let autoscaler = jetmesh_shared::lease::holder(&mesh, &mesh.names.autoscaler_lease()).await?;
     let caps = registry::list(&mesh).await?;
+    let mut workers: Vec<WorkerHeartbeat> = mesh
+        .scan(&mesh.health, &mesh.names.worker_health_all())
+        .await?
+        .iter()
+        .filter_map(|e| codec::from_json(&e.value).ok())
+        .collect();
+    workers.sort_by(|a, b| (&a.pool, &a.instance).cmp(&(&b.pool, &b.instance)));
     if json {
-        let v = serde_json::json!({"leaders": {"chief": chief}, "capabilities": caps});
+        let v = serde_json::json!({
+            "leaders": {"chief": chief, "autoscaler": autoscaler},
+            "capabilities": caps,
+            "workers": workers,
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
-    match chief {
-        Some(l) => println!(
-            "chief: {} leads (term {}, since {}, renewed {})",
-            l.holder, l.term, l.acquired_at, l.renewed_at
-        ),
-        None => println!("chief: no leader (no chief running, or the lease just expired)"),
+    for (role, lease) in [("chief", chief), ("autoscaler", autoscaler)] {
+        match lease {
+            Some(l) => println!(
+                "{role}: {} leads (term {}, since {}, renewed {})",
+                l.holder, l.term, l.acquired_at, l.renewed_at
+            ),
+            None => println!("{role}: no leader (none running, or the lease just expired)"),
+        }
+    }
+    if workers.is_empty() {
+        println!("workers: none heartbeating");
+    }
+    for w in &workers {
+        let age = jiff::Timestamp::now().duration_since(w.at).as_millis();
+        println!(
+            "worker {} (pool {}, pid {}): {}/{} slots busy, last heartbeat {age} ms ago",
+            w.instance,
+            w.pool,
+            w.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            w.busy,
+            w.slots
+        );
     }
     let names: Vec<&str> = caps.iter().map(|c| c.capability.as_str()).collect();
     println!(

@@ -104,11 +104,16 @@ pub async fn main(cli: Cli) -> Result<i32> {
             | Command::Router
             | Command::Aggregator
             | Command::Summary
+            | Command::Autoscaler
             | Command::Worker { .. }
     );
     let mut telemetry_config = config.telemetry.clone();
     if quiet && telemetry_config.log == "info" {
         telemetry_config.log = "warn".into();
+    }
+    // The bench provokes failures (dead letters, killed processes) on purpose.
+    if matches!(cli.command, Command::Bench(_)) && telemetry_config.log == "info" {
+        telemetry_config.log = "error".into();
     }
     telemetry::init(&telemetry_config);
     let role = |name: &'static str| {

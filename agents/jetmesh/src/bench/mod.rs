@@ -5,6 +5,8 @@
 //! latency against a plain core-NATS request/reply; (d) the resident memory of
 //! an idle `jetmesh up` (without nats-server).
 
+mod failures;
+
 use crate::embedded::EmbeddedServer;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -31,6 +33,9 @@ pub struct BenchArgs {
     /// Skip the idle-memory measurement.
     #[arg(long)]
     pub no_memory: bool,
+    /// Skip the failure figures (poison, worker kill, chief failover).
+    #[arg(long)]
+    pub no_failures: bool,
 }
 
 struct Figure {
@@ -189,6 +194,10 @@ async fn measure(
     });
     shutdown.cancel();
     roles.await??;
+
+    if !args.no_failures {
+        figures.extend(failures::measure(&config, args.workers).await?);
+    }
 
     if !args.no_memory {
         eprintln!("(d) idle `jetmesh up` resident memory ...");
