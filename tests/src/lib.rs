@@ -525,7 +525,7 @@ pub use libc::{SIGCONT, SIGKILL, SIGSTOP, SIGTERM};
 /// Waits (up to 30 s) until every role answers and the public endpoints are
 /// served (one chief holds the lease).
 pub async fn wait_ready(mesh: &Mesh) {
-    jetmesh::up::wait_ready(mesh, Duration::from_secs(30))
+    jetmesh::up::wait_ready_roles(mesh, &jetmesh::up::FLOW_ROLES, Duration::from_secs(30))
         .await
         .expect("the mesh is ready");
 }

@@ -28,10 +28,17 @@ fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
 async fn roles_as_separate_processes_work_together() {
     let server = NatsServer::start();
     let url = server.url();
-    let mut procs: Vec<Proc> = ["chief", "planner", "router", "aggregator", "summary"]
-        .iter()
-        .map(|role| Proc::jetmesh(&url, &[role]))
-        .collect();
+    let mut procs: Vec<Proc> = [
+        "chief",
+        "planner",
+        "router",
+        "aggregator",
+        "summary",
+        "autoscaler",
+    ]
+    .iter()
+    .map(|role| Proc::jetmesh(&url, &[role]))
+    .collect();
     procs.push(Proc::jetmesh(
         &url,
         &["worker", "--pool", "math", "--workers", "2"],
@@ -42,7 +49,9 @@ async fn roles_as_separate_processes_work_together() {
     let mesh = jetmesh_shared::Mesh::connect(test_config(&url), "test")
         .await
         .unwrap();
-    wait_ready(&mesh).await;
+    jetmesh::up::wait_ready(&mesh, Duration::from_secs(30))
+        .await
+        .expect("every role, the autoscaler too, answers");
     wait_for_capability(&mesh, "math").await;
     wait_for_capability(&mesh, "date").await;
     for p in &mut procs {

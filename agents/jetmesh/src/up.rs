@@ -95,24 +95,44 @@ pub async fn demo(config: Config, mut args: UpArgs) -> Result<i32> {
 
 const DEMO_PLAN: &str = include_str!("../../../examples/plan.json");
 
-/// Every role `run_all_roles` starts, by service name.
+/// The roles a plan needs to run end to end, by service name.
+pub const FLOW_ROLES: [&str; 6] = [
+    "chief",
+    "planner",
+    "router",
+    "aggregator",
+    "summary",
+    "worker",
+];
+
+/// Every role `run_all_roles` starts: the flow, and the autoscaler.
 pub const ALL_ROLES: [&str; 7] = [
     "chief",
     "planner",
     "router",
     "aggregator",
     "summary",
-    "autoscaler",
     "worker",
+    "autoscaler",
 ];
 
-/// Waits until every role answers and the public endpoints are served (the
-/// chief's `mesh.plans.submit` only once one chief holds the lease).
+/// Waits until every role `run_all_roles` starts answers and the public
+/// endpoints are served (the chief's `mesh.plans.submit` only once one chief
+/// holds the lease).
 pub async fn wait_ready(mesh: &Mesh, within: Duration) -> jetmesh_shared::Result<()> {
+    wait_ready_roles(mesh, &ALL_ROLES, within).await
+}
+
+/// [`wait_ready`] for the given roles.
+pub async fn wait_ready_roles(
+    mesh: &Mesh,
+    roles: &[&str],
+    within: Duration,
+) -> jetmesh_shared::Result<()> {
     let n = &mesh.names;
     let subjects = [n.plans_get_all(), n.run_all(), n.planner_plan()];
     let deadline = tokio::time::Instant::now() + within;
-    jetmesh_shared::service::wait_for_roles(&mesh.client, &ALL_ROLES, &subjects, within).await?;
+    jetmesh_shared::service::wait_for_roles(&mesh.client, roles, &subjects, within).await?;
     // mesh.plans.submit is served by the lease holder alone (a plain queue
     // subscription): probe it with an empty request, which it refuses at once.
     loop {
