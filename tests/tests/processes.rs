@@ -2,9 +2,7 @@
 //! containers run them), `jetmesh up` on its embedded nats-server, and the
 //! people CLI.
 
-use jetmesh_tests::{
-    NatsServer, Proc, jetmesh_bin, root, test_config, wait_for_capability, wait_ready,
-};
+use jetmesh_tests::{NatsServer, Proc, jetmesh_bin, root, test_config, wait_for_capability};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
