@@ -102,6 +102,12 @@ impl Names {
         self.subject("plans.submit")
     }
 
+    /// `mesh.chief.<instance>.submit`: one chief's own subject, to which the
+    /// other chiefs forward the submits they receive while it leads.
+    pub fn chief_submit(&self, instance: &str) -> String {
+        self.subject(&format!("chief.{instance}.submit"))
+    }
+
     /// `mesh.plans.get.<plan_id>`.
     pub fn plans_get(&self, plan_id: &str) -> String {
         self.subject(&format!("plans.get.{plan_id}"))

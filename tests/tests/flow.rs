@@ -231,7 +231,7 @@ async fn accepted_plans_complete_without_waiting_and_msgpack_pools_work() {
         MSGPACK
     );
     let result: TaskResult = rmp_serde::from_slice(&reply.payload).unwrap();
-    assert_eq!(result.output, Some(json!(20)));
+    assert_eq!(result.output, Some(json!(20)), "{result:?}");
     mesh.stop().await;
 }
 

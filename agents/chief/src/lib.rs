@@ -24,9 +24,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Runs the chief until `shutdown`. Any number of chiefs may run: they all
-/// answer `mesh.plans.get`, and the one holding the `chief` lease also takes
-/// `mesh.plans.submit` and closes plans. The others stand by and take over
-/// when the lease expires or is released.
+/// answer `mesh.plans.get`, and the one holding the `chief` lease takes
+/// plans and closes them. The others stand by and take over when the lease
+/// expires or is released.
+///
+/// Every chief stays in the `mesh.plans.submit` queue group for its whole
+/// life, so that membership never changes under a request in flight (the
+/// client library's unsubscribe can drop a message already on its way). A
+/// chief that does not lead relays what it receives to the leader's own
+/// subject `mesh.chief.<instance>.submit` and passes the answer back.
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let instance = shutdown::instance_id("chief");
     let svc = service::start(&mesh.client, "chief", &instance, "jetmesh chief").await?;
@@ -43,7 +49,47 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     mesh.publish_health("chief", &instance, "started").await;
     tracing::info!(instance = %instance, "The chief is up; it takes plans while it holds the lease.");
 
+    // Both subscriptions before the first campaign round can make us leader.
+    let mut public = mesh
+        .client
+        .queue_subscribe(mesh.names.plans_submit(), "q".to_string())
+        .await
+        .map_err(|e| Error::unavailable("cannot serve mesh.plans.submit", e))?;
+    let mut own = mesh
+        .client
+        .subscribe(mesh.names.chief_submit(&instance))
+        .await
+        .map_err(|e| Error::unavailable("cannot serve mesh.plans.submit", e))?;
     let inflight = TaskTracker::new();
+    let submits = {
+        let (mesh, lease, inflight) = (mesh.clone(), lease.clone(), inflight.clone());
+        // After shutdown the lease is released at once; keep relaying for a
+        // moment so that requests already routed here reach the next leader.
+        let stop = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        async move {
+            tokio::pin!(stop);
+            loop {
+                let msg = tokio::select! {
+                    _ = &mut stop => break,
+                    Some(m) = public.next() => m,
+                    Some(m) = own.next() => m,
+                };
+                if lease.is_leader() {
+                    inflight.spawn(on_submit(mesh.clone(), lease.clone(), msg));
+                } else {
+                    inflight.spawn(relay(mesh.clone(), lease.clone(), msg));
+                }
+            }
+            let _ = public.drain().await;
+            let _ = own.drain().await;
+        }
+    };
     let reads = {
         let (mesh, inflight, shutdown) = (mesh.clone(), inflight.clone(), shutdown.clone());
         async move {
@@ -58,13 +104,13 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = lease.acquired() => {}
             }
-            lead(&mesh, &lease, &shutdown, &inflight).await?;
+            lead(&mesh, &lease, &shutdown).await?;
             if shutdown.is_cancelled() {
                 return Ok(());
             }
         }
     };
-    let (_, led) = tokio::join!(reads, leading);
+    let (_, _, led) = tokio::join!(reads, submits, leading);
     // Waiting submitters keep their plans; they are answered or time out.
     inflight.close();
     let _ = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, inflight.wait()).await;
@@ -74,50 +120,85 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
 }
 
 /// Serves as the active chief until the lease is lost or shutdown.
-async fn lead(
-    mesh: &Mesh,
-    lease: &Lease,
-    shutdown: &CancellationToken,
-    inflight: &TaskTracker,
-) -> Result<()> {
+async fn lead(mesh: &Mesh, lease: &Lease, shutdown: &CancellationToken) -> Result<()> {
     let stop = shutdown.child_token();
-    // A plain queue subscription (the service's queue group), not a service
-    // endpoint: on step-down it must be *drained*, so that a request the server
-    // routed here just before the unsubscribe is answered, not dropped.
-    let mut submit = mesh
-        .client
-        .queue_subscribe(mesh.names.plans_submit(), "q".to_string())
-        .await
-        .map_err(|e| Error::unavailable("cannot serve mesh.plans.submit", e))?;
     let reports = tokio::spawn(follow_reports(mesh.clone(), lease.clone(), stop.clone()));
     resume_plans(mesh, lease).await;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = lease.lost() => {
-                tracing::warn!("The chief lost its lease; it stops taking plans.");
-                break;
-            }
-            r = submit.next() => match r {
-                Some(msg) => { inflight.spawn(on_submit(mesh.clone(), lease.clone(), msg)); }
-                None => break,
-            },
-        }
-    }
-    // Drain: the server stops routing here, and everything it routed before
-    // still arrives and gets a clear `unavailable` (retry), never silence.
-    let _ = submit.drain().await;
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), submit.next()).await {
-        let enc = Encoding::from_headers(msg.headers.as_ref()).unwrap_or(Encoding::Json);
-        let refused: Result<()> = Err(Error::new(
-            ErrorCode::Unavailable,
-            "this chief just stepped down; send the request again",
-        ));
-        service::reply(&mesh.client, &msg, enc, &refused).await;
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = lease.lost() => tracing::warn!("The chief lost its lease; it relays plans to the next leader."),
     }
     stop.cancel();
     let _ = reports.await;
     Ok(())
+}
+
+/// How many times a submit may be relayed between chiefs (the lease can move
+/// while a request is on its way).
+const MAX_HOPS: u32 = 2;
+const HOPS: &str = "Jetmesh-Hops";
+
+/// Passes a submit to the chief that leads and its answer back to the
+/// requester. With no leader (or one that does not answer), the requester
+/// gets `unavailable` at once, never silence.
+async fn relay(mesh: Mesh, lease: Lease, msg: async_nats::Message) {
+    let enc = Encoding::from_headers(msg.headers.as_ref()).unwrap_or(Encoding::Json);
+    let hops: u32 = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HOPS))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0);
+    let refuse = |why: &str| -> Result<()> { Err(Error::new(ErrorCode::Unavailable, why)) };
+    let leader = match jetmesh_shared::lease::holder(&mesh, &mesh.names.chief_lease()).await {
+        Ok(Some(l)) if l.holder != lease.holder() && hops < MAX_HOPS => l.holder,
+        Ok(_) | Err(_) => {
+            let no = refuse(
+                "no chief leads right now (the lease is changing hands); send the request again",
+            );
+            return service::reply(&mesh.client, &msg, enc, &no).await;
+        }
+    };
+    let mut headers = msg.headers.clone().unwrap_or_default();
+    headers.insert(HOPS, (hops + 1).to_string().as_str());
+    // A plan with `"wait": true` is answered when its report is out.
+    let patience =
+        Duration::from_millis(mesh.config.chief.wait_timeout_ms).max(Duration::from_secs(600));
+    let answer = mesh
+        .client
+        .send_request(
+            mesh.names.chief_submit(&leader),
+            async_nats::Request::new()
+                .payload(msg.payload.clone())
+                .headers(headers)
+                .timeout(Some(patience)),
+        )
+        .await;
+    let Some(reply_to) = msg.reply.clone() else {
+        return;
+    };
+    match answer {
+        Ok(answer) => {
+            let sent = match answer.headers {
+                Some(h) => {
+                    mesh.client
+                        .publish_with_headers(reply_to, h, answer.payload)
+                        .await
+                }
+                None => mesh.client.publish(reply_to, answer.payload).await,
+            };
+            if let Err(error) = sent {
+                tracing::warn!(%error, "Cannot pass a relayed answer back.");
+            }
+        }
+        Err(e) => {
+            tracing::info!(error = %e, leader, "The leading chief did not answer a relayed submit.");
+            let no = refuse(
+                "the leading chief did not answer (it may have just stopped); send the request again",
+            );
+            service::reply(&mesh.client, &msg, enc, &no).await
+        }
+    }
 }
 
 /// A new leader carries on every unfinished plan: it announces each one again

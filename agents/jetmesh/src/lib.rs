@@ -178,8 +178,26 @@ pub async fn main(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Runs every role of the mesh on `mesh` until `shutdown`; the first role that
-/// fails stops the others.
+/// Runs `role` on a NATS connection of its own, flushed before it closes so
+/// the last acks and events are not lost.
+async fn on_own_connection<Fut>(
+    config: &Config,
+    name: &str,
+    role: impl FnOnce(Mesh) -> Fut,
+) -> jetmesh_shared::Result<()>
+where
+    Fut: std::future::Future<Output = jetmesh_shared::Result<()>>,
+{
+    let mesh = Mesh::connect(config.clone(), name).await?;
+    let result = role(mesh.clone()).await;
+    let _ = mesh.client.flush().await;
+    result
+}
+
+/// Runs every role of the mesh, and a pool process for every configured pool,
+/// until `shutdown`; the first role that fails stops the others. Each role and
+/// pool gets a NATS connection of its own (named `jetmesh-<role>`), as it
+/// would as a separate process, so no role's traffic queues behind another's.
 pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let mut set = tokio::task::JoinSet::new();
     let roles: [(&str, RoleFn); 6] = [
@@ -191,14 +209,21 @@ pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()
         ("autoscaler", |m, s| Box::pin(jetmesh_autoscaler::run(m, s))),
     ];
     for (name, f) in roles {
-        let fut = f(mesh.clone(), shutdown.clone());
-        set.spawn(async move { (name.to_string(), fut.await) });
+        let (config, s) = (mesh.config.clone(), shutdown.clone());
+        set.spawn(async move {
+            let r = on_own_connection(&config, name, |m| f(m, s)).await;
+            (name.to_string(), r)
+        });
     }
     for pool in mesh.config.pools.keys() {
-        let (m, s, p) = (mesh.clone(), shutdown.clone(), pool.clone());
+        let (config, s, p) = (mesh.config.clone(), shutdown.clone(), pool.clone());
         set.spawn(async move {
-            let r = jetmesh_worker::run(m, &p, None, s).await;
-            (format!("worker {p}"), r)
+            let name = format!("worker-{p}");
+            let r = on_own_connection(&config, &name, |m| async move {
+                jetmesh_worker::run(m, &p, None, s).await
+            })
+            .await;
+            (name, r)
         });
     }
     let mut first_error = None;

@@ -133,18 +133,11 @@ pub async fn wait_ready_roles(
     let subjects = [n.plans_get_all(), n.run_all(), n.planner_plan()];
     let deadline = tokio::time::Instant::now() + within;
     jetmesh_shared::service::wait_for_roles(&mesh.client, roles, &subjects, within).await?;
-    // mesh.plans.submit is served by the lease holder alone (a plain queue
-    // subscription): probe it with an empty request, which it refuses at once.
+    // Plans are taken by the lease holder alone (other chiefs relay to it):
+    // probe with an empty request, which a leader refuses at once as a bad
+    // request, and anyone else with `unavailable`.
     loop {
-        let probe = async_nats::Request::new()
-            .payload("{}".into())
-            .timeout(Some(Duration::from_millis(500)));
-        if mesh
-            .client
-            .send_request(n.plans_submit(), probe)
-            .await
-            .is_ok()
-        {
+        if leader_answers(mesh, Duration::from_millis(500)).await {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
@@ -154,6 +147,22 @@ pub async fn wait_ready_roles(
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a leading chief answers `mesh.plans.submit` within `within`.
+pub async fn leader_answers(mesh: &Mesh, within: Duration) -> bool {
+    let probe = async_nats::Request::new()
+        .payload("{}".into())
+        .timeout(Some(within));
+    match mesh
+        .client
+        .send_request(mesh.names.plans_submit(), probe)
+        .await
+    {
+        Ok(reply) => serde_json::from_slice::<serde_json::Value>(&reply.payload)
+            .is_ok_and(|v| v["error"]["code"] != "unavailable"),
+        Err(_) => false,
     }
 }
 

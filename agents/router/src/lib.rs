@@ -621,12 +621,26 @@ impl Router {
             })?
             .ok_or_else(|| with_ids(Error::new(ErrorCode::Unavailable, "the result subscription closed")))?;
         let _ = sub.unsubscribe().await;
-        let result: TaskResult = self
-            .mesh
-            .get_json(&self.mesh.results, &key)
-            .await
-            .map_err(with_ids)?
-            .ok_or_else(|| with_ids(Error::internal("a result was announced but is not stored")))?;
-        Ok(result.for_task(&plan_id, &task.id))
+        // Core subscribers see a write as it is published, which can be a
+        // moment before JetStream has stored it: read until it is there.
+        let mut delay = Duration::from_millis(1);
+        let stored_by = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(result) = self
+                .mesh
+                .get_json::<TaskResult>(&self.mesh.results, &key)
+                .await
+                .map_err(with_ids)?
+            {
+                return Ok(result.for_task(&plan_id, &task.id));
+            }
+            if Instant::now() > stored_by {
+                return Err(with_ids(Error::internal(
+                    "a result was announced but is not stored",
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
     }
 }

@@ -333,18 +333,14 @@ async fn chief_failover(config: &Config) -> Result<Vec<Figure>> {
     }
     kill9(&leader);
     let killed = Instant::now();
-    // Acting = answering mesh.plans.submit, which only the leader serves.
+    // Acting = taking plans, which only the leader does (a standby relays).
     until(
         Duration::from_secs(120),
         "a standby takes over",
-        async || match tokio::time::timeout(
-            Duration::from_millis(200),
-            mesh.client.request(mesh.names.plans_submit(), "{}".into()),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Some(()),
-            _ => None,
+        async || {
+            crate::up::leader_answers(&mesh, Duration::from_millis(200))
+                .await
+                .then_some(())
         },
     )
     .await?;
