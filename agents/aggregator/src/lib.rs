@@ -38,6 +38,11 @@ struct Tally {
     /// When unfinished tasks time out, if the plan has a deadline.
     deadline: Option<jiff::Timestamp>,
     expired: bool,
+    /// When a result last counted (or the plan was last re-read).
+    progress: tokio::time::Instant,
+    /// How long without progress before the next re-read: [`STALL`],
+    /// doubling up to [`MAX_STALL`] while nothing new turns up.
+    stall: Duration,
 }
 
 impl Tally {
@@ -60,6 +65,8 @@ impl Tally {
         if self.tasks.contains(task_id) && !self.done.contains_key(task_id) {
             self.done.insert(task_id.to_string(), ok);
             self.dirty = true;
+            self.progress = tokio::time::Instant::now();
+            self.stall = STALL;
         }
     }
 
@@ -90,6 +97,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
             _ = flush.tick() => {
                 flush_counts(&mesh, &mut tallies).await;
                 expire(&mesh, &mut tallies);
+                reread_stalled(&mesh, &mut tallies, &notes_tx);
             }
             Some((plan_id, task_id, ok)) = notes.recv() => {
                 let Some(tally) = tallies.get_mut(&plan_id) else { continue };
@@ -160,6 +168,49 @@ fn follow(
         stop,
         deadline,
         expired: false,
+        progress: tokio::time::Instant::now(),
+        stall: STALL,
+    }
+}
+
+/// How long a plan may go without a new result before its results are read
+/// again from the bucket. The watch should deliver every result, but a watch
+/// can stall (a stream leader lost in a cluster, a server restart) and a
+/// stalled plan would never be reported.
+const STALL: Duration = Duration::from_secs(5);
+const MAX_STALL: Duration = Duration::from_secs(300);
+
+/// Re-reads the results of plans that made no progress for [`STALL`]; what is
+/// found is counted like a watched result (duplicates are ignored).
+fn reread_stalled(
+    mesh: &Mesh,
+    tallies: &mut HashMap<String, Tally>,
+    notes: &mpsc::UnboundedSender<ResultNote>,
+) {
+    for (plan_id, tally) in tallies.iter_mut() {
+        if tally.progress.elapsed() < tally.stall {
+            continue;
+        }
+        tally.progress = tokio::time::Instant::now();
+        tally.stall = (tally.stall * 2).min(MAX_STALL);
+        let (mesh, plan_id, notes) = (mesh.clone(), plan_id.clone(), notes.clone());
+        tokio::spawn(async move {
+            let filter = mesh.names.task_key_plan(&plan_id);
+            match mesh.scan(&mesh.results, &filter).await {
+                Ok(entries) => {
+                    for e in entries {
+                        if let Some((_, task)) = names::parse_task_key(&e.key) {
+                            let ok = codec::from_json::<TaskResult>(&e.value)
+                                .is_ok_and(|r| r.is_success());
+                            let _ = notes.send((plan_id.clone(), task.to_string(), ok));
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, plan_id, "Cannot re-read a stalled plan's results.")
+                }
+            }
+        });
     }
 }
 
