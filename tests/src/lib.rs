@@ -261,6 +261,41 @@ impl NatsCluster {
     }
 }
 
+/// The result stored at `key` in `mesh_results`, waiting (up to 5 s) until it
+/// is there: a core subscriber on `$KV.mesh_results.…` sees a write a moment
+/// before JetStream has stored it.
+pub async fn stored_result(mesh: &Mesh, key: &str) -> jetmesh_shared::wire::TaskResult {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(r) = mesh.get_json(&mesh.results, key).await.expect("a KV read") {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no result stored at {key}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The entries of `mesh_results` under `filter`, once there are `n` (up to 5 s).
+pub async fn stored_results(
+    mesh: &Mesh,
+    filter: &str,
+    n: usize,
+) -> Vec<async_nats::jetstream::kv::Entry> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let entries = mesh.scan(&mesh.results, filter).await.expect("a KV scan");
+        if entries.len() >= n {
+            return entries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} results stored under {filter}",
+            entries.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A mixed workload on a `sim` pool: `plans` plans of `tasks` sleeps of
 /// `ms` each, submitted with `prefix` ids, and `single` sleeps sent to
 /// `mesh.tasks` (plan id `<prefix>single`), each acknowledged by JetStream.

@@ -5,7 +5,7 @@
 use futures::StreamExt;
 use jetmesh_shared::codec::{CONTENT_TYPE, MSGPACK};
 use jetmesh_shared::wire::TaskResult;
-use jetmesh_tests::{InProcessMesh, NatsServer, test_config};
+use jetmesh_tests::{InProcessMesh, NatsServer, stored_result, test_config};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -285,7 +285,7 @@ async fn bad_tasks_on_mesh_tasks_become_error_results() {
             .expect("every bad task gets a result");
     }
     let code = |key: String| async move {
-        let r: TaskResult = m.get_json(&m.results, &key).await.unwrap().expect(&key);
+        let r: TaskResult = stored_result(m, &key).await;
         r.error.unwrap().code
     };
     assert_eq!(code("task.nocap.nocap".into()).await, "unknown_capability");

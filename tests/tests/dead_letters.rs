@@ -7,7 +7,7 @@ use jetmesh_shared::dlq;
 use jetmesh_shared::wire::TaskResult;
 use jetmesh_tests::{
     InProcessMesh, NatsServer, jetmesh_bin, report_task, request_json, spawn_echo_worker,
-    test_config,
+    stored_results, test_config,
 };
 use serde_json::{Value, json};
 use std::process::Command;
@@ -83,7 +83,7 @@ async fn one_percent_poison_among_10000_tasks() {
             .iter()
             .all(|l| l.letter.pool == "math" && l.letter.subject == "mesh.queue.math.normal")
     );
-    let entries = m.scan(&m.results, "task.bulk.*").await.unwrap();
+    let entries = stored_results(m, "task.bulk.*", 9_950).await;
     let (mut ok, mut dead) = (0, 0);
     for e in entries {
         let r: TaskResult = jetmesh_shared::codec::from_json(&e.value).unwrap();

@@ -3,7 +3,7 @@
 
 use futures::StreamExt;
 use jetmesh_shared::wire::TaskResult;
-use jetmesh_tests::{InProcessMesh, NatsServer, test_config};
+use jetmesh_tests::{InProcessMesh, NatsServer, stored_result, test_config};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -90,12 +90,7 @@ async fn mesh_tasks_round_trip_plain_json() {
             .await
             .expect("result in time");
     }
-    let get = |key: String| async move {
-        m.get_json::<TaskResult>(&m.results, &key)
-            .await
-            .unwrap()
-            .expect(&key)
-    };
+    let get = |key: String| async move { stored_result(m, &key).await };
     assert_eq!(get("task.job42.job42".into()).await.output, Some(json!(30)));
     assert_eq!(get("task.batch7.a".into()).await.output, Some(json!(2)));
     assert_eq!(
