@@ -261,6 +261,17 @@ impl NatsCluster {
     }
 }
 
+/// [`test_config`] with one pool, `sim`, of `slots` slots and a 5 s ack wait:
+/// the pool the fault tests load with [`Workload`].
+pub fn sim_config(url: &str, slots: usize) -> Config {
+    let mut c = test_config(url);
+    c.pools.clear();
+    let mut sim = jetmesh_shared::config::PoolConfig::new("sim", slots);
+    sim.ack_wait_secs = 5;
+    c.pools.insert("sim".into(), sim);
+    c
+}
+
 /// The result stored at `key` in `mesh_results`, waiting (up to 5 s) until it
 /// is there: a core subscriber on `$KV.mesh_results.…` sees a write a moment
 /// before JetStream has stored it.

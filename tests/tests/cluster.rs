@@ -3,16 +3,12 @@
 //! nothing is lost. Bounded in time; cleaned up on drop.
 
 use jetmesh_shared::Config;
-use jetmesh_tests::{InProcessMesh, NatsCluster, Workload, test_config};
+use jetmesh_tests::{InProcessMesh, NatsCluster, Workload, sim_config};
 use std::time::{Duration, Instant};
 
 fn config(url: &str) -> Config {
-    let mut c = test_config(url);
+    let mut c = sim_config(url, 8);
     c.mesh.replicas = 3;
-    c.pools.clear();
-    let mut sim = jetmesh_shared::config::PoolConfig::new("sim", 8);
-    sim.ack_wait_secs = 5;
-    c.pools.insert("sim".into(), sim);
     c
 }
 

@@ -3,24 +3,14 @@
 //! its KV watches and consumers, and finish every plan and every task that
 //! JetStream acknowledged. Bounded in time; cleaned up on drop.
 
-use jetmesh_shared::Config;
-use jetmesh_tests::{InProcessMesh, NatsServer, Workload, request_json, test_config};
+use jetmesh_tests::{InProcessMesh, NatsServer, Workload, request_json, sim_config};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-fn config(url: &str) -> Config {
-    let mut c = test_config(url);
-    c.pools.clear();
-    let mut sim = jetmesh_shared::config::PoolConfig::new("sim", 8);
-    sim.ack_wait_secs = 5;
-    c.pools.insert("sim".into(), sim);
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_task_completes_across_a_server_restart() {
     let mut server = NatsServer::start();
-    let m = InProcessMesh::start(config(&server.url())).await;
+    let m = InProcessMesh::start(sim_config(&server.url(), 8)).await;
     let mesh = m.mesh.clone();
 
     // Plans of 60 tasks of 30 ms on 8 slots, plus single tasks: about

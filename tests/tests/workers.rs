@@ -102,13 +102,20 @@ async fn submit_sleep(mesh: &Mesh, plan: &str, ms: u64) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_worker_killed_mid_task_hands_it_on_and_is_replaced() {
+/// A server, the roles but workers in this process, and two `jetmesh worker`
+/// processes of the pool `slow`, both heartbeating.
+async fn two_workers() -> (
+    NatsServer,
+    Mesh,
+    CancellationToken,
+    JoinSet<jetmesh_shared::Result<()>>,
+    [Proc; 2],
+) {
     let server = NatsServer::start();
     let mesh = Mesh::connect(config(&server.url()), "test").await.unwrap();
     let stop = CancellationToken::new();
-    let _roles = start_roles(&mesh, &stop);
-    let mut workers = [
+    let roles = start_roles(&mesh, &stop);
+    let workers = [
         Proc::jetmesh_env(&server.url(), &["worker", "--pool", "slow"], ENV),
         Proc::jetmesh_env(&server.url(), &["worker", "--pool", "slow"], ENV),
     ];
@@ -120,6 +127,12 @@ async fn a_worker_killed_mid_task_hands_it_on_and_is_replaced() {
         |b| b.len() == 2,
     )
     .await;
+    (server, mesh, stop, roles, workers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_task_hands_it_on_and_is_replaced() {
+    let (_server, mesh, stop, _roles, mut workers) = two_workers().await;
 
     let mut dead_events = mesh
         .client
@@ -233,22 +246,7 @@ async fn a_worker_killed_mid_task_hands_it_on_and_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_task_is_kept_by_progress_acks_and_a_clean_stop_is_not_a_death() {
-    let server = NatsServer::start();
-    let mesh = Mesh::connect(config(&server.url()), "test").await.unwrap();
-    let stop = CancellationToken::new();
-    let _roles = start_roles(&mesh, &stop);
-    let mut workers = [
-        Proc::jetmesh_env(&server.url(), &["worker", "--pool", "slow"], ENV),
-        Proc::jetmesh_env(&server.url(), &["worker", "--pool", "slow"], ENV),
-    ];
-    wait_ready(&mesh).await;
-    until_beats(
-        &mesh,
-        Duration::from_secs(10),
-        "two workers heartbeat",
-        |b| b.len() == 2,
-    )
-    .await;
+    let (_server, mesh, stop, _roles, mut workers) = two_workers().await;
     let mut events = mesh
         .client
         .subscribe(mesh.names.health("worker", "*"))
