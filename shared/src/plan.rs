@@ -8,6 +8,14 @@ use crate::ids;
 use crate::wire::{CapabilityEntry, Plan};
 use std::collections::{HashMap, HashSet, VecDeque};
 
+/// When a plan accepted at `created_at` with `deadline_ms` runs out of time.
+pub fn deadline(created_at: jiff::Timestamp, deadline_ms: Option<u64>) -> Option<jiff::Timestamp> {
+    let ms = i64::try_from(deadline_ms?).unwrap_or(i64::MAX);
+    created_at
+        .checked_add(jiff::SignedDuration::from_millis(ms))
+        .ok()
+}
+
 /// Fills defaults (plan id, task ids `t<n>`) and checks the plan's shape.
 /// Registry-independent: see [`check_capabilities`] for that part.
 pub fn normalize(plan: &mut Plan, max_subtasks: usize) -> Result<()> {
@@ -164,6 +172,17 @@ pub fn check_one<'a>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_deadline_counts_from_acceptance() {
+        let at: jiff::Timestamp = "2026-11-21T12:00:00Z".parse().unwrap();
+        assert_eq!(deadline(at, None), None);
+        assert_eq!(
+            deadline(at, Some(1500)),
+            Some("2026-11-21T12:00:01.5Z".parse().unwrap())
+        );
+        assert_eq!(deadline(at, Some(u64::MAX)), None, "past the end of time");
+    }
 
     fn plan(v: serde_json::Value) -> Plan {
         serde_json::from_value(v).unwrap()

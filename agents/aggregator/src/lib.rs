@@ -153,14 +153,7 @@ fn follow(
         let _ = notes.send((id.clone(), task.to_string(), ok));
     });
     metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").increment(1.0);
-    let deadline = record.plan.deadline_ms.and_then(|ms| {
-        record
-            .created_at
-            .checked_add(jiff::SignedDuration::from_millis(
-                ms.min(i64::MAX as u64) as i64
-            ))
-            .ok()
-    });
+    let deadline = jetmesh_shared::plan::deadline(record.created_at, record.plan.deadline_ms);
     Tally {
         tasks: record.plan.subtasks.into_iter().map(|t| t.id).collect(),
         done: HashMap::new(),

@@ -103,14 +103,7 @@ impl Router {
         {
             return Ok(());
         }
-        let deadline = record.plan.deadline_ms.and_then(|ms| {
-            record
-                .created_at
-                .checked_add(jiff::SignedDuration::from_millis(
-                    ms.min(i64::MAX as u64) as i64
-                ))
-                .ok()
-        });
+        let deadline = jetmesh_shared::plan::deadline(record.created_at, record.plan.deadline_ms);
         let mut run = PlanRun::new(Arc::new(record.plan));
         run.deadline = deadline;
         let mut actions = Vec::new();

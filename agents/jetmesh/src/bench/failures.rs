@@ -294,16 +294,13 @@ async fn chief_failover(config: &Config) -> Result<Vec<Figure>> {
     })
     .await?;
     let standby = jetmesh(config, &["chief"], &ttl)?;
-    let roles_up = [
-        "chief",
-        "planner",
-        "router",
-        "aggregator",
-        "summary",
-        "worker",
-    ];
-    jetmesh_shared::service::wait_for_roles(&mesh.client, &roles_up, &[], Duration::from_secs(30))
-        .await?;
+    jetmesh_shared::service::wait_for_roles(
+        &mesh.client,
+        &crate::up::FLOW_ROLES,
+        &[],
+        Duration::from_secs(30),
+    )
+    .await?;
     until(
         Duration::from_secs(30),
         "the standby chief answers",
