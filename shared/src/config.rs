@@ -33,6 +33,8 @@ pub struct Config {
     pub leases: LeaseConfig,
     /// Worker heartbeats and dead-worker detection.
     pub health: HealthConfig,
+    /// Pool status, the scaling rules and overload alerts.
+    pub autoscaler: AutoscalerConfig,
     /// Worker pools, by pool name. When the configuration names none, the
     /// built-in `math` and `date` pools are used.
     pub pools: BTreeMap<String, PoolConfig>,
@@ -50,6 +52,7 @@ impl Default for Config {
             router: RouterConfig::default(),
             leases: LeaseConfig::default(),
             health: HealthConfig::default(),
+            autoscaler: AutoscalerConfig::default(),
             pools: default_pools(),
             telemetry: TelemetryConfig::default(),
         }
@@ -58,8 +61,8 @@ impl Default for Config {
 
 fn default_pools() -> BTreeMap<String, PoolConfig> {
     let mut pools = BTreeMap::new();
-    pools.insert("math".to_string(), PoolConfig::new("math", 4));
-    pools.insert("date".to_string(), PoolConfig::new("date", 2));
+    pools.insert("math".to_string(), PoolConfig::new("math", 4).limits(1, 10));
+    pools.insert("date".to_string(), PoolConfig::new("date", 2).limits(1, 3));
     pools
 }
 
@@ -133,6 +136,8 @@ pub struct MeshConfig {
     pub events_ttl_secs: u64,
     /// How long dead letters stay in `MESH_DLQ`.
     pub dlq_ttl_secs: u64,
+    /// How long entries stay in MESH_AUDIT (scaling decisions, ...).
+    pub audit_ttl_secs: u64,
     /// Window in which a re-published task (same plan and task id) is dropped.
     pub dedupe_window_secs: u64,
     /// Largest request body any role accepts, in bytes.
@@ -151,6 +156,7 @@ impl Default for MeshConfig {
             plans_ttl_secs: 86_400,
             events_ttl_secs: 86_400,
             dlq_ttl_secs: 7 * 86_400,
+            audit_ttl_secs: 30 * 86_400,
             dedupe_window_secs: 120,
             max_request_bytes: 1024 * 1024,
             max_subtasks: 10_000,
@@ -185,6 +191,14 @@ pub struct RouterConfig {
     pub run_timeout_ms: u64,
     /// Queue publishes awaiting their JetStream ack at once.
     pub max_inflight: usize,
+    /// How a pool is chosen when several serve one capability, unless
+    /// `strategies` names one for the capability.
+    pub strategy: Strategy,
+    /// Strategy per capability.
+    pub strategies: BTreeMap<String, Strategy>,
+    /// New work for a capability whose pools have no live worker: `fail`
+    /// answers `no_workers` at once; `wait` queues it until a worker starts.
+    pub when_no_workers: WhenNoWorkers,
 }
 
 impl Default for RouterConfig {
@@ -192,6 +206,69 @@ impl Default for RouterConfig {
         RouterConfig {
             run_timeout_ms: 30_000,
             max_inflight: 1024,
+            strategy: Strategy::Match,
+            strategies: BTreeMap::new(),
+            when_no_workers: WhenNoWorkers::Fail,
+        }
+    }
+}
+
+impl RouterConfig {
+    pub fn strategy_for(&self, capability: &str) -> Strategy {
+        self.strategies
+            .get(capability)
+            .copied()
+            .unwrap_or(self.strategy)
+    }
+}
+
+/// The seed's four routing strategies, for capabilities several pools serve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Capability match: the pool the capability's `cap.<capability>` entry
+    /// names (then its spillover pool).
+    #[default]
+    Match,
+    /// Each live pool in turn.
+    RoundRobin,
+    /// The live pool with the shortest queue.
+    LeastQueue,
+    /// Among the live pools that take the task's priority (`priorities`), the
+    /// one with the shortest queue.
+    Priority,
+}
+
+/// What new work for a capability without live workers gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenNoWorkers {
+    #[default]
+    Fail,
+    Wait,
+}
+
+/// The autoscaler: pool status, the scaling rules, overload alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscalerConfig {
+    /// How often pool status is measured and the rules are applied.
+    pub interval_ms: u64,
+    /// Whether the autoscaler resizes pool processes' slots. Turn it off
+    /// where something else scales the pool (KEDA on Kubernetes); status,
+    /// alerts and backpressure keep working.
+    pub scale_slots: bool,
+    /// A Slack-compatible webhook every alert is POSTed to (`{"text": ...}`);
+    /// empty: none. Treated as a secret: never logged.
+    pub webhook_url: String,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        AutoscalerConfig {
+            interval_ms: 1000,
+            scale_slots: true,
+            webhook_url: String::new(),
         }
     }
 }
@@ -247,6 +324,33 @@ pub struct PoolConfig {
     pub ack_wait_secs: u64,
     /// Deliveries of one task before JetStream gives up on it.
     pub max_deliver: i64,
+    /// The most slots the autoscaler gives the pool across its processes.
+    pub max: usize,
+    /// Scale up (+1 slot) when more tasks than this wait and slots < max.
+    pub scale_up_queue: u64,
+    /// Scale down (−1 slot) when fewer tasks than this wait, slots > min and
+    /// the pool has had an idle slot for `idle_secs`.
+    pub scale_down_queue: u64,
+    /// See `scale_down_queue`.
+    pub idle_secs: u64,
+    /// Alert "pool overloaded" when every slot is busy and more tasks than
+    /// this wait; the alert clears when that stops being true.
+    pub overload_queue: u64,
+    /// Backpressure: when more tasks than this wait for the pool (queued and
+    /// held by routers), new work for it is refused with `overloaded` unless
+    /// its spillover pool can take it. 0: no limit.
+    pub max_backlog: u64,
+    /// Tasks the router lets wait in the pool's JetStream queue at once.
+    /// Beyond it, routers hold ready tasks and release them highest priority
+    /// first, so a high-priority task waits behind at most this many.
+    pub queue_window: u64,
+    /// A backup pool serving the same capabilities: when more than
+    /// `spill_at` tasks wait here, new tasks go there while it has room.
+    pub spill_to: Option<String>,
+    /// See `spill_to`.
+    pub spill_at: u64,
+    /// Task priorities this pool takes under the `priority` strategy.
+    pub priorities: Vec<crate::wire::Priority>,
 }
 
 impl Default for PoolConfig {
@@ -268,7 +372,28 @@ impl PoolConfig {
             encoding: Encoding::Json,
             ack_wait_secs: 30,
             max_deliver: 5,
+            max: workers.max(10),
+            scale_up_queue: 10,
+            scale_down_queue: 2,
+            idle_secs: 300,
+            overload_queue: 20,
+            max_backlog: 10_000,
+            queue_window: 1000,
+            spill_to: None,
+            spill_at: 10,
+            priorities: vec![
+                crate::wire::Priority::High,
+                crate::wire::Priority::Normal,
+                crate::wire::Priority::Low,
+            ],
         }
+    }
+
+    /// Sets `min` and `max`.
+    pub fn limits(mut self, min: usize, max: usize) -> Self {
+        self.min = min;
+        self.max = max;
+        self
     }
 }
 
@@ -356,6 +481,20 @@ impl Config {
                     "pools.{name}.workers must be at least 1"
                 )));
             }
+            if pool.min > pool.max || pool.max == 0 {
+                return Err(Error::bad_request(format!(
+                    "pools.{name}: min ({}) must be at most max ({}), and max at least 1",
+                    pool.min, pool.max
+                )));
+            }
+            if let Some(spill) = &pool.spill_to {
+                ids::validate("spill_to pool", spill)?;
+                if spill == name {
+                    return Err(Error::bad_request(format!(
+                        "pools.{name}.spill_to names the pool itself"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -435,8 +574,25 @@ mod tests {
         assert_eq!(config.chief, defaults.chief);
         assert_eq!(config.router, defaults.router);
         assert_eq!(config.leases, defaults.leases);
-        assert!(config.pools.contains_key("math"));
-        assert!(config.pools.contains_key("date"));
+        assert_eq!(config.autoscaler, defaults.autoscaler);
+        assert_eq!(config.pools["math"], defaults.pools["math"]);
+        assert_eq!(config.pools["date"], defaults.pools["date"]);
+        // The seed's example pools and their limits.
+        let limits: Vec<(&str, usize, usize)> = config
+            .pools
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.min, p.max))
+            .collect();
+        assert_eq!(
+            limits,
+            [("date", 1, 3), ("email", 1, 5), ("math", 1, 10), ("web", 2, 20)]
+        );
+        let math = &config.pools["math"];
+        assert_eq!(
+            (math.scale_up_queue, math.scale_down_queue, math.idle_secs, math.overload_queue),
+            (10, 2, 300, 20),
+            "the seed's thresholds"
+        );
     }
 
     #[test]
@@ -445,6 +601,9 @@ mod tests {
         assert!(e.message.contains("prefx"), "{}", e.message);
         assert!(Config::from_toml("[mesh]\nprefix = \"a.b\"").is_err());
         assert!(Config::from_toml("[pools.math]\nworkers = 0").is_err());
+        assert!(Config::from_toml("[pools.math]\nmin = 5\nmax = 2").is_err());
+        assert!(Config::from_toml("[pools.math]\nspill_to = \"math\"").is_err());
+        assert!(Config::from_toml("[router]\nstrategy = \"random\"").is_err());
     }
 
     #[test]

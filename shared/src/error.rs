@@ -44,8 +44,11 @@ pub enum ErrorCode {
     DeadLettered,
     /// The task or the wait ran out of time.
     Timeout,
-    /// The pool refuses new work until its backlog drains.
+    /// The pool refuses new work until its backlog drains; the error carries
+    /// a `retry_after_ms` hint.
     Overloaded,
+    /// The capability is registered, but no live worker serves it.
+    NoWorkers,
     /// Division by zero in a math action.
     DivisionByZero,
     /// An arithmetic result does not fit.
@@ -76,6 +79,7 @@ impl ErrorCode {
             ErrorCode::DeadLettered => "dead_lettered",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::NoWorkers => "no_workers",
             ErrorCode::DivisionByZero => "division_by_zero",
             ErrorCode::Overflow => "overflow",
             ErrorCode::Unavailable => "unavailable",
@@ -104,6 +108,9 @@ impl fmt::Display for ErrorCode {
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,
+    /// When to try again, for `overloaded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Error {
@@ -111,7 +118,14 @@ impl Error {
         Error {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
+    }
+
+    /// Adds a retry hint (for `overloaded`).
+    pub fn retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
     }
 
     pub fn code(&self) -> ErrorCode {

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod mesh;
 pub mod names;
 pub mod plan;
+pub mod pools;
 pub mod registry;
 pub mod service;
 pub mod shutdown;

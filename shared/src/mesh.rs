@@ -134,6 +134,14 @@ impl Mesh {
                 duplicate_window: dedupe,
                 ..Default::default()
             },
+            stream::Config {
+                name: names.audit_stream(),
+                description: Some("jetmesh audit trail (scaling decisions, ...)".into()),
+                subjects: vec![names.audit_all()],
+                retention: stream::RetentionPolicy::Limits,
+                max_age: Duration::from_secs(m.audit_ttl_secs),
+                ..Default::default()
+            },
         ];
         for mut cfg in streams {
             cfg.storage = storage;

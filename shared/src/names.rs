@@ -188,6 +188,20 @@ impl Names {
         vec![self.subject("queue.>")]
     }
 
+    /// `MESH_AUDIT`: `mesh.audit.>`, decisions kept for operators.
+    pub fn audit_stream(&self) -> String {
+        self.stream("AUDIT")
+    }
+
+    /// `mesh.audit.<kind>.<name>`, e.g. `mesh.audit.scale.math`.
+    pub fn audit(&self, kind: &str, name: &str) -> String {
+        self.subject(&format!("audit.{kind}.{name}"))
+    }
+
+    pub fn audit_all(&self) -> String {
+        self.subject("audit.>")
+    }
+
     /// `MESH_DLQ`: dead letters, browsable and replayable.
     pub fn dlq_stream(&self) -> String {
         self.stream("DLQ")
@@ -317,6 +331,26 @@ impl Names {
         format!("pool.{pool}")
     }
 
+    /// `status.<pool>` in `mesh_scale`: the pool's live status.
+    pub fn status_key(&self, pool: &str) -> String {
+        format!("status.{pool}")
+    }
+
+    /// Every pool status key.
+    pub fn status_all(&self) -> String {
+        "status.*".to_string()
+    }
+
+    /// `router.<instance>` in `mesh_health`: a router's heartbeat.
+    pub fn router_health_key(&self, instance: &str) -> String {
+        format!("router.{instance}")
+    }
+
+    /// Every router heartbeat key.
+    pub fn router_health_all(&self) -> String {
+        "router.*".to_string()
+    }
+
     /// The core-NATS subject a KV write to `key` in `bucket` is published on.
     /// Subscribing to it is the cheapest way to be told about one write.
     pub fn kv_subject(&self, bucket: &str, key: &str) -> String {
@@ -334,6 +368,17 @@ impl Names {
 
     pub fn cap_key_all(&self) -> String {
         "cap.*".to_string()
+    }
+
+    /// `cap.<capability>.<pool>`: one pool's offer of a capability, for
+    /// capabilities several pools serve (`cap.<capability>` names the first).
+    pub fn cap_pool_key(&self, capability: &str, pool: &str) -> String {
+        format!("cap.{capability}.{pool}")
+    }
+
+    /// Every registry key: `cap.*` and `cap.*.*`.
+    pub fn cap_keys_all(&self) -> String {
+        "cap.>".to_string()
     }
 
     pub fn plan_key(&self, plan_id: &str) -> String {
@@ -381,7 +426,14 @@ pub fn parse_task_key(key: &str) -> Option<(&str, &str)> {
 
 /// Splits `cap.<capability>`.
 pub fn parse_cap_key(key: &str) -> Option<&str> {
-    key.strip_prefix("cap.").filter(|c| !c.is_empty())
+    key.strip_prefix("cap.")
+        .filter(|c| !c.is_empty() && !c.contains('.'))
+}
+
+/// Splits `cap.<capability>.<pool>`.
+pub fn parse_cap_pool_key(key: &str) -> Option<(&str, &str)> {
+    let (cap, pool) = key.strip_prefix("cap.")?.split_once('.')?;
+    (!cap.is_empty() && !pool.is_empty() && !pool.contains('.')).then_some((cap, pool))
 }
 
 /// Splits `plan.<plan_id>`.

@@ -23,6 +23,14 @@ pub const PLANS_TRACKED: &str = "jetmesh_plans_tracked";
 pub const DEAD_LETTERS: &str = "jetmesh_dead_letters_total";
 pub const WORKERS_DEAD: &str = "jetmesh_workers_dead_total";
 pub const WORKERS_LIVE: &str = "jetmesh_workers_live";
+pub const POOL_OVERLOADED: &str = "jetmesh_pool_overloaded";
+pub const POOL_REFUSING: &str = "jetmesh_pool_refusing";
+pub const POOL_QUEUE_DEPTH: &str = "jetmesh_pool_queue_depth";
+pub const POOL_WORKERS: &str = "jetmesh_pool_workers";
+pub const POOL_BUSY: &str = "jetmesh_pool_busy";
+pub const SCALE_DECISIONS: &str = "jetmesh_scale_decisions_total";
+pub const ALERTS: &str = "jetmesh_alerts_total";
+pub const TASKS_HELD: &str = "jetmesh_tasks_held";
 
 /// Installs the log subscriber (once per process) and, if configured, the
 /// Prometheus listener. A listener that cannot bind is a warning, not a failure:

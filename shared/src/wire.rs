@@ -251,6 +251,9 @@ pub struct ErrorBody {
     pub code: String,
     #[serde(default)]
     pub message: String,
+    /// For `overloaded`: how long to wait before trying again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl From<&Error> for ErrorBody {
@@ -258,6 +261,7 @@ impl From<&Error> for ErrorBody {
         ErrorBody {
             code: e.code.as_str().to_string(),
             message: e.message.clone(),
+            retry_after_ms: e.retry_after_ms,
         }
     }
 }
@@ -642,6 +646,63 @@ pub struct ScaleDecision {
     pub term: Option<u64>,
 }
 
+/// `status.<pool>` in `mesh_scale`: a pool's live status (the seed's
+/// `agent:pool:status`), written by the autoscaler every interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub pool: String,
+    /// Task slots across the pool's live processes.
+    pub workers: usize,
+    /// Live processes (heartbeating).
+    pub processes: usize,
+    /// Slots in processes that heartbeat (equal to `workers`; kept apart for
+    /// the seed's table).
+    pub healthy: usize,
+    pub busy: usize,
+    pub idle: usize,
+    /// Tasks in the JetStream queue: waiting (`pending`) plus delivered and
+    /// not yet acked (`ack_pending`).
+    pub queue_depth: u64,
+    pub pending: u64,
+    pub ack_pending: u64,
+    /// Ready tasks routers hold back beyond the pool's queue window.
+    pub held: u64,
+    /// Age of the oldest task not yet delivered to a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_wait_ms: Option<u64>,
+    /// Pull requests workers have waiting on the pool's consumer (foreign
+    /// workers without heartbeats show up here).
+    pub waiting_pulls: usize,
+    /// Whether anything serves the pool: a heartbeat, a waiting pull, a task
+    /// in progress, or a delivery within `health.dead_after_ms`.
+    pub live: bool,
+    /// Every slot busy and more than `overload_queue` tasks waiting.
+    pub overloaded: bool,
+    /// Backlog (`pending + held`) past `max_backlog`: new work is refused.
+    pub refusing: bool,
+    /// For refusals: about when the backlog will be under the limit again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// Tasks acked per second over the last interval.
+    pub drain_per_sec: f64,
+    /// Seconds the pool has had an idle slot and a short queue.
+    pub idle_secs: u64,
+    /// The last scaling action: `stable`, `scaling up → 6`, …
+    pub action: String,
+    pub min: usize,
+    pub max: usize,
+    pub at: Timestamp,
+}
+
+/// `router.<instance>` in `mesh_health`: a router's heartbeat, with the ready
+/// tasks it holds per pool (beyond the pools' queue windows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterHeartbeat {
+    pub instance: String,
+    pub held: std::collections::BTreeMap<String, u64>,
+    pub at: Timestamp,
+}
+
 /// An error reply: `{"status":"error","error":{...}}`, plus ids when known.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorReply {
@@ -683,7 +744,9 @@ pub fn decode_reply<T: serde::de::DeserializeOwned>(
     {
         let code = serde_json::from_value::<ErrorCode>(Value::String(body.code.clone()))
             .unwrap_or(ErrorCode::Internal);
-        return Err(Error::new(code, body.message));
+        let mut error = Error::new(code, body.message);
+        error.retry_after_ms = body.retry_after_ms;
+        return Err(error);
     }
     enc.decode::<T>(payload)
         .map_err(|e| Error::bad_request(format!("unexpected reply: {}", e.message)))

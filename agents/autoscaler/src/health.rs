@@ -17,32 +17,43 @@
 use futures::StreamExt;
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::lease::Lease;
-use jetmesh_shared::wire::{Alert, HealthEvent, ScaleDecision, WorkerHeartbeat};
+use crate::alerts::Alerter;
+use crate::scaler::Scaler;
+use jetmesh_shared::registry::Registry;
+use jetmesh_shared::wire::{Alert, HealthEvent, RouterHeartbeat, ScaleDecision, WorkerHeartbeat};
 use jetmesh_shared::{Error, Mesh, codec, telemetry};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::time::Instant;
 
-struct Seen {
-    beat: WorkerHeartbeat,
+pub struct Seen {
+    pub beat: WorkerHeartbeat,
     at: Instant,
 }
 
 pub struct Monitor {
     mesh: Mesh,
     lease: Lease,
+    alerter: Alerter,
+    scaler: Scaler,
     /// By heartbeat key.
     workers: HashMap<String, Seen>,
+    /// Router heartbeats (held tasks per pool), by key.
+    routers: HashMap<String, RouterHeartbeat>,
     dead_after: Duration,
 }
 
 impl Monitor {
-    pub fn new(mesh: Mesh, lease: Lease) -> Monitor {
+    pub fn new(mesh: Mesh, lease: Lease, registry: Registry) -> Monitor {
         let dead_after = Duration::from_millis(mesh.config.health.dead_after_ms.max(100));
+        let alerter = Alerter::new(mesh.clone());
         Monitor {
+            scaler: Scaler::new(mesh.clone(), lease.clone(), alerter.clone(), registry),
+            alerter,
             mesh,
             lease,
             workers: HashMap::new(),
+            routers: HashMap::new(),
             dead_after,
         }
     }
@@ -52,11 +63,15 @@ impl Monitor {
         let mut watch = self
             .mesh
             .health
-            .watch_with_history(self.mesh.names.worker_health_all())
+            .watch_with_history(">")
             .await
             .context("cannot watch heartbeats")?;
         let mut sweep =
             tokio::time::interval((self.dead_after / 10).max(Duration::from_millis(50)));
+        let mut rules = tokio::time::interval(Duration::from_millis(
+            self.mesh.config.autoscaler.interval_ms.max(100),
+        ));
+        rules.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 entry = watch.next() => match entry {
@@ -65,12 +80,24 @@ impl Monitor {
                     None => return Err(Error::new(jetmesh_shared::ErrorCode::Unavailable, "the heartbeat watch ended")),
                 },
                 _ = sweep.tick() => self.sweep().await,
+                _ = rules.tick() => self.scaler.tick(&self.workers, &self.routers).await,
             }
         }
     }
 
     fn on_entry(&mut self, entry: async_nats::jetstream::kv::Entry) {
         use async_nats::jetstream::kv::Operation;
+        if entry.key.starts_with("router.") {
+            if entry.operation != Operation::Put {
+                self.routers.remove(&entry.key);
+            } else if let Ok(beat) = codec::from_json::<RouterHeartbeat>(&entry.value) {
+                self.routers.insert(entry.key, beat);
+            }
+            return;
+        }
+        if !entry.key.starts_with("worker.") {
+            return;
+        }
         if entry.operation != Operation::Put {
             // A clean stop.
             self.workers.remove(&entry.key);
@@ -100,6 +127,11 @@ impl Monitor {
     }
 
     async fn sweep(&mut self) {
+        let stale = self.dead_after * 2;
+        self.routers.retain(|_, r| {
+            Duration::try_from(jiff::Timestamp::now().duration_since(r.at))
+                .is_ok_and(|age| age < stale)
+        });
         let dead: Vec<String> = self
             .workers
             .iter()
@@ -227,22 +259,10 @@ impl Monitor {
     }
 
     async fn alert(&self, alert: Alert) {
-        tracing::warn!(pool = %alert.pool, kind = %alert.kind, "{}", alert.message);
-        self.store(self.mesh.names.alerts(&alert.pool), &alert)
-            .await;
+        self.alerter.raise(alert).await;
     }
 
-    /// Publishes to `MESH_EVENTS` and waits until stored.
     async fn store<T: serde::Serialize>(&self, subject: String, body: &T) {
-        let Ok(payload) = codec::to_json(body) else {
-            return;
-        };
-        let stored = match self.mesh.js.publish(subject.clone(), payload).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(error) = stored {
-            tracing::warn!(%error, subject, "Cannot publish a health event.");
-        }
+        self.alerter.store(subject, body).await;
     }
 }

@@ -1,12 +1,16 @@
 //! The autoscaler role, a singleton: every replica campaigns for the
-//! `autoscaler` lease and only the holder acts. It runs the health monitor
-//! ([`health`]): it follows worker heartbeats in `mesh_health`, declares a
+//! `autoscaler` lease and only the holder acts. Every `autoscaler.interval_ms`
+//! it measures each pool, writes its status and applies the scaling rules
+//! ([`scaler`]); alerts go out through [`alerts`]. It also runs the health
+//! monitor ([`health`]): it follows worker heartbeats in `mesh_health`, declares a
 //! worker dead when its heartbeat is older than `health.dead_after_ms`
 //! (5 s by default), says so on `mesh.health.worker.<instance>` and
 //! `mesh.alerts.<pool>`, and has the pool's surviving processes take up the
 //! lost slots, up to the pool's `min`, through `mesh_scale`.
 
+pub mod alerts;
 pub mod health;
+pub mod scaler;
 
 use jetmesh_shared::error::Result;
 use jetmesh_shared::lease::Lease;
@@ -17,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let instance = shutdown::instance_id("autoscaler");
     let svc = service::start(&mesh.client, "autoscaler", &instance, "jetmesh autoscaler").await?;
+    let registry = jetmesh_shared::registry::Registry::follow(mesh.clone(), shutdown.clone()).await?;
     let lease = Lease::campaign(
         &mesh,
         &mesh.names.autoscaler_lease(),
@@ -31,8 +36,8 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
             _ = shutdown.cancelled() => break,
             _ = lease.acquired() => {}
         }
-        tracing::info!(instance = %instance, "This autoscaler leads: it watches worker health.");
-        let monitor = health::Monitor::new(mesh.clone(), lease.clone());
+        tracing::info!(instance = %instance, "This autoscaler leads: it watches pools and worker health.");
+        let monitor = health::Monitor::new(mesh.clone(), lease.clone(), registry.clone());
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = lease.lost() => tracing::warn!(instance = %instance, "The autoscaler lease was lost; standing by."),

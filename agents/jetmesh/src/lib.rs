@@ -194,7 +194,8 @@ where
     result
 }
 
-/// Runs every role of the mesh, and a pool process for every configured pool,
+/// Runs every role of the mesh, and a pool process for every configured pool
+/// whose capabilities are built in,
 /// until `shutdown`; the first role that fails stops the others. Each role and
 /// pool gets a NATS connection of its own (named `jetmesh-<role>`), as it
 /// would as a separate process, so no role's traffic queues behind another's.
@@ -216,6 +217,14 @@ pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()
         });
     }
     for pool in mesh.config.pools.keys() {
+        if !jetmesh_worker::serves_builtin(&mesh.config, pool) {
+            tracing::info!(
+                pool,
+                capabilities = ?mesh.config.pool_capabilities(pool),
+                "This pool has no built-in capability here; it is served by separate workers."
+            );
+            continue;
+        }
         let (config, s, p) = (mesh.config.clone(), shutdown.clone(), pool.clone());
         set.spawn(async move {
             let name = format!("worker-{p}");

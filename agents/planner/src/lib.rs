@@ -3,11 +3,14 @@
 //! is normalized (ids, defaults) and validated — shape, dependencies, cycles,
 //! and every capability and action against the live registry. A goal with no
 //! subtasks needs an LLM provider; until one is configured the answer is a clear
-//! `no_planner_provider` error.
+//! `no_planner_provider` error. A new plan is also refused when a capability
+//! it needs has no live worker (`no_workers`) or every pool serving it is
+//! past its backlog limit (`overloaded`, with `retry_after_ms`).
 
 use futures::StreamExt;
 use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::error::Result;
+use jetmesh_shared::pools::{self, PoolView};
 use jetmesh_shared::registry::Registry;
 use jetmesh_shared::wire::{Plan, PlannerReply, PlannerRequest};
 use jetmesh_shared::{Error, ErrorCode, Mesh, plan, service, shutdown, telemetry};
@@ -17,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let instance = shutdown::instance_id("planner");
     let registry = Registry::follow(mesh.clone(), shutdown.clone()).await?;
+    let view = PoolView::follow(mesh.clone(), shutdown.clone()).await?;
     let svc = service::start(&mesh.client, "planner", &instance, "jetmesh planner").await?;
     let mut endpoint = svc
         .endpoint(mesh.names.planner_plan())
@@ -43,6 +47,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
                 && !req.plan.plan_id.is_empty()
                 && req.plan.subtasks.iter().all(|t| !t.id.is_empty());
             let plan = make_plan(&mesh, &registry, req.plan).await?;
+            admit(&registry, &view, &plan).await?;
             Ok(PlannerReply {
                 plan: (!as_sent).then_some(plan),
             })
@@ -84,4 +89,16 @@ pub async fn make_plan(mesh: &Mesh, registry: &Registry, mut plan: Plan) -> Resu
     }
     plan::check_capabilities(&plan, |c| known.get(c).map(|e| &**e))?;
     Ok(plan)
+}
+
+/// Backpressure for a new plan: every capability it uses needs a live pool
+/// that takes work (`no_workers`, `overloaded` with a retry hint otherwise).
+pub async fn admit(registry: &Registry, view: &PoolView, plan: &Plan) -> Result<()> {
+    let caps: std::collections::BTreeSet<&str> =
+        plan.subtasks.iter().map(|t| t.capability.as_str()).collect();
+    for cap in caps {
+        let candidates = registry.candidates(cap).await?;
+        pools::admit(view, cap, &candidates).await?;
+    }
+    Ok(())
 }

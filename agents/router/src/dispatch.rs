@@ -1,35 +1,37 @@
-//! Putting one ready task on its pool's queue: resolve the capability in the
-//! registry, encode the task message the way the pool asked for, and publish
-//! it to `mesh.queue.<pool>.<priority>` with `Nats-Msg-Id = <plan>.<task>` so
-//! that a task dispatched twice (retry, restart, two routers) is stored once.
+//! Putting one ready task on its pool's queue: pick the pool ([`crate::pick`]),
+//! wait for room in its queue window ([`crate::gate`]), encode the task
+//! message the way the pool asked for, and publish it to
+//! `mesh.queue.<pool>.<priority>` with `Nats-Msg-Id = <plan>.<task>` so that a
+//! task dispatched twice (retry, restart, two routers) is stored once.
 
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use jetmesh_shared::error::{Context, Result};
-use jetmesh_shared::registry::Registry;
 use jetmesh_shared::wire::{Subtask, TaskMessageRef, TaskResult};
-use jetmesh_shared::{Error, Mesh, codec, plan, telemetry};
+use crate::pick::Picker;
+use jetmesh_shared::{Error, Mesh, codec, telemetry};
 use std::time::Duration;
 
 #[derive(Clone)]
 pub struct Dispatcher {
     pub mesh: Mesh,
-    pub registry: Registry,
+    pub picker: Picker,
 }
 
 impl Dispatcher {
     /// Publishes the task; the returned future resolves when JetStream stored it.
-    /// Errors: `unknown_capability`, `unknown_action`, `unavailable`.
+    /// `fresh` is new work, which may be refused.
+    /// Errors: `unknown_capability`, `unknown_action`, `no_workers` and
+    /// `overloaded` (fresh work only), `unavailable`.
     pub async fn send(
         &self,
         plan_id: &str,
         task: &Subtask,
         deadline: Option<jiff::Timestamp>,
+        fresh: bool,
     ) -> Result<PublishAckFuture> {
-        let entry = self.registry.resolve(&task.capability).await?;
-        let entry = plan::check_one(&task.id, &task.capability, &task.action, |_| {
-            entry.as_deref()
-        })?;
+        let entry = self.picker.pick(task, fresh).await?;
+        self.picker.gate.admit(&entry.pool, task.priority).await;
         let message = TaskMessageRef {
             plan_id,
             task,
@@ -62,7 +64,7 @@ impl Dispatcher {
     pub async fn dispatch(&self, plan_id: &str, task: &Subtask, deadline: Option<jiff::Timestamp>) {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=20 {
-            let outcome = match self.send(plan_id, task, deadline).await {
+            let outcome = match self.send(plan_id, task, deadline, false).await {
                 Ok(ack) => ack.await.context("task not stored").map(|_| ()),
                 Err(e) => Err(e),
             };

@@ -8,6 +8,8 @@
 //! dispatch is de-duplicated by JetStream, so routers can restart or run side by side.
 
 pub mod dispatch;
+pub mod gate;
+pub mod pick;
 pub mod plans;
 
 use async_nats::jetstream::AckKind;
@@ -18,7 +20,12 @@ use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::registry::Registry;
-use jetmesh_shared::wire::{PlanReady, PlanRecord, PlanStatus, SingleTask, Subtask, TaskResult};
+use gate::Gate;
+use jetmesh_shared::pools::PoolView;
+use jetmesh_shared::wire::{
+    PlanReady, PlanRecord, PlanStatus, RouterHeartbeat, SingleTask, Subtask, TaskResult,
+};
+use pick::Picker;
 use jetmesh_shared::{Error, ErrorCode, Mesh, ids, service, shutdown, telemetry};
 use plans::{Action, PlanRun};
 use std::collections::HashMap;
@@ -39,10 +46,12 @@ struct Router {
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let instance = shutdown::instance_id("router");
     let registry = Registry::follow(mesh.clone(), shutdown.clone()).await?;
+    let view = PoolView::follow(mesh.clone(), shutdown.clone()).await?;
+    let gate = Gate::new(mesh.clone());
     let router = Router {
         dispatcher: Dispatcher {
             mesh: mesh.clone(),
-            registry,
+            picker: Picker::new(mesh.clone(), registry, view, gate.clone()),
         },
         mesh: mesh.clone(),
         plans: Arc::default(),
@@ -59,12 +68,44 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let dead = router.dead_letter_loop(shutdown.clone());
     let plans = router.plans_loop(shutdown.clone());
     let run = router.run_loop(run_endpoint, shutdown.clone());
+    let beat = heartbeat(mesh.clone(), instance.clone(), gate, shutdown.clone());
     mesh.publish_health("router", &instance, "started").await;
     tracing::info!(instance = %instance, "The router is routing.");
     let (a, b, c, d) = tokio::join!(intake, plans, run, dead);
+    let _ = beat.await;
     mesh.publish_health("router", &instance, "stopping").await;
     let _ = svc.stop().await;
     a.and(b).and(c).and(d)
+}
+
+/// Writes `router.<instance>` in `mesh_health` every `health.heartbeat_ms`
+/// with the tasks held per pool (the autoscaler counts them into each pool's
+/// backlog); deletes it on stop.
+fn heartbeat(
+    mesh: Mesh,
+    instance: String,
+    gate: Gate,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let key = mesh.names.router_health_key(&instance);
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            mesh.config.health.heartbeat_ms.max(50),
+        ));
+        while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+            let beat = RouterHeartbeat {
+                instance: instance.clone(),
+                held: gate.held(),
+                at: jiff::Timestamp::now(),
+            };
+            if let Ok(body) = codec::to_json(&beat)
+                && let Err(error) = mesh.health.put(&key, body).await
+            {
+                tracing::debug!(%error, "Cannot write the router heartbeat.");
+            }
+        }
+        let _ = mesh.health.delete(&key).await;
+    })
 }
 
 impl Router {
@@ -165,9 +206,10 @@ impl Router {
         deadline: Option<jiff::Timestamp>,
         actions: Vec<Action>,
     ) {
-        let limit = self.mesh.config.router.max_inflight.max(1);
+        // Unbounded here: JetStream's in-flight limit bounds the publishes, and
+        // the queue window holds what is beyond it, highest priority first.
         futures::stream::iter(actions)
-            .for_each_concurrent(limit, |action| async move {
+            .for_each_concurrent(None, |action| async move {
                 match action {
                     Action::Dispatch(task) => {
                         self.dispatcher.dispatch(plan_id, &task, deadline).await
@@ -426,7 +468,7 @@ impl Router {
         let fallback = format!("tasks-{seq}");
         let parsed = self.parse_single(&msg.subject, msg.headers.as_ref(), &msg.payload, &fallback);
         let outcome = match &parsed {
-            Ok((plan_id, task)) => match self.dispatcher.send(plan_id, task, None).await {
+            Ok((plan_id, task)) => match self.dispatcher.send(plan_id, task, None, true).await {
                 Ok(ack) => ack.await.context("task not stored").map(|_| ()),
                 Err(e) => Err(e),
             },
@@ -436,7 +478,8 @@ impl Router {
             Ok(()) => {
                 let _ = msg.ack().await;
             }
-            Err(e) if e.code.is_retryable() => {
+            // Refused for load: the error (with its retry hint) is the result.
+            Err(e) if e.code.is_retryable() && e.code != ErrorCode::Overloaded => {
                 tracing::warn!(error = %e, "A submitted task could not be queued; retrying.");
                 let _ = msg
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
@@ -575,7 +618,7 @@ impl Router {
             .map_err(with_ids)?;
         let ack = self
             .dispatcher
-            .send(&plan_id, &task, None)
+            .send(&plan_id, &task, None, true)
             .await
             .map_err(with_ids)?
             .await

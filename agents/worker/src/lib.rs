@@ -7,3 +7,12 @@ pub mod liveness;
 pub mod pool;
 
 pub use pool::run;
+
+/// Whether every capability of `pool` is built in, so a pool process of
+/// this binary can serve it (others are served by foreign workers).
+pub fn serves_builtin(config: &jetmesh_shared::Config, pool: &str) -> bool {
+    config
+        .pool_capabilities(pool)
+        .iter()
+        .all(|c| capability::builtin(c).is_some())
+}
