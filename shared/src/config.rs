@@ -324,7 +324,8 @@ pub struct PoolConfig {
     pub ack_wait_secs: u64,
     /// Deliveries of one task before JetStream gives up on it.
     pub max_deliver: i64,
-    /// The most slots the autoscaler gives the pool across its processes.
+    /// The most slots the autoscaler grows the pool to across its processes
+    /// (a pool started with more is not shrunk for it).
     pub max: usize,
     /// Scale up (+1 slot) when more tasks than this wait and slots < max.
     pub scale_up_queue: u64,
@@ -585,11 +586,21 @@ mod tests {
             .collect();
         assert_eq!(
             limits,
-            [("date", 1, 3), ("email", 1, 5), ("math", 1, 10), ("web", 2, 20)]
+            [
+                ("date", 1, 3),
+                ("email", 1, 5),
+                ("math", 1, 10),
+                ("web", 2, 20)
+            ]
         );
         let math = &config.pools["math"];
         assert_eq!(
-            (math.scale_up_queue, math.scale_down_queue, math.idle_secs, math.overload_queue),
+            (
+                math.scale_up_queue,
+                math.scale_down_queue,
+                math.idle_secs,
+                math.overload_queue
+            ),
             (10, 2, 300, 20),
             "the seed's thresholds"
         );

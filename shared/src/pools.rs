@@ -128,7 +128,9 @@ impl PoolView {
                 };
                 match next {
                     Some(Ok(entry)) => this.apply(entry),
-                    Some(Err(error)) => tracing::debug!(%error, "The pool status watch failed; it resumes."),
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "The pool status watch failed; it resumes.")
+                    }
                     None => {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         match mesh.scale.watch_with_history(mesh.names.status_all()).await {
@@ -255,7 +257,9 @@ pub async fn admit(
             return Ok(());
         };
         let spill = mesh.config.pool(&e.pool).spill_to;
-        if spill.is_some_and(|b| view.refusing(&b).is_none() && candidates.iter().any(|c| c.pool == b)) {
+        if spill
+            .is_some_and(|b| view.refusing(&b).is_none() && candidates.iter().any(|c| c.pool == b))
+        {
             return Ok(());
         }
         if refusal.is_none_or(|(r, _, _)| retry < r) {

@@ -26,8 +26,11 @@ pub struct Registry {
     /// `cap.<capability>`: the pool a capability was first registered by.
     caps: Arc<RwLock<HashMap<String, Arc<CapabilityEntry>>>>,
     /// `cap.<capability>.<pool>`: every pool offering it.
-    offers: Arc<RwLock<HashMap<String, BTreeMap<String, Arc<CapabilityEntry>>>>>,
+    offers: Arc<RwLock<HashMap<String, Offers>>>,
 }
+
+/// The pools offering one capability, by pool name.
+type Offers = BTreeMap<String, Arc<CapabilityEntry>>;
 
 impl Registry {
     /// Starts following the registry until `shutdown`.
@@ -80,7 +83,9 @@ impl Registry {
                             .or_default()
                             .insert(pool.to_string(), Arc::new(e));
                     }
-                    _ => tracing::warn!(key = %entry.key, "A registry offer does not match its key; ignored."),
+                    _ => {
+                        tracing::warn!(key = %entry.key, "A registry offer does not match its key; ignored.")
+                    }
                 },
                 Operation::Delete | Operation::Purge => {
                     if let Some(o) = offers.get_mut(cap) {
@@ -203,7 +208,9 @@ pub async fn register(mesh: &Mesh, entry: &CapabilityEntry) -> Result<()> {
 
 /// Every registered capability, read once (for `jetmesh caps`).
 pub async fn list(mesh: &Mesh) -> Result<Vec<CapabilityEntry>> {
-    let entries = mesh.scan(&mesh.registry, &mesh.names.cap_keys_all()).await?;
+    let entries = mesh
+        .scan(&mesh.registry, &mesh.names.cap_keys_all())
+        .await?;
     let mut out: Vec<CapabilityEntry> = entries
         .iter()
         .filter(|e| {

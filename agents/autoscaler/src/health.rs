@@ -14,11 +14,11 @@
 //! heartbeat and is not reported. Workers found when the monitor starts (or
 //! takes over) get a full `dead_after` of grace.
 
+use crate::alerts::Alerter;
+use crate::scaler::Scaler;
 use futures::StreamExt;
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::lease::Lease;
-use crate::alerts::Alerter;
-use crate::scaler::Scaler;
 use jetmesh_shared::registry::Registry;
 use jetmesh_shared::wire::{Alert, HealthEvent, RouterHeartbeat, ScaleDecision, WorkerHeartbeat};
 use jetmesh_shared::{Error, Mesh, codec, telemetry};

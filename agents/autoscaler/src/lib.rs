@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let instance = shutdown::instance_id("autoscaler");
     let svc = service::start(&mesh.client, "autoscaler", &instance, "jetmesh autoscaler").await?;
-    let registry = jetmesh_shared::registry::Registry::follow(mesh.clone(), shutdown.clone()).await?;
+    let registry =
+        jetmesh_shared::registry::Registry::follow(mesh.clone(), shutdown.clone()).await?;
     let lease = Lease::campaign(
         &mesh,
         &mesh.names.autoscaler_lease(),

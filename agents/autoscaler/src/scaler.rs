@@ -61,9 +61,6 @@ pub fn decide(
     if workers < cfg.min {
         return Step::To(cfg.min);
     }
-    if workers > cfg.max {
-        return Step::To(cfg.max);
-    }
     if waiting > cfg.scale_up_queue && workers < cfg.max {
         return Step::To(workers + 1);
     }
@@ -125,10 +122,7 @@ impl Scaler {
                 .map(|s| &s.beat)
                 .filter(|b| b.pool == pool)
                 .collect();
-            let held: u64 = routers
-                .values()
-                .filter_map(|r| r.held.get(&pool))
-                .sum();
+            let held: u64 = routers.values().filter_map(|r| r.held.get(&pool)).sum();
             let stats = match pools::queue_stats(&self.mesh, &pool, true).await {
                 Ok(s) => s,
                 Err(error) => {
@@ -153,8 +147,10 @@ impl Scaler {
         let state = self.pools.entry(pool.to_string()).or_default();
 
         // Slots per process, as last assigned until the heartbeats catch up.
-        let mut slots: BTreeMap<String, usize> =
-            beats.iter().map(|b| (b.instance.clone(), b.slots)).collect();
+        let mut slots: BTreeMap<String, usize> = beats
+            .iter()
+            .map(|b| (b.instance.clone(), b.slots))
+            .collect();
         let fresh_for = Duration::from_millis(self.mesh.config.health.heartbeat_ms * 3 + 500);
         if let Some((assigned, at)) = &state.assigned {
             if now.duration_since(*at) < fresh_for {
@@ -223,8 +219,6 @@ impl Scaler {
                         "{waiting} tasks wait (more than {}) and the pool has {workers} of at most {} slots",
                         cfg.scale_up_queue, cfg.max
                     )
-                } else if workers > cfg.max {
-                    format!("the pool has {workers} slots, more than its max {}", cfg.max)
                 } else {
                     format!(
                         "{waiting} tasks wait (fewer than {}) and a slot has been idle for {} s",
@@ -300,9 +294,12 @@ impl Scaler {
             at: jiff::Timestamp::now(),
         };
         let label = || pool.to_string();
-        metrics::gauge!(telemetry::POOL_OVERLOADED, "pool" => label()).set(f64::from(u8::from(overloaded)));
-        metrics::gauge!(telemetry::POOL_REFUSING, "pool" => label()).set(f64::from(u8::from(refusing)));
-        metrics::gauge!(telemetry::POOL_QUEUE_DEPTH, "pool" => label()).set(status.queue_depth as f64);
+        metrics::gauge!(telemetry::POOL_OVERLOADED, "pool" => label())
+            .set(f64::from(u8::from(overloaded)));
+        metrics::gauge!(telemetry::POOL_REFUSING, "pool" => label())
+            .set(f64::from(u8::from(refusing)));
+        metrics::gauge!(telemetry::POOL_QUEUE_DEPTH, "pool" => label())
+            .set(status.queue_depth as f64);
         metrics::gauge!(telemetry::POOL_WORKERS, "pool" => label()).set(workers as f64);
         metrics::gauge!(telemetry::POOL_BUSY, "pool" => label()).set(busy as f64);
         if self.lease.fence().is_err() {
@@ -368,6 +365,11 @@ mod tests {
         assert_eq!(decide(&cfg(), 5, 12, None), Step::To(6), "queue > 10 → +1");
         assert_eq!(decide(&cfg(), 5, 10, None), Step::Stable, "10 is not > 10");
         assert_eq!(decide(&cfg(), 20, 50, None), Step::Stable, "at max");
+        assert_eq!(
+            decide(&cfg(), 32, 50, None),
+            Step::Stable,
+            "max caps growth only"
+        );
         assert_eq!(decide(&cfg(), 5, 1, idle), Step::To(4), "idle → −1");
         assert_eq!(
             decide(&cfg(), 5, 1, Some(Duration::from_secs(10))),
@@ -389,6 +391,10 @@ mod tests {
         assert_eq!(down["a"], 2);
         assert_eq!(down["b"], 1);
         let floor = distribute(slots, 1);
-        assert_eq!(floor.values().sum::<usize>(), 2, "each process keeps a slot");
+        assert_eq!(
+            floor.values().sum::<usize>(),
+            2,
+            "each process keeps a slot"
+        );
     }
 }

@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::names::EventKind;
 use jetmesh_shared::wire::{
-    self, PlanView, Report, SubmitReply, SubmitRequest, TaskResult, WorkerHeartbeat,
+    self, PlanView, PoolStatus, Report, SubmitReply, SubmitRequest, TaskResult, WorkerHeartbeat,
 };
 use jetmesh_shared::{Config, Mesh, ids, mesh, registry};
 use serde_json::{Map, Value};
@@ -158,6 +158,85 @@ pub async fn caps(config: Config, json: bool) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// The pool table, once or every `watch` seconds.
+pub async fn pools(config: Config, watch: Option<u64>, json: bool) -> Result<i32> {
+    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    loop {
+        let statuses = pool_statuses(&mesh).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&statuses)?);
+        } else {
+            if watch.is_some() {
+                // Clear the screen and go home, like watch(1).
+                print!("\x1b[2J\x1b[H");
+                println!(
+                    "jetmesh pools, every {} s (Ctrl-C stops)\n",
+                    watch.unwrap_or(2)
+                );
+            }
+            print!("{}", pools_table(&statuses));
+        }
+        let Some(every) = watch else { return Ok(0) };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+            _ = tokio::time::sleep(Duration::from_secs(every.max(1))) => {}
+        }
+    }
+}
+
+/// Every pool's status from `mesh_scale`, by pool name.
+pub async fn pool_statuses(mesh: &Mesh) -> Result<Vec<PoolStatus>> {
+    let mut out: Vec<PoolStatus> = mesh
+        .scan(&mesh.scale, &mesh.names.status_all())
+        .await?
+        .iter()
+        .filter_map(|e| codec::from_json(&e.value).ok())
+        .collect();
+    out.sort_by(|a, b| a.pool.cmp(&b.pool));
+    Ok(out)
+}
+
+/// The seed's "Current State" table, with busy slots, held tasks and the
+/// oldest wait added.
+pub fn pools_table(statuses: &[PoolStatus]) -> String {
+    use std::fmt::Write;
+    if statuses.is_empty() {
+        return "No pool status yet: the autoscaler writes it every second \
+                (is one running? jetmesh autoscaler, or jetmesh up).\n"
+            .into();
+    }
+    let mut out = format!(
+        "{:<12} {:>4} {:>4} {:>8} {:>5} {:>6} {:>5} {:>9}  {}\n",
+        "POOL", "MIN", "MAX", "CURRENT", "BUSY", "QUEUE", "HELD", "OLDEST", "ACTION"
+    );
+    for s in statuses {
+        let stale = jiff::Timestamp::now().duration_since(s.at).as_secs_f64() > 10.0;
+        let mut action = s.action.to_uppercase();
+        if s.overloaded {
+            action.push_str(", OVERLOADED");
+        }
+        if s.refusing {
+            action.push_str(", REFUSING NEW WORK");
+        }
+        if stale {
+            action = format!(
+                "(status {} s old)",
+                s.at.duration_until(jiff::Timestamp::now()).as_secs()
+            );
+        }
+        let oldest = s
+            .oldest_wait_ms
+            .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<12} {:>4} {:>4} {:>8} {:>5} {:>6} {:>5} {:>9}  {action}",
+            s.pool, s.min, s.max, s.workers, s.busy, s.queue_depth, s.held, oldest
+        );
+    }
+    out
 }
 
 /// Who holds each leader lease, and what the registry holds.

@@ -45,7 +45,8 @@ pub enum Command {
     Aggregator,
     /// Run the summary role.
     Summary,
-    /// Run the autoscaler role (the health monitor; one leads, others stand by).
+    /// Run the autoscaler role (pool status, scaling rules, alerts, worker
+    /// health; one leads, others stand by).
     Autoscaler,
     /// Run a worker pool process.
     Worker {
@@ -68,6 +69,15 @@ pub enum Command {
     },
     /// List the registered capabilities.
     Caps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The pools: min, max, current slots, queue and what the autoscaler does
+    /// (the seed's "Current State" table).
+    Pools {
+        /// Keep refreshing every this many seconds (Ctrl-C stops).
+        #[arg(long, num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -172,6 +182,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
             json,
         } => client::mesh_status(config, json).await,
         Command::Caps { json } => client::caps(config, json).await,
+        Command::Pools { watch, json } => client::pools(config, watch, json).await,
         Command::Run(args) => client::run(config, args).await,
         Command::Dlq { command } => client::dlq(config, command).await,
         Command::Bench(args) => bench::run(config, args).await.map(|_| 0),

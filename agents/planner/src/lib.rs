@@ -94,8 +94,11 @@ pub async fn make_plan(mesh: &Mesh, registry: &Registry, mut plan: Plan) -> Resu
 /// Backpressure for a new plan: every capability it uses needs a live pool
 /// that takes work (`no_workers`, `overloaded` with a retry hint otherwise).
 pub async fn admit(registry: &Registry, view: &PoolView, plan: &Plan) -> Result<()> {
-    let caps: std::collections::BTreeSet<&str> =
-        plan.subtasks.iter().map(|t| t.capability.as_str()).collect();
+    let caps: std::collections::BTreeSet<&str> = plan
+        .subtasks
+        .iter()
+        .map(|t| t.capability.as_str())
+        .collect();
     for cap in caps {
         let candidates = registry.candidates(cap).await?;
         pools::admit(view, cap, &candidates).await?;

@@ -4,11 +4,11 @@
 //! `mesh.queue.<pool>.<priority>` with `Nats-Msg-Id = <plan>.<task>` so that a
 //! task dispatched twice (retry, restart, two routers) is stored once.
 
+use crate::pick::Picker;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::wire::{Subtask, TaskMessageRef, TaskResult};
-use crate::pick::Picker;
 use jetmesh_shared::{Error, Mesh, codec, telemetry};
 use std::time::Duration;
 

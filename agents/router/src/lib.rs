@@ -16,17 +16,17 @@ use async_nats::jetstream::AckKind;
 use async_nats::service::Request;
 use dispatch::Dispatcher;
 use futures::StreamExt;
+use gate::Gate;
 use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::names::{self, EventKind};
-use jetmesh_shared::registry::Registry;
-use gate::Gate;
 use jetmesh_shared::pools::PoolView;
+use jetmesh_shared::registry::Registry;
 use jetmesh_shared::wire::{
     PlanReady, PlanRecord, PlanStatus, RouterHeartbeat, SingleTask, Subtask, TaskResult,
 };
-use pick::Picker;
 use jetmesh_shared::{Error, ErrorCode, Mesh, ids, service, shutdown, telemetry};
+use pick::Picker;
 use plans::{Action, PlanRun};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

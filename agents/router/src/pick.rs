@@ -135,8 +135,8 @@ impl Picker {
         if !over || refusing(&backup.pool) || !self.is_live(backup).await {
             return chosen;
         }
-        let room = self.gate.waiting(&backup.pool).await
-            <= self.mesh.config.pool(&backup.pool).spill_at;
+        let room =
+            self.gate.waiting(&backup.pool).await <= self.mesh.config.pool(&backup.pool).spill_at;
         if room { backup.clone() } else { chosen }
     }
 

@@ -102,14 +102,17 @@ pub async fn run(
         shutdown.clone(),
     );
     let tracker = TaskTracker::new();
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(workers)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .context("cannot pull from the pool consumer")?;
+    let open = || async {
+        consumer
+            .stream()
+            .max_messages_per_batch(workers)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .context("cannot pull from the pool consumer")
+    };
+    let mut messages = open().await?;
 
     loop {
         let mut permit = tokio::select! {
@@ -129,19 +132,20 @@ pub async fn run(
                     drop(permit);
                 });
             }
+            // A failed pull stream (a missed idle heartbeat, a reconnect) may
+            // not pull again by itself: open a new one.
             Some(Err(error)) => {
-                tracing::warn!(%error, pool = %pool.name, "Pulling tasks failed; retrying.");
+                tracing::warn!(%error, pool = %pool.name, "Pulling tasks failed; reopening the pull.");
                 tokio::time::sleep(Duration::from_millis(250)).await;
+                match open().await {
+                    Ok(m) => messages = m,
+                    Err(error) => tracing::warn!(%error, "Cannot reopen the pull stream."),
+                }
             }
             None => {
                 tracing::warn!(pool = %pool.name, "The pull stream ended; reopening it.");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                match consumer
-                    .stream()
-                    .max_messages_per_batch(workers)
-                    .messages()
-                    .await
-                {
+                match open().await {
                     Ok(m) => messages = m,
                     Err(error) => tracing::warn!(%error, "Cannot reopen the pull stream."),
                 }
