@@ -100,8 +100,11 @@ pub struct PoolView {
     statuses: Arc<RwLock<HashMap<String, PoolStatus>>>,
     /// A status older than this is ignored (its autoscaler stopped).
     stale_after: Duration,
-    /// Direct liveness checks, reused for a second.
+    /// Direct liveness checks, reused briefly.
     live: Arc<std::sync::Mutex<HashMap<String, (bool, tokio::time::Instant)>>>,
+    /// Heartbeating worker processes per pool (`worker.<pool>.<instance>` in
+    /// `mesh_health`); a pool absent here never had one.
+    beats: Arc<RwLock<HashMap<String, std::collections::BTreeSet<String>>>>,
 }
 
 impl PoolView {
@@ -113,7 +116,41 @@ impl PoolView {
             statuses: Arc::default(),
             stale_after: Duration::from_millis(interval * 3 + 2000),
             live: Arc::default(),
+            beats: Arc::default(),
         };
+        let mut heartbeats = mesh
+            .health
+            .watch_with_history(mesh.names.worker_health_all())
+            .await
+            .context("cannot watch worker heartbeats")?;
+        let this = view.clone();
+        let stop = shutdown.clone();
+        let health = mesh.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    n = heartbeats.next() => n,
+                };
+                match next {
+                    Some(Ok(entry)) => this.apply_beat(&entry),
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "The heartbeat watch failed; it resumes.")
+                    }
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        match health
+                            .health
+                            .watch_with_history(health.names.worker_health_all())
+                            .await
+                        {
+                            Ok(w) => heartbeats = w,
+                            Err(error) => tracing::debug!(%error, "Cannot re-watch heartbeats."),
+                        }
+                    }
+                }
+            }
+        });
         let mut watch = mesh
             .scale
             .watch_with_history(mesh.names.status_all())
@@ -142,6 +179,23 @@ impl PoolView {
             }
         });
         Ok(view)
+    }
+
+    fn apply_beat(&self, entry: &async_nats::jetstream::kv::Entry) {
+        let Some((pool, instance)) = entry
+            .key
+            .strip_prefix("worker.")
+            .and_then(|k| k.split_once('.'))
+        else {
+            return;
+        };
+        let mut beats = self.beats.write().expect("pool view lock");
+        let set = beats.entry(pool.to_string()).or_default();
+        if entry.operation == Operation::Put {
+            set.insert(instance.to_string());
+        } else {
+            set.remove(instance);
+        }
     }
 
     fn apply(&self, entry: async_nats::jetstream::kv::Entry) {
@@ -189,6 +243,19 @@ impl PoolView {
     /// registered within `health.dead_after_ms`, or its consumer shows a
     /// worker (checked directly, at most once a second per pool).
     pub async fn is_live(&self, entry: &CapabilityEntry) -> bool {
+        let beating = self
+            .beats
+            .read()
+            .expect("pool view lock")
+            .get(&entry.pool)
+            .map(|set| !set.is_empty());
+        match beating {
+            Some(true) => return true,
+            // Its workers heartbeat and none does now (they stopped, or were
+            // declared dead): only a worker still pulling counts.
+            Some(false) => return self.check(entry, None).await,
+            None => {}
+        }
         if self.with(&entry.pool, |s| s.live) == Some(true) {
             return true;
         }
@@ -198,13 +265,22 @@ impl PoolView {
         }) {
             return true;
         }
+        self.check(entry, Some(recent)).await
+    }
+
+    /// Asks the pool's consumer (at most every 250 ms per pool). With
+    /// `recent`, a delivery within it counts as a sign of life.
+    async fn check(&self, entry: &CapabilityEntry, recent: Option<Duration>) -> bool {
         if let Some((live, at)) = self.live.lock().expect("live cache").get(&entry.pool)
-            && at.elapsed() < Duration::from_secs(1)
+            && at.elapsed() < Duration::from_millis(250)
         {
             return *live;
         }
         let live = match queue_stats(&self.mesh, &entry.pool, false).await {
-            Ok(Some(s)) => s.live(recent),
+            Ok(Some(s)) => match recent {
+                Some(recent) => s.live(recent),
+                None => s.waiting_pulls > 0 || s.ack_pending > 0,
+            },
             Ok(None) => false,
             // Cannot tell: do not refuse work over it.
             Err(_) => true,

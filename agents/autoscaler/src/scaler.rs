@@ -32,6 +32,9 @@ struct PoolState {
     overloaded: bool,
     acked: Option<(u64, Instant)>,
     drain_per_sec: f64,
+    /// Whether the pool's workers heartbeat (then a pool without heartbeats
+    /// is live only while a worker still pulls).
+    had_beats: bool,
     /// The last assignment, used until heartbeats show it.
     assigned: Option<(BTreeMap<String, usize>, Instant)>,
 }
@@ -167,7 +170,13 @@ impl Scaler {
         let busy: usize = beats.iter().map(|b| b.busy).sum::<usize>().min(workers);
         let waiting = stats.pending + held;
         let recent = Duration::from_millis(self.mesh.config.health.dead_after_ms);
-        let live = !beats.is_empty() || stats.live(recent);
+        state.had_beats |= !beats.is_empty();
+        let live = !beats.is_empty()
+            || if state.had_beats {
+                stats.waiting_pulls > 0 || stats.ack_pending > 0
+            } else {
+                stats.live(recent)
+            };
 
         if let Some((acked, at)) = state.acked {
             let secs = now.duration_since(at).as_secs_f64();

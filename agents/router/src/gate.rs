@@ -62,6 +62,8 @@ struct PoolGate {
     queued: u64,
     measured_at: Option<Instant>,
     held: BinaryHeap<Held>,
+    /// Chosen for this pool, not yet admitted.
+    reserved: u64,
     seq: u64,
     pumping: bool,
 }
@@ -80,6 +82,7 @@ impl Gate {
         let rx = {
             let mut pools = self.pools.lock().expect("gate lock");
             let g = pools.entry(pool.to_string()).or_default();
+            g.reserved = g.reserved.saturating_sub(1);
             if g.held.is_empty() && g.queued < window {
                 g.queued += 1;
                 return;
@@ -155,28 +158,56 @@ impl Gate {
             .collect()
     }
 
-    /// Tasks waiting for `pool`: undelivered in its queue plus held here,
-    /// measured within the last 50 ms.
-    pub async fn waiting(&self, pool: &str) -> u64 {
-        let fresh = {
-            let pools = self.pools.lock().expect("gate lock");
-            pools.get(pool).and_then(|g| {
-                g.measured_at
-                    .filter(|t| t.elapsed() < FRESH)
-                    .map(|_| g.queued + g.held.len() as u64)
-            })
-        };
-        if let Some(n) = fresh {
-            return n;
+    /// Measures the pools whose figures are older than 50 ms.
+    pub async fn refresh(&self, names: &[&str]) {
+        for pool in names {
+            let fresh = self
+                .pools
+                .lock()
+                .expect("gate lock")
+                .get(*pool)
+                .and_then(|g| g.measured_at)
+                .is_some_and(|t| t.elapsed() < FRESH);
+            if fresh {
+                continue;
+            }
+            let pending = match pools::queue_stats(&self.mesh, pool, false).await {
+                Ok(Some(s)) => s.pending,
+                _ => 0,
+            };
+            let mut pools = self.pools.lock().expect("gate lock");
+            let g = pools.entry(pool.to_string()).or_default();
+            g.queued = pending;
+            g.measured_at = Some(Instant::now());
         }
-        let pending = match pools::queue_stats(&self.mesh, pool, false).await {
-            Ok(Some(s)) => s.pending,
-            _ => 0,
-        };
+    }
+
+    /// Chooses among `names` with `f`, given what waits for each (queued,
+    /// held, and chosen but not yet admitted), and reserves a place in the
+    /// chosen one at once, so choices made at the same time see each other.
+    /// The reservation is used by the next [`admit`](Gate::admit) there, or
+    /// given back with [`unreserve`](Gate::unreserve).
+    pub fn decide(&self, names: &[&str], f: impl FnOnce(&[u64]) -> usize) -> usize {
         let mut pools = self.pools.lock().expect("gate lock");
-        let g = pools.entry(pool.to_string()).or_default();
-        g.queued = pending;
-        g.measured_at = Some(Instant::now());
-        pending + g.held.len() as u64
+        let waiting: Vec<u64> = names
+            .iter()
+            .map(|p| {
+                pools
+                    .get(*p)
+                    .map(|g| g.queued + g.held.len() as u64 + g.reserved)
+                    .unwrap_or(0)
+            })
+            .collect();
+        let i = f(&waiting).min(names.len().saturating_sub(1));
+        if let Some(name) = names.get(i) {
+            pools.entry(name.to_string()).or_default().reserved += 1;
+        }
+        i
+    }
+
+    pub fn unreserve(&self, pool: &str) {
+        if let Some(g) = self.pools.lock().expect("gate lock").get_mut(pool) {
+            g.reserved = g.reserved.saturating_sub(1);
+        }
     }
 }

@@ -72,72 +72,69 @@ impl Picker {
             }
             live = serving.clone();
         }
-        let chosen = match self.mesh.config.router.strategy_for(&task.capability) {
-            Strategy::Match => live[0].clone(),
-            Strategy::RoundRobin => {
-                live[self.turn.fetch_add(1, Ordering::Relaxed) % live.len()].clone()
+        // The pools to weigh: the live ones, and their spillover pools.
+        let mut pools: Vec<Arc<CapabilityEntry>> = live.clone();
+        for e in &live {
+            if let Some(b) = self.mesh.config.pool(&e.pool).spill_to
+                && let Some(backup) = serving.iter().find(|s| s.pool == b)
+                && !pools.iter().any(|p| p.pool == b)
+                && self.view.is_live(backup).await
+            {
+                pools.push(backup.clone());
             }
-            Strategy::LeastQueue => self.least_queue(&live).await,
-            Strategy::Priority => {
-                let takes: Vec<Arc<CapabilityEntry>> = live
-                    .iter()
-                    .filter(|e| {
-                        self.mesh
-                            .config
-                            .pool(&e.pool)
-                            .priorities
-                            .contains(&task.priority)
-                    })
-                    .cloned()
-                    .collect();
-                self.least_queue(if takes.is_empty() { &live } else { &takes })
-                    .await
-            }
+        }
+        let names: Vec<&str> = pools.iter().map(|e| e.pool.as_str()).collect();
+        let strategy = self.mesh.config.router.strategy_for(&task.capability);
+        let spills = names.iter().any(|n| {
+            (self.mesh.config.pool(n).spill_to.as_deref()).is_some_and(|b| names.contains(&b))
+        });
+        if spills || matches!(strategy, Strategy::LeastQueue | Strategy::Priority) {
+            self.gate.refresh(&names).await;
+        }
+        let config = &self.mesh.config;
+        let refusing: Vec<bool> = names
+            .iter()
+            .map(|p| self.view.refusing(p).is_some())
+            .collect();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let least = |w: &[u64], among: &mut dyn Iterator<Item = usize>| {
+            among.min_by_key(|&i| w[i]).unwrap_or(0)
         };
-        let chosen = self.spill(chosen, &serving).await;
-        if fresh && self.view.refusing(&chosen.pool).is_some() {
+        let i = self.gate.decide(&names, |w| {
+            let base = match strategy {
+                Strategy::Match => 0,
+                Strategy::RoundRobin => turn % live.len(),
+                Strategy::LeastQueue => least(w, &mut (0..live.len())),
+                Strategy::Priority => {
+                    let takes =
+                        |i: &usize| config.pool(names[*i]).priorities.contains(&task.priority);
+                    if (0..live.len()).any(|i| takes(&i)) {
+                        least(w, &mut (0..live.len()).filter(takes))
+                    } else {
+                        least(w, &mut (0..live.len()))
+                    }
+                }
+            };
+            tracing::debug!(task = %task.id, ?names, waiting = ?w, base, "Choosing a pool.");
+            // Spillover: past the threshold (or refusing), to a backup with room.
+            let cfg = config.pool(names[base]);
+            if let Some(b) = cfg.spill_to.as_deref()
+                && let Some(j) = names.iter().position(|n| *n == b)
+                && (refusing[base] || w[base] > cfg.spill_at)
+                && !refusing[j]
+                && w[j] <= config.pool(b).spill_at
+            {
+                return j;
+            }
+            base
+        });
+        let chosen = pools[i].clone();
+        if fresh && refusing[i] {
+            self.gate.unreserve(&chosen.pool);
             // The same verdict (and message) the planner gives whole plans.
             pools::admit(&self.view, &task.capability, std::slice::from_ref(&chosen)).await?;
         }
         Ok(chosen)
-    }
-
-    async fn least_queue(&self, pools: &[Arc<CapabilityEntry>]) -> Arc<CapabilityEntry> {
-        let mut best = pools[0].clone();
-        let mut best_wait = u64::MAX;
-        for e in pools {
-            let wait = self.gate.waiting(&e.pool).await;
-            if wait < best_wait {
-                best_wait = wait;
-                best = e.clone();
-            }
-        }
-        best
-    }
-
-    /// The spillover pool instead of `chosen` when `chosen` is past its
-    /// threshold (or refusing work) and the spillover pool has room.
-    async fn spill(
-        &self,
-        chosen: Arc<CapabilityEntry>,
-        serving: &[Arc<CapabilityEntry>],
-    ) -> Arc<CapabilityEntry> {
-        let cfg = self.mesh.config.pool(&chosen.pool);
-        let Some(backup) = cfg
-            .spill_to
-            .as_ref()
-            .and_then(|b| serving.iter().find(|e| &e.pool == b))
-        else {
-            return chosen;
-        };
-        let refusing = |pool: &str| self.view.refusing(pool).is_some();
-        let over = refusing(&chosen.pool) || self.gate.waiting(&chosen.pool).await > cfg.spill_at;
-        if !over || refusing(&backup.pool) || !self.is_live(backup).await {
-            return chosen;
-        }
-        let room =
-            self.gate.waiting(&backup.pool).await <= self.mesh.config.pool(&backup.pool).spill_at;
-        if room { backup.clone() } else { chosen }
     }
 
     async fn is_live(&self, entry: &CapabilityEntry) -> bool {
