@@ -509,8 +509,11 @@ impl Config {
     }
 
     /// The pool's settings; an unknown pool gets the defaults.
-    pub fn pool(&self, pool: &str) -> PoolConfig {
-        self.pools.get(pool).cloned().unwrap_or_default()
+    pub fn pool(&self, pool: &str) -> &PoolConfig {
+        static DEFAULT: std::sync::OnceLock<PoolConfig> = std::sync::OnceLock::new();
+        self.pools
+            .get(pool)
+            .unwrap_or_else(|| DEFAULT.get_or_init(PoolConfig::default))
     }
 
     pub fn names(&self) -> crate::names::Names {

@@ -332,9 +332,9 @@ pub async fn admit(
         let Some((retry, waiting)) = view.refusing(&e.pool) else {
             return Ok(());
         };
-        let spill = mesh.config.pool(&e.pool).spill_to;
+        let spill = mesh.config.pool(&e.pool).spill_to.as_deref();
         if spill
-            .is_some_and(|b| view.refusing(&b).is_none() && candidates.iter().any(|c| c.pool == b))
+            .is_some_and(|b| view.refusing(b).is_none() && candidates.iter().any(|c| c.pool == b))
         {
             return Ok(());
         }

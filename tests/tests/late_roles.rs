@@ -81,6 +81,8 @@ async fn a_plan_announced_again_after_the_dedupe_window_does_not_rerun_finished_
     let server = NatsServer::start();
     let mut config = test_config(&server.url());
     config.mesh.dedupe_window_secs = 1;
+    // The plan is accepted though `slow` has no worker: it waits for one.
+    config.router.when_no_workers = jetmesh_shared::config::WhenNoWorkers::Wait;
     let mesh = jetmesh_tests::InProcessMesh::start(config).await;
     let m = &mesh.mesh;
     let client = server.client().await;

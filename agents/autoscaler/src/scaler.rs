@@ -144,7 +144,7 @@ impl Scaler {
         held: u64,
         stats: Option<QueueStats>,
     ) {
-        let cfg = self.mesh.config.pool(pool);
+        let cfg = self.mesh.config.pool(pool).clone();
         let now = Instant::now();
         let stats = stats.unwrap_or_default();
         let state = self.pools.entry(pool.to_string()).or_default();

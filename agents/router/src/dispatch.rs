@@ -30,8 +30,11 @@ impl Dispatcher {
         deadline: Option<jiff::Timestamp>,
         fresh: bool,
     ) -> Result<PublishAckFuture> {
-        let entry = self.picker.pick(task, fresh).await?;
-        self.picker.gate.admit(&entry.pool, task.priority).await;
+        let (entry, reserved) = self.picker.pick(task, fresh).await?;
+        self.picker
+            .gate
+            .admit(&entry.pool, task.priority, reserved)
+            .await;
         let message = TaskMessageRef {
             plan_id,
             task,

@@ -77,12 +77,18 @@ impl Gate {
     }
 
     /// Waits until a task of `priority` may be published to `pool`'s queue.
-    pub async fn admit(&self, pool: &str, priority: Priority) {
+    /// `reserved`: [`decide`](Gate::decide) reserved its place.
+    pub async fn admit(&self, pool: &str, priority: Priority, reserved: bool) {
         let window = self.mesh.config.pool(pool).queue_window.max(1);
         let rx = {
             let mut pools = self.pools.lock().expect("gate lock");
-            let g = pools.entry(pool.to_string()).or_default();
-            g.reserved = g.reserved.saturating_sub(1);
+            if !pools.contains_key(pool) {
+                pools.insert(pool.to_string(), PoolGate::default());
+            }
+            let g = pools.get_mut(pool).expect("just inserted");
+            if reserved {
+                g.reserved = g.reserved.saturating_sub(1);
+            }
             if g.held.is_empty() && g.queued < window {
                 g.queued += 1;
                 return;
@@ -200,7 +206,16 @@ impl Gate {
             .collect();
         let i = f(&waiting).min(names.len().saturating_sub(1));
         if let Some(name) = names.get(i) {
-            pools.entry(name.to_string()).or_default().reserved += 1;
+            match pools.get_mut(*name) {
+                Some(g) => g.reserved += 1,
+                None => {
+                    let g = PoolGate {
+                        reserved: 1,
+                        ..PoolGate::default()
+                    };
+                    pools.insert(name.to_string(), g);
+                }
+            }
         }
         i
     }

@@ -45,9 +45,10 @@ impl Picker {
         }
     }
 
-    /// The pool entry to queue `task` on. `fresh` is new work (a single task
-    /// or a task of a plan being accepted), which may be refused.
-    pub async fn pick(&self, task: &Subtask, fresh: bool) -> Result<Arc<CapabilityEntry>> {
+    /// The pool entry to queue `task` on, and whether a place was reserved
+    /// for it in the gate. `fresh` is new work (a single task), which may be
+    /// refused.
+    pub async fn pick(&self, task: &Subtask, fresh: bool) -> Result<(Arc<CapabilityEntry>, bool)> {
         let candidates = self.registry.candidates(&task.capability).await?;
         let first = candidates.first().cloned();
         let serving: Vec<Arc<CapabilityEntry>> = candidates
@@ -72,10 +73,13 @@ impl Picker {
             }
             live = serving.clone();
         }
+        let config = &self.mesh.config;
+        let strategy = config.router.strategy_for(&task.capability);
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         // The pools to weigh: the live ones, and their spillover pools.
         let mut pools: Vec<Arc<CapabilityEntry>> = live.clone();
         for e in &live {
-            if let Some(b) = self.mesh.config.pool(&e.pool).spill_to
+            if let Some(b) = config.pool(&e.pool).spill_to.as_deref()
                 && let Some(backup) = serving.iter().find(|s| s.pool == b)
                 && !pools.iter().any(|p| p.pool == b)
                 && self.view.is_live(backup).await
@@ -83,20 +87,27 @@ impl Picker {
                 pools.push(backup.clone());
             }
         }
-        let names: Vec<&str> = pools.iter().map(|e| e.pool.as_str()).collect();
-        let strategy = self.mesh.config.router.strategy_for(&task.capability);
-        let spills = names.iter().any(|n| {
-            (self.mesh.config.pool(n).spill_to.as_deref()).is_some_and(|b| names.contains(&b))
+        let spills = pools.iter().any(|p| {
+            (config.pool(&p.pool).spill_to.as_deref())
+                .is_some_and(|b| pools.iter().any(|q| q.pool == b))
         });
-        if spills || matches!(strategy, Strategy::LeastQueue | Strategy::Priority) {
-            self.gate.refresh(&names).await;
+        if !spills && matches!(strategy, Strategy::Match | Strategy::RoundRobin) {
+            // Nothing to weigh: no counts, no reservation.
+            let chosen = match strategy {
+                Strategy::RoundRobin => live[turn % live.len()].clone(),
+                _ => live[0].clone(),
+            };
+            if fresh && self.view.refusing(&chosen.pool).is_some() {
+                pools::admit(&self.view, &task.capability, std::slice::from_ref(&chosen)).await?;
+            }
+            return Ok((chosen, false));
         }
-        let config = &self.mesh.config;
+        let names: Vec<&str> = pools.iter().map(|e| e.pool.as_str()).collect();
+        self.gate.refresh(&names).await;
         let refusing: Vec<bool> = names
             .iter()
             .map(|p| self.view.refusing(p).is_some())
             .collect();
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let least = |w: &[u64], among: &mut dyn Iterator<Item = usize>| {
             among.min_by_key(|&i| w[i]).unwrap_or(0)
         };
@@ -115,7 +126,7 @@ impl Picker {
                     }
                 }
             };
-            tracing::debug!(task = %task.id, ?names, waiting = ?w, base, "Choosing a pool.");
+            tracing::trace!(task = %task.id, ?names, waiting = ?w, base, "Choosing a pool.");
             // Spillover: past the threshold (or refusing), to a backup with room.
             let cfg = config.pool(names[base]);
             if let Some(b) = cfg.spill_to.as_deref()
@@ -134,7 +145,7 @@ impl Picker {
             // The same verdict (and message) the planner gives whole plans.
             pools::admit(&self.view, &task.capability, std::slice::from_ref(&chosen)).await?;
         }
-        Ok(chosen)
+        Ok((chosen, true))
     }
 
     async fn is_live(&self, entry: &CapabilityEntry) -> bool {

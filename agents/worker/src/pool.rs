@@ -39,7 +39,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     ids::validate("pool", pool)?;
-    let config = mesh.config.pool(pool);
+    let config = mesh.config.pool(pool).clone();
     let workers = workers.unwrap_or(config.workers).max(1);
     let mut caps = Vec::new();
     for name in mesh.config.pool_capabilities(pool) {

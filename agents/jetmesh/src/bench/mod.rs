@@ -3,9 +3,11 @@
 //! no mesh — against (b) jetmesh end to end, for many single tasks
 //! (`mesh.tasks`) and for one plan with thousands of subtasks; (c) `mesh.run`
 //! latency against a plain core-NATS request/reply; (d) the resident memory of
-//! an idle `jetmesh up` (without nats-server).
+//! an idle `jetmesh up` (without nats-server); the failure figures
+//! ([`failures`]) and the pool figures ([`pools`]).
 
 mod failures;
+mod pools;
 
 use crate::embedded::EmbeddedServer;
 use anyhow::{Context, Result};
@@ -36,6 +38,9 @@ pub struct BenchArgs {
     /// Skip the failure figures (poison, worker kill, chief failover).
     #[arg(long)]
     pub no_failures: bool,
+    /// Skip the pool figures (I/O-bound throughput against slots, time to scale up).
+    #[arg(long)]
+    pub no_pools: bool,
 }
 
 struct Figure {
@@ -136,6 +141,8 @@ async fn measure(
         .retain(|name, _| name == "math" || name == "date");
     if let Some(math) = config.pools.get_mut("math") {
         math.workers = args.workers;
+        // A throughput burst, not an admission test: no backlog limit.
+        math.max_backlog = 0;
     }
     let mesh = Mesh::connect(config.clone(), "bench").await?;
     let shutdown = CancellationToken::new();
@@ -197,6 +204,9 @@ async fn measure(
 
     if !args.no_failures {
         figures.extend(failures::measure(&config, args.workers).await?);
+    }
+    if !args.no_pools {
+        figures.extend(pools::measure(&config).await?);
     }
 
     if !args.no_memory {
@@ -349,9 +359,17 @@ async fn single_tasks(mesh: &Mesh, n: usize) -> Result<f64> {
     });
     let mut seen = 0;
     while seen < n {
-        tokio::time::timeout(Duration::from_secs(60), done.next())
+        let msg = tokio::time::timeout(Duration::from_secs(60), done.next())
             .await
-            .context("single-task results stalled")?;
+            .context("single-task results stalled")?
+            .context("the result subscription ended")?;
+        // Only successes count: a refusal or a failure ends the run.
+        let result: jetmesh_shared::wire::ResultStatus = serde_json::from_slice(&msg.payload)?;
+        anyhow::ensure!(
+            result.status == jetmesh_shared::wire::TaskStatus::Success,
+            "a task did not succeed: {}",
+            String::from_utf8_lossy(&msg.payload)
+        );
         seen += 1;
     }
     publisher.await??;
