@@ -51,7 +51,20 @@ pub async fn queue_stats(mesh: &Mesh, pool: &str, oldest: bool) -> Result<Option
         .get_stream_no_info(mesh.names.queues_stream())
         .await
         .context("cannot open the queue stream")?;
-    let info = match stream.consumer_info(mesh.names.pool_consumer(pool)).await {
+    // Bounded well under the client's request timeout: callers poll often
+    // and a lost answer must not stall them for long.
+    let info = tokio::time::timeout(
+        Duration::from_secs(2),
+        stream.consumer_info(mesh.names.pool_consumer(pool)),
+    )
+    .await
+    .map_err(|_| {
+        crate::Error::new(
+            crate::ErrorCode::Timeout,
+            "the pool's queue figures did not come in 2 s",
+        )
+    })?;
+    let info = match info {
         Ok(info) => info,
         Err(e)
             if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound

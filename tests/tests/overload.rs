@@ -182,7 +182,7 @@ async fn high_priority_overtakes_a_backlog_of_a_thousand_low_tasks() {
         done_low < 200,
         "the high task waited for {done_low} low tasks (the window is 5)"
     );
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
     // Every low task still runs.
     let all = results(&mesh, "low", 1000, Duration::from_secs(60)).await;
     assert!(all.iter().all(|r| r.is_success()));

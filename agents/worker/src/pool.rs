@@ -105,9 +105,14 @@ pub async fn run(
     let open = || async {
         consumer
             .stream()
-            .max_messages_per_batch(workers)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            // At least 2: with a batch of 1, async-nats 0.51's pull stream
+            // can stop pulling (it pulls again at batch / 2 = 0 pending);
+            // tests saw 2-10 s stalls on one-slot pools until it was reopened.
+            .max_messages_per_batch(workers.max(2))
+            // A pull that went quiet shows as a missed heartbeat within 2 s,
+            // and is then reopened (below).
+            .heartbeat(Duration::from_secs(1))
+            .expires(Duration::from_secs(10))
             .messages()
             .await
             .context("cannot pull from the pool consumer")
