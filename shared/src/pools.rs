@@ -131,66 +131,24 @@ impl PoolView {
             live: Arc::default(),
             beats: Arc::default(),
         };
-        let mut heartbeats = mesh
-            .health
-            .watch_with_history(mesh.names.worker_health_all())
-            .await
-            .context("cannot watch worker heartbeats")?;
         let this = view.clone();
-        let stop = shutdown.clone();
-        let health = mesh.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    n = heartbeats.next() => n,
-                };
-                match next {
-                    Some(Ok(entry)) => this.apply_beat(&entry),
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "The heartbeat watch failed; it resumes.")
-                    }
-                    None => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        match health
-                            .health
-                            .watch_with_history(health.names.worker_health_all())
-                            .await
-                        {
-                            Ok(w) => heartbeats = w,
-                            Err(error) => tracing::debug!(%error, "Cannot re-watch heartbeats."),
-                        }
-                    }
-                }
-            }
-        });
-        let mut watch = mesh
-            .scale
-            .watch_with_history(mesh.names.status_all())
-            .await
-            .context("cannot watch pool status")?;
+        watch(
+            mesh.health.clone(),
+            mesh.names.worker_health_all(),
+            shutdown.clone(),
+            move |e| this.apply_beat(&e),
+        )
+        .await
+        .context("cannot watch worker heartbeats")?;
         let this = view.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    n = watch.next() => n,
-                };
-                match next {
-                    Some(Ok(entry)) => this.apply(entry),
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "The pool status watch failed; it resumes.")
-                    }
-                    None => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        match mesh.scale.watch_with_history(mesh.names.status_all()).await {
-                            Ok(w) => watch = w,
-                            Err(error) => tracing::debug!(%error, "Cannot re-watch pool status."),
-                        }
-                    }
-                }
-            }
-        });
+        watch(
+            mesh.scale.clone(),
+            mesh.names.status_all(),
+            shutdown,
+            move |e| this.apply(e),
+        )
+        .await
+        .context("cannot watch pool status")?;
         Ok(view)
     }
 
@@ -304,6 +262,40 @@ impl PoolView {
             .insert(entry.pool.clone(), (live, tokio::time::Instant::now()));
         live
     }
+}
+
+/// Follows `filter` in `store` (current values, then changes) until
+/// `shutdown`; a watch that ends is opened again. Fails if the first watch
+/// cannot be opened.
+async fn watch(
+    store: async_nats::jetstream::kv::Store,
+    filter: String,
+    shutdown: CancellationToken,
+    on_entry: impl Fn(async_nats::jetstream::kv::Entry) + Send + 'static,
+) -> std::result::Result<(), async_nats::jetstream::kv::WatchError> {
+    let mut watch = store.watch_with_history(&filter).await?;
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = watch.next() => n,
+            };
+            match next {
+                Some(Ok(entry)) => on_entry(entry),
+                Some(Err(error)) => {
+                    tracing::debug!(%error, filter, "A KV watch failed; it resumes.")
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    match store.watch_with_history(&filter).await {
+                        Ok(w) => watch = w,
+                        Err(error) => tracing::debug!(%error, filter, "Cannot re-open a KV watch."),
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Whether new work for `capability` can be taken: some pool serving it is
