@@ -53,6 +53,22 @@ pub enum ErrorCode {
     DivisionByZero,
     /// An arithmetic result does not fit.
     Overflow,
+    /// An execution plan (epic) is malformed; the message names the line or field.
+    InvalidPlan,
+    /// Two tracks of an epic may touch the same files at the same time.
+    ScopeOverlap,
+    /// A glob (file scope, reservation) is not valid.
+    InvalidGlob,
+    /// A file reservation lies outside its track's file scope.
+    OutsideScope,
+    /// A file reservation overlaps another holder's; the message names it.
+    ReservationConflict,
+    /// Mail to a thread that does not exist (unknown epic or track).
+    UnknownThread,
+    /// Mail to an agent the epic does not have.
+    UnknownAgent,
+    /// A bead stopped on a blocker that was decided `abort`.
+    Blocked,
     /// A NATS or JetStream operation failed; retrying may help.
     Unavailable,
     /// A bug or an unexpected state; the message says what.
@@ -82,6 +98,14 @@ impl ErrorCode {
             ErrorCode::NoWorkers => "no_workers",
             ErrorCode::DivisionByZero => "division_by_zero",
             ErrorCode::Overflow => "overflow",
+            ErrorCode::InvalidPlan => "invalid_plan",
+            ErrorCode::ScopeOverlap => "scope_overlap",
+            ErrorCode::InvalidGlob => "invalid_glob",
+            ErrorCode::OutsideScope => "outside_scope",
+            ErrorCode::ReservationConflict => "reservation_conflict",
+            ErrorCode::UnknownThread => "unknown_thread",
+            ErrorCode::UnknownAgent => "unknown_agent",
+            ErrorCode::Blocked => "blocked",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }

@@ -9,7 +9,9 @@
 pub mod codec;
 pub mod config;
 pub mod dlq;
+pub mod epic;
 pub mod error;
+pub mod globs;
 pub mod ids;
 pub mod lease;
 pub mod mesh;

@@ -280,6 +280,56 @@ impl Names {
         "chief_reports".to_string()
     }
 
+    // --- coordination (seed 2): agent mail and reservations ---
+
+    /// `MESH_MAIL`: agent mail threads, `mesh.mail.>`.
+    pub fn mail_stream(&self) -> String {
+        self.stream("MAIL")
+    }
+
+    pub fn mail_subjects(&self) -> Vec<String> {
+        vec![self.subject("mail.>")]
+    }
+
+    /// `mesh.mail.<epic>.<thread>`; `thread` is `epic`, `track.<track>` or
+    /// `inbox.<agent>` (see [`Thread`]).
+    pub fn mail(&self, epic: &str, thread: &Thread) -> String {
+        self.subject(&format!("mail.{epic}.{thread}"))
+    }
+
+    /// Every epic thread: `mesh.mail.*.epic` (what the chief follows).
+    pub fn mail_epic_threads(&self) -> String {
+        self.subject("mail.*.epic")
+    }
+
+    /// One agent's inboxes across epics: `mesh.mail.*.inbox.<agent>`.
+    pub fn mail_inboxes(&self, agent: &str) -> String {
+        self.subject(&format!("mail.*.inbox.{agent}"))
+    }
+
+    /// The epic and thread of a mail subject.
+    pub fn parse_mail_subject(&self, subject: &str) -> Option<(String, Thread)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".mail.")?;
+        let (epic, thread) = rest.split_once('.')?;
+        Some((epic.to_string(), Thread::parse(thread)?))
+    }
+
+    /// `mesh.mailbox.<op>` (`send`, `reply`, `ack`): validated mail, for
+    /// any client.
+    pub fn mailbox(&self, op: &str) -> String {
+        self.subject(&format!("mailbox.{op}"))
+    }
+
+    /// `mesh.coord.<op>` (`reserve`, `release`): file reservations.
+    pub fn coord(&self, op: &str) -> String {
+        self.subject(&format!("coord.{op}"))
+    }
+
+    /// The chief's durable consumer of the epic threads.
+    pub fn chief_mail_consumer(&self) -> String {
+        "chief_mail".to_string()
+    }
+
     // --- key-value buckets and keys ---
 
     fn bucket(&self, what: &str) -> String {
@@ -314,6 +364,37 @@ impl Names {
     /// `mesh_scale`: worker slots assigned to each pool's processes.
     pub fn scale_bucket(&self) -> String {
         self.bucket("scale")
+    }
+
+    /// `mesh_coord`: bead claims and file reservations, leases that expire
+    /// unless their worker renews them.
+    pub fn coord_bucket(&self) -> String {
+        self.bucket("coord")
+    }
+
+    /// `claim.<epic>.<bead>` in `mesh_coord`.
+    pub fn claim_key(&self, epic: &str, bead: &str) -> String {
+        format!("claim.{epic}.{bead}")
+    }
+
+    /// `res.<epic>.<id>` in `mesh_coord`.
+    pub fn reservation_key(&self, epic: &str, id: &str) -> String {
+        format!("res.{epic}.{id}")
+    }
+
+    pub fn reservation_keys(&self, epic: &str) -> String {
+        format!("res.{epic}.*")
+    }
+
+    /// `gen.<epic>` in `mesh_coord`: bumped with compare-and-set by every new
+    /// reservation, so that two overlapping ones cannot both be granted.
+    pub fn reservation_gen_key(&self, epic: &str) -> String {
+        format!("gen.{epic}")
+    }
+
+    /// `epic.<epic>` in `mesh_plans`: the epic's live state.
+    pub fn epic_state_key(&self, epic: &str) -> String {
+        format!("epic.{epic}")
     }
 
     /// `worker.<pool>.<instance>` in `mesh_health`.
@@ -441,6 +522,52 @@ pub fn parse_plan_key(key: &str) -> Option<&str> {
     key.strip_prefix("plan.").filter(|p| !p.is_empty())
 }
 
+/// A mail thread inside an epic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Thread {
+    /// The epic thread: progress, bead completions, blockers.
+    Epic,
+    /// A track's thread: bead context, learnings.
+    Track(String),
+    /// An agent's inbox.
+    Inbox(String),
+}
+
+impl Thread {
+    /// `epic`, `track.<track>`, `inbox.<agent>`.
+    pub fn parse(s: &str) -> Option<Thread> {
+        let valid = |t: &str| crate::ids::is_valid(t).then(|| t.to_string());
+        match s.split_once('.') {
+            None if s == "epic" => Some(Thread::Epic),
+            Some(("track", t)) => valid(t).map(Thread::Track),
+            Some(("inbox", a)) => valid(a).map(Thread::Inbox),
+            _ => None,
+        }
+    }
+
+    /// A full address `<epic>.<thread>` (`E1.track.2`), or an epic id alone
+    /// for its epic thread.
+    pub fn parse_address(s: &str) -> Option<(String, Thread)> {
+        match s.split_once('.') {
+            None => crate::ids::is_valid(s).then(|| (s.to_string(), Thread::Epic)),
+            Some((epic, thread)) => {
+                crate::ids::is_valid(epic).then_some(())?;
+                Some((epic.to_string(), Thread::parse(thread)?))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Thread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Thread::Epic => f.write_str("epic"),
+            Thread::Track(t) => write!(f, "track.{t}"),
+            Thread::Inbox(a) => write!(f, "inbox.{a}"),
+        }
+    }
+}
+
 /// The last token of a subject (`mesh.evt.plan_ready.<plan_id>` → plan id).
 pub fn last_token(subject: &str) -> &str {
     subject.rsplit('.').next().unwrap_or(subject)
@@ -467,6 +594,16 @@ mod tests {
         assert_eq!(n.registry_bucket(), "mesh_registry");
         assert_eq!(n.results_bucket(), "mesh_results");
         assert_eq!(n.task_key("p", "t"), "task.p.t");
+        assert_eq!(n.mail("E1", &Thread::Epic), "mesh.mail.E1.epic");
+        assert_eq!(
+            n.mail("E1", &Thread::Track("2".into())),
+            "mesh.mail.E1.track.2"
+        );
+        assert_eq!(
+            n.mail("E1", &Thread::Inbox("BlueLake".into())),
+            "mesh.mail.E1.inbox.BlueLake"
+        );
+        assert_eq!(n.mail_stream(), "MESH_MAIL");
         assert_eq!(
             n.kv_subject("mesh_results", "task.p.t"),
             "$KV.mesh_results.task.p.t"
@@ -492,6 +629,27 @@ mod tests {
         assert_eq!(n.cap_action_of("mesh.run.math"), None);
         assert_eq!(n.cap_action_of("mesh.run.math.sum.x"), None);
         assert_eq!(n.cap_action_of("other.run.math.sum"), None);
+    }
+
+    #[test]
+    fn mail_threads_parse() {
+        let n = Names::default();
+        assert_eq!(
+            n.parse_mail_subject("mesh.mail.E1.track.2"),
+            Some(("E1".into(), Thread::Track("2".into())))
+        );
+        assert_eq!(
+            Thread::parse_address("E1"),
+            Some(("E1".into(), Thread::Epic))
+        );
+        assert_eq!(
+            Thread::parse_address("E1.inbox.Blue"),
+            Some(("E1".into(), Thread::Inbox("Blue".into())))
+        );
+        assert_eq!(Thread::parse_address("E1.track"), None);
+        assert_eq!(Thread::parse_address("E1.other.x"), None);
+        assert_eq!(Thread::parse_address("E 1"), None);
+        assert_eq!(n.parse_mail_subject("mesh.mail.E1.nope"), None);
     }
 
     #[test]
