@@ -40,6 +40,10 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     /// Logs and metrics.
     pub telemetry: TelemetryConfig,
+    /// Epics: claims, file reservations, agent mail, blockers.
+    pub coord: CoordConfig,
+    /// The `agent` capability: the commands that work on beads.
+    pub agent: AgentConfig,
 }
 
 impl Default for Config {
@@ -55,6 +59,8 @@ impl Default for Config {
             autoscaler: AutoscalerConfig::default(),
             pools: default_pools(),
             telemetry: TelemetryConfig::default(),
+            coord: CoordConfig::default(),
+            agent: AgentConfig::default(),
         }
     }
 }
@@ -273,6 +279,81 @@ impl Default for AutoscalerConfig {
     }
 }
 
+/// Coordination of epics (seed 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordConfig {
+    /// How long a bead's claim and its file reservations live without
+    /// renewal. The holding worker renews them every third of it; when it
+    /// dies they lapse together, and the bead runs elsewhere.
+    pub lease_ttl_secs: u64,
+    /// How long a bead waits for files another holder has reserved before
+    /// it raises a `reservation_conflict` blocker.
+    pub reserve_wait_secs: u64,
+    /// How long a blocked bead waits for a decision before it gives up
+    /// (`blocked`).
+    pub decision_wait_secs: u64,
+    /// A blocker nobody has answered after this long is escalated: an
+    /// urgent message on the epic thread and in the `operator` inbox, and
+    /// an alert on `mesh.alerts.coord`.
+    pub escalate_after_secs: u64,
+    /// Whether the chief answers blockers itself (retry with guidance, up to
+    /// `auto_retries` per bead). Off: only people (or other agents) answer.
+    pub auto_decide: bool,
+    /// How many blockers of one bead the chief answers with `retry` before it
+    /// leaves the bead to an operator.
+    pub auto_retries: u32,
+    /// How long mail is kept in `MESH_MAIL`, in days.
+    pub mail_max_age_days: u64,
+}
+
+impl Default for CoordConfig {
+    fn default() -> Self {
+        CoordConfig {
+            lease_ttl_secs: 15,
+            reserve_wait_secs: 60,
+            decision_wait_secs: 3600,
+            escalate_after_secs: 300,
+            auto_decide: true,
+            auto_retries: 1,
+            mail_max_age_days: 30,
+        }
+    }
+}
+
+/// The `agent` capability: allowlisted commands run in an epic's working tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The commands a bead may run, by name: `{ claude = ["claude", "-p"] }`.
+    /// Nothing else is ever executed. The bead arrives as JSON on stdin and
+    /// in `JETMESH_*` environment variables.
+    pub commands: BTreeMap<String, Vec<String>>,
+    /// The command used when an epic names none.
+    pub default_command: String,
+    /// Directories an epic's `workdir` must lie in. Empty: only `workdir`.
+    pub roots: Vec<PathBuf>,
+    /// The working tree used when an epic names none.
+    pub workdir: PathBuf,
+    /// How long one run of a command may take.
+    pub timeout_secs: u64,
+    /// How much of a command's stdout and stderr is kept, in bytes (the tail).
+    pub max_output_bytes: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            commands: BTreeMap::new(),
+            default_command: String::new(),
+            roots: Vec::new(),
+            workdir: PathBuf::from("."),
+            timeout_secs: 1800,
+            max_output_bytes: 16 * 1024,
+        }
+    }
+}
+
 /// Leader leases (`mesh_leases`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -472,6 +553,17 @@ impl Config {
                 "mesh.prefix {prefix:?} must match [A-Za-z0-9_]{{1,64}}"
             )));
         }
+        for (name, argv) in &self.agent.commands {
+            ids::validate("agent command name", name)?;
+            if argv.is_empty() || argv[0].trim().is_empty() {
+                return Err(Error::bad_request(format!(
+                    "agent.commands.{name} must name a program"
+                )));
+            }
+        }
+        if self.coord.lease_ttl_secs < 2 {
+            return Err(Error::bad_request("coord.lease_ttl_secs must be at least 2"));
+        }
         for (name, pool) in &self.pools {
             ids::validate("pool name", name)?;
             for cap in &pool.capabilities {
@@ -579,6 +671,8 @@ mod tests {
         assert_eq!(config.router, defaults.router);
         assert_eq!(config.leases, defaults.leases);
         assert_eq!(config.autoscaler, defaults.autoscaler);
+        assert_eq!(config.coord, defaults.coord);
+        assert_eq!(config.agent, defaults.agent);
         assert_eq!(config.pools["math"], defaults.pools["math"]);
         assert_eq!(config.pools["date"], defaults.pools["date"]);
         // The seed's example pools and their limits.
@@ -590,6 +684,7 @@ mod tests {
         assert_eq!(
             limits,
             [
+                ("agent", 1, 8),
                 ("date", 1, 3),
                 ("email", 1, 5),
                 ("math", 1, 10),

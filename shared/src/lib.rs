@@ -8,12 +8,14 @@
 
 pub mod codec;
 pub mod config;
+pub mod coord;
 pub mod dlq;
 pub mod epic;
 pub mod error;
 pub mod globs;
 pub mod ids;
 pub mod lease;
+pub mod mail;
 pub mod mesh;
 pub mod names;
 pub mod plan;

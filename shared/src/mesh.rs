@@ -35,6 +35,8 @@ pub struct Mesh {
     pub health: kv::Store,
     /// `mesh_scale`: slot assignments per pool.
     pub scale: kv::Store,
+    /// `mesh_coord`: bead claims and file reservations (expire unless renewed).
+    pub coord: kv::Store,
 }
 
 /// The URL used when none is configured and no embedded server runs.
@@ -142,6 +144,16 @@ impl Mesh {
                 max_age: Duration::from_secs(m.audit_ttl_secs),
                 ..Default::default()
             },
+            stream::Config {
+                name: names.mail_stream(),
+                description: Some("jetmesh agent mail (epic, track and inbox threads)".into()),
+                subjects: names.mail_subjects(),
+                retention: stream::RetentionPolicy::Limits,
+                max_age: Duration::from_secs(config.coord.mail_max_age_days * 86_400),
+                max_message_size: msg_size,
+                duplicate_window: dedupe,
+                ..Default::default()
+            },
         ];
         for mut cfg in streams {
             cfg.storage = storage;
@@ -223,6 +235,21 @@ impl Mesh {
             ),
         )
         .await?;
+        // Like the lease TTL: set when the bucket is created, shared by all.
+        let coord = match js.get_key_value(names.coord_bucket()).await {
+            Ok(store) => store,
+            Err(_) => {
+                ensure_kv(
+                    &js,
+                    bucket(
+                        names.coord_bucket(),
+                        "jetmesh bead claims and file reservations",
+                        Duration::from_secs(config.coord.lease_ttl_secs.max(2)),
+                    ),
+                )
+                .await?
+            }
+        };
         Ok(Mesh {
             client,
             js,
@@ -234,6 +261,7 @@ impl Mesh {
             leases,
             health,
             scale,
+            coord,
         })
     }
 

@@ -935,15 +935,22 @@ pub struct Mail {
     #[serde(default = "one")]
     pub v: u32,
     /// Unique; also the `Nats-Msg-Id`, so a retried send is stored once.
+    #[serde(default)]
     pub id: String,
+    /// Readers take the epic and thread from the subject, so a plain
+    /// `nats pub mesh.mail.E1.epic '{"from":"me","subject":"hi"}'` reads too.
+    #[serde(default)]
     pub epic: String,
     /// `epic`, `track.<track>` or `inbox.<agent>`.
+    #[serde(default)]
     pub thread: String,
+    #[serde(default)]
     pub from: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<String>,
     #[serde(default)]
     pub kind: MailKind,
+    #[serde(default)]
     pub subject: String,
     /// Markdown.
     #[serde(default)]
@@ -958,6 +965,7 @@ pub struct Mail {
     /// Structured content: a [`Blocker`], a [`Decision`], a bead's result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+    #[serde(default = "Timestamp::now")]
     pub at: Timestamp,
     /// The message's stream sequence (its number); set by readers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
