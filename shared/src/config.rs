@@ -339,6 +339,10 @@ pub struct AgentConfig {
     pub timeout_secs: u64,
     /// How much of a command's stdout and stderr is kept, in bytes (the tail).
     pub max_output_bytes: usize,
+    /// Environment variables passed on to the command; nothing else of the
+    /// worker's environment (its NATS credentials, …) reaches it. Add what
+    /// the agent needs, e.g. `ANTHROPIC_API_KEY`.
+    pub pass_env: Vec<String>,
 }
 
 impl Default for AgentConfig {
@@ -350,6 +354,9 @@ impl Default for AgentConfig {
             workdir: PathBuf::from("."),
             timeout_secs: 1800,
             max_output_bytes: 16 * 1024,
+            pass_env: ["PATH", "HOME", "LANG", "LC_ALL", "USER", "TMPDIR", "TERM"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -562,7 +569,9 @@ impl Config {
             }
         }
         if self.coord.lease_ttl_secs < 2 {
-            return Err(Error::bad_request("coord.lease_ttl_secs must be at least 2"));
+            return Err(Error::bad_request(
+                "coord.lease_ttl_secs must be at least 2",
+            ));
         }
         for (name, pool) in &self.pools {
             ids::validate("pool name", name)?;

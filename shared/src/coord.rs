@@ -30,7 +30,12 @@ pub async fn load_epic(mesh: &Mesh, id: &str) -> Result<Epic> {
 /// The epic's live state and its revision.
 pub async fn state(mesh: &Mesh, id: &str) -> Result<Option<(EpicState, u64)>> {
     let key = mesh.names.epic_state_key(id);
-    match mesh.plans.entry(&key).await.context("cannot read epic state")? {
+    match mesh
+        .plans
+        .entry(&key)
+        .await
+        .context("cannot read epic state")?
+    {
         Some(e) if e.operation == kv::Operation::Put => {
             Ok(Some((codec::from_json(&e.value)?, e.revision)))
         }
@@ -59,14 +64,20 @@ pub async fn update_state(
             Err(e) => return Err(Error::unavailable("cannot update epic state", e)),
         }
     }
-    Err(Error::new(ErrorCode::Unavailable, "the epic state changes too fast to update"))
+    Err(Error::new(
+        ErrorCode::Unavailable,
+        "the epic state changes too fast to update",
+    ))
 }
 
 /// A track's scope now: its globs plus what decisions granted.
 pub fn scope(epic: &Epic, st: Option<&EpicState>, track: &str) -> Result<Vec<Glob>> {
-    let t = epic
-        .track(track)
-        .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("epic {} has no track {track}", epic.id)))?;
+    let t = epic.track(track).ok_or_else(|| {
+        Error::new(
+            ErrorCode::NotFound,
+            format!("epic {} has no track {track}", epic.id),
+        )
+    })?;
     let mut globs = Glob::parse_all(&t.scope)?;
     if let Some(granted) = st.and_then(|s| s.grants.get(track)) {
         globs.extend(Glob::parse_all(granted)?);
@@ -105,7 +116,8 @@ pub async fn claim(mesh: &Mesh, claim: &Claim) -> Result<Claimed> {
 
 /// The claim on a bead, if any.
 pub async fn claim_of(mesh: &Mesh, epic: &str, bead: &str) -> Result<Option<Claim>> {
-    mesh.get_json(&mesh.coord, &mesh.names.claim_key(epic, bead)).await
+    mesh.get_json(&mesh.coord, &mesh.names.claim_key(epic, bead))
+        .await
 }
 
 /// Another holder's reservation that stands in the way.
@@ -133,7 +145,11 @@ impl Conflict {
                 "{} overlaps {}, reserved ({}) by {}",
                 self.mine,
                 self.pattern,
-                if self.theirs.exclusive { "exclusive" } else { "shared" },
+                if self.theirs.exclusive {
+                    "exclusive"
+                } else {
+                    "shared"
+                },
                 self.holder()
             ),
         )
@@ -151,7 +167,10 @@ pub enum Reserved {
 /// Errors: `invalid_glob`, `outside_scope`.
 pub fn check_patterns(patterns: &[String], scope: Option<(&str, &[Glob])>) -> Result<Vec<Glob>> {
     if patterns.is_empty() {
-        return Err(Error::new(ErrorCode::InvalidGlob, "a reservation needs at least one pattern"));
+        return Err(Error::new(
+            ErrorCode::InvalidGlob,
+            "a reservation needs at least one pattern",
+        ));
     }
     let globs = Glob::parse_all(patterns)?;
     if let Some((track, scope)) = scope {
@@ -173,14 +192,21 @@ pub fn check_patterns(patterns: &[String], scope: Option<(&str, &[Glob])>) -> Re
 
 /// Every live reservation of an epic.
 pub async fn reservations(mesh: &Mesh, epic: &str) -> Result<Vec<Reservation>> {
-    let entries = mesh.scan(&mesh.coord, &mesh.names.reservation_keys(epic)).await?;
+    let entries = mesh
+        .scan(&mesh.coord, &mesh.names.reservation_keys(epic))
+        .await?;
     Ok(entries
         .iter()
         .filter_map(|e| codec::from_json::<Reservation>(&e.value).ok())
         .collect())
 }
 
-fn conflict_with(mine: &[Glob], exclusive: bool, others: &[Reservation], id: &str) -> Option<Conflict> {
+fn conflict_with(
+    mine: &[Glob],
+    exclusive: bool,
+    others: &[Reservation],
+    id: &str,
+) -> Option<Conflict> {
     for other in others.iter().filter(|o| o.id != id) {
         if !exclusive && !other.exclusive {
             continue;
@@ -208,7 +234,12 @@ pub async fn reserve(mesh: &Mesh, r: &Reservation) -> Result<Reserved> {
     let gen_key = mesh.names.reservation_gen_key(&r.epic);
     let body = codec::to_json(r)?;
     for _ in 0..50 {
-        let gen_rev = match mesh.coord.entry(&gen_key).await.context("cannot read reservations")? {
+        let gen_rev = match mesh
+            .coord
+            .entry(&gen_key)
+            .await
+            .context("cannot read reservations")?
+        {
             Some(e) if e.operation == kv::Operation::Put => Some(e.revision),
             _ => None,
         };
@@ -217,7 +248,10 @@ pub async fn reserve(mesh: &Mesh, r: &Reservation) -> Result<Reserved> {
             return Ok(Reserved::Conflict(Box::new(c)));
         }
         let renewal = others.iter().any(|o| o.id == r.id);
-        mesh.coord.put(&key, body.clone()).await.context("cannot reserve")?;
+        mesh.coord
+            .put(&key, body.clone())
+            .await
+            .context("cannot reserve")?;
         let bumped = match gen_rev {
             Some(rev) => mesh.coord.update(&gen_key, "".into(), rev).await.is_ok(),
             None => mesh.coord.create(&gen_key, "".into()).await.is_ok(),
@@ -232,7 +266,10 @@ pub async fn reserve(mesh: &Mesh, r: &Reservation) -> Result<Reserved> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Err(Error::new(ErrorCode::Unavailable, "reservations change too fast to grant one"))
+    Err(Error::new(
+        ErrorCode::Unavailable,
+        "reservations change too fast to grant one",
+    ))
 }
 
 /// Renews leases held by a worker: puts their current values again, which
@@ -265,7 +302,11 @@ pub fn holders_of<'a>(paths: &[String], others: &'a [Reservation]) -> Vec<&'a Re
     others
         .iter()
         .filter(|r| {
-            let globs: Vec<Glob> = r.patterns.iter().filter_map(|p| Glob::parse(p).ok()).collect();
+            let globs: Vec<Glob> = r
+                .patterns
+                .iter()
+                .filter_map(|p| Glob::parse(p).ok())
+                .collect();
             paths.iter().any(|p| globs::any_matches(&globs, p))
         })
         .collect()
@@ -296,10 +337,19 @@ mod tests {
         let c = conflict_with(&mine, false, &others, "b").unwrap();
         assert!(c.to_error().message.contains("Blue (track 1, bead bd-1)"));
         assert_eq!(c.to_error().code, ErrorCode::ReservationConflict);
-        assert!(conflict_with(&mine, true, &others, "a").is_none(), "own reservation");
+        assert!(
+            conflict_with(&mine, true, &others, "a").is_none(),
+            "own reservation"
+        );
         let shared = [res("a", "Blue", &["src/**"], false)];
-        assert!(conflict_with(&mine, false, &shared, "b").is_none(), "shared + shared");
-        assert!(conflict_with(&mine, true, &shared, "b").is_some(), "exclusive + shared");
+        assert!(
+            conflict_with(&mine, false, &shared, "b").is_none(),
+            "shared + shared"
+        );
+        assert!(
+            conflict_with(&mine, true, &shared, "b").is_some(),
+            "exclusive + shared"
+        );
         let elsewhere = Glob::parse_all(&["docs/**"]).unwrap();
         assert!(conflict_with(&elsewhere, true, &others, "b").is_none());
     }
@@ -313,6 +363,9 @@ mod tests {
         assert!(e.message.contains("sdk/**"), "{}", e.message);
         let e = check_patterns(&["sdk/[".into()], Some(("1", &scope))).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidGlob);
-        assert_eq!(check_patterns(&[], None).unwrap_err().code, ErrorCode::InvalidGlob);
+        assert_eq!(
+            check_patterns(&[], None).unwrap_err().code,
+            ErrorCode::InvalidGlob
+        );
     }
 }

@@ -72,15 +72,20 @@ impl Mail {
 
     /// `data` decoded as `T`.
     pub fn data_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        self.data.clone().and_then(|d| serde_json::from_value(d).ok())
+        self.data
+            .clone()
+            .and_then(|d| serde_json::from_value(d).ok())
     }
 }
 
 /// Stores a message on its thread; returns its number.
 pub async fn post(mesh: &Mesh, mail: &Mail) -> Result<MailSent> {
-    let thread = mail
-        .thread()
-        .ok_or_else(|| Error::new(ErrorCode::UnknownThread, format!("no thread {:?}", mail.thread)))?;
+    let thread = mail.thread().ok_or_else(|| {
+        Error::new(
+            ErrorCode::UnknownThread,
+            format!("no thread {:?}", mail.thread),
+        )
+    })?;
     let subject = mesh.names.mail(&mail.epic, &thread);
     let msg = async_nats::jetstream::message::PublishMessage::build()
         .payload(codec::to_json(mail)?)
@@ -240,7 +245,10 @@ pub async fn from_draft(mesh: &Mesh, draft: MailDraft) -> Result<Mail> {
         let thread = Thread::parse(&draft.thread).ok_or_else(|| {
             Error::new(
                 ErrorCode::UnknownThread,
-                format!("{:?} is not a thread; write epic, track.<track> or inbox.<agent>", draft.thread),
+                format!(
+                    "{:?} is not a thread; write epic, track.<track> or inbox.<agent>",
+                    draft.thread
+                ),
             )
         })?;
         (draft.epic.clone(), thread)
@@ -249,7 +257,10 @@ pub async fn from_draft(mesh: &Mesh, draft: MailDraft) -> Result<Mail> {
     if draft.body.len() > MAX_BODY_BYTES {
         return Err(Error::new(
             ErrorCode::PayloadTooLarge,
-            format!("the body is {} bytes; the most is {MAX_BODY_BYTES}", draft.body.len()),
+            format!(
+                "the body is {} bytes; the most is {MAX_BODY_BYTES}",
+                draft.body.len()
+            ),
         ));
     }
     if draft.subject.trim().is_empty() && draft.body.trim().is_empty() {
@@ -258,7 +269,10 @@ pub async fn from_draft(mesh: &Mesh, draft: MailDraft) -> Result<Mail> {
     let epic = match crate::coord::load_epic(mesh, &epic_id).await {
         Ok(e) => e,
         Err(e) if e.code == ErrorCode::NotFound => {
-            return Err(Error::new(ErrorCode::UnknownThread, format!("there is no epic {epic_id}")));
+            return Err(Error::new(
+                ErrorCode::UnknownThread,
+                format!("there is no epic {epic_id}"),
+            ));
         }
         Err(e) => return Err(e),
     };
@@ -296,7 +310,14 @@ pub async fn from_draft(mesh: &Mesh, draft: MailDraft) -> Result<Mail> {
             )));
         }
     }
-    let mut mail = Mail::new(&epic_id, &thread, &draft.from, draft.kind, draft.subject, draft.body);
+    let mut mail = Mail::new(
+        &epic_id,
+        &thread,
+        &draft.from,
+        draft.kind,
+        draft.subject,
+        draft.body,
+    );
     mail.to = draft.to;
     mail.importance = draft.importance;
     mail.ack_required = draft.ack_required;

@@ -5,6 +5,12 @@
 //! - `mesh.plans.get.<plan_id>`: the plan's status with every task's result;
 //!
 //! and it follows `final_report` events to close each plan's lifecycle.
+//!
+//! It is also the orchestrator of epics ([`epic`]) and serves agent mail and
+//! file reservations to any client ([`mailbox`]).
+
+pub mod epic;
+pub mod mailbox;
 
 use async_nats::jetstream::kv;
 use async_nats::service::Request;
@@ -98,6 +104,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
             }
         }
     };
+    let mailbox = mailbox::serve(mesh.clone(), &svc, inflight.clone(), shutdown.clone());
     let leading = async {
         loop {
             tokio::select! {
@@ -110,7 +117,10 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
             }
         }
     };
-    let (_, _, led) = tokio::join!(reads, submits, leading);
+    let (_, _, led, served) = tokio::join!(reads, submits, leading, mailbox);
+    if let Err(error) = served {
+        tracing::error!(%error, "The mailbox endpoints stopped.");
+    }
     // Waiting submitters keep their plans; they are answered or time out.
     inflight.close();
     let _ = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, inflight.wait()).await;
@@ -123,6 +133,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
 async fn lead(mesh: &Mesh, lease: &Lease, shutdown: &CancellationToken) -> Result<()> {
     let stop = shutdown.child_token();
     let reports = tokio::spawn(follow_reports(mesh.clone(), lease.clone(), stop.clone()));
+    let epics = tokio::spawn(epic::orchestrate(mesh.clone(), lease.clone(), stop.clone()));
     resume_plans(mesh, lease).await;
     tokio::select! {
         _ = stop.cancelled() => {}
@@ -130,6 +141,7 @@ async fn lead(mesh: &Mesh, lease: &Lease, shutdown: &CancellationToken) -> Resul
     }
     stop.cancel();
     let _ = reports.await;
+    let _ = epics.await;
     Ok(())
 }
 
@@ -273,13 +285,13 @@ async fn submit(
     lease: &Lease,
     msg: &async_nats::Message,
 ) -> std::result::Result<Submitted, SubmitError> {
-    let (req, _): (SubmitRequest, _) = codec::decode_message(
-        msg.headers.as_ref(),
-        &msg.payload,
-        mesh.config.mesh.max_request_bytes,
-    )
-    .map_err(|e| (e, None))?;
+    let req: SubmitRequest =
+        epic::decode_submit(msg, mesh.config.mesh.max_request_bytes).map_err(|e| (e, None))?;
     let mut plan = req.plan;
+    epic::prepare(&mut plan).map_err(|e| {
+        let id = plan.epic.as_ref().map(|e| e.id.clone());
+        (e, id)
+    })?;
     // Nothing to plan: refused before anything is announced or stored (which
     // also makes `{}` a side-effect-free probe that a leader is serving).
     if plan.subtasks.is_empty() && plan.goal.as_deref().is_none_or(|g| g.trim().is_empty()) {
@@ -315,6 +327,7 @@ async fn submit(
         None => plan,
     };
     let total = plan.subtasks.len();
+    let epic_plan = plan.epic.clone();
     let record = PlanRecord {
         v: wire::PROTOCOL_VERSION,
         plan,
@@ -361,6 +374,9 @@ async fn submit(
         .await
         .context("cannot write plan counts")
         .map_err(fail)?;
+    if let Some(e) = &epic_plan {
+        epic::start(mesh, e).await.map_err(fail)?;
+    }
 
     // Subscribe before announcing, so a fast plan's report cannot slip by.
     let mut report_sub = if req.wait {
@@ -549,7 +565,11 @@ async fn follow_reports(mesh: Mesh, lease: Lease, shutdown: CancellationToken) {
         while let Some(msg) = messages.next().await {
             let Ok(msg) = msg else { continue };
             let plan_id = names::last_token(&msg.subject).to_string();
-            match close_plan(&mesh, &lease, &plan_id).await {
+            let closed = match close_plan(&mesh, &lease, &plan_id).await {
+                Ok(()) => epic::finish(&mesh, &lease, &plan_id).await,
+                Err(e) => Err(e),
+            };
+            match closed {
                 Ok(()) => {
                     let _ = msg.ack().await;
                 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubmitArgs {
-    /// The plan file (JSON), or - for stdin.
+    /// The plan file (JSON, YAML, or an execution-plan.md), or - for stdin.
     pub file: PathBuf,
     /// Follow progress and print the final report.
     #[arg(long)]
@@ -66,7 +66,7 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-async fn client(config: &Config) -> Result<async_nats::Client> {
+pub(crate) async fn client(config: &Config) -> Result<async_nats::Client> {
     Ok(mesh::connect(&config.nats, "cli").await?)
 }
 
@@ -365,8 +365,16 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
         std::fs::read_to_string(&args.file)
             .with_context(|| format!("cannot read {}", args.file.display()))?
     };
-    let mut request: SubmitRequest = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a valid plan", args.file.display()))?;
+    // JSON, YAML, or an execution plan in markdown (checked here first).
+    let mut request: SubmitRequest =
+        jetmesh_shared::epic::parse_submission(&text, None).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a valid plan: {}: {}",
+                args.file.display(),
+                e.code,
+                e.message
+            )
+        })?;
     if request.plan.plan_id.is_empty() {
         request.plan.plan_id = ids::generate();
     }

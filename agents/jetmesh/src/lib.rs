@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod coordination;
 pub mod embedded;
 pub mod up;
 
@@ -88,6 +89,25 @@ pub enum Command {
     },
     /// Run one task and print its result: `jetmesh run math sum 1 2 3`.
     Run(client::RunArgs),
+    /// Execution plans: `jetmesh plan check execution-plan.md`.
+    Plan {
+        #[command(subcommand)]
+        command: coordination::PlanCommand,
+    },
+    /// Epics: `jetmesh epic status E1`.
+    Epic {
+        #[command(subcommand)]
+        command: coordination::EpicCommand,
+    },
+    /// Agent mail: send, reply (and decide blockers), tail, inbox, ack.
+    Mail {
+        #[command(subcommand)]
+        command: coordination::MailCommand,
+    },
+    /// Reserve files in an epic (renew with --id before coord.lease_ttl_secs).
+    Reserve(coordination::ReserveArgs),
+    /// Release a file reservation.
+    Release { epic: String, id: String },
     /// Measure throughput and latency against a baseline (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -184,6 +204,11 @@ pub async fn main(cli: Cli) -> Result<i32> {
         Command::Caps { json } => client::caps(config, json).await,
         Command::Pools { watch, json } => client::pools(config, watch, json).await,
         Command::Run(args) => client::run(config, args).await,
+        Command::Plan { command } => coordination::plan(command),
+        Command::Epic { command } => coordination::epic_cmd(config, command).await,
+        Command::Mail { command } => coordination::mail_cmd(config, command).await,
+        Command::Reserve(args) => coordination::reserve(config, args).await,
+        Command::Release { epic, id } => coordination::release(config, epic, id).await,
         Command::Dlq { command } => client::dlq(config, command).await,
         Command::Bench(args) => bench::run(config, args).await.map(|_| 0),
     }

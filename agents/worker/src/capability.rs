@@ -3,7 +3,7 @@
 //! `caps/` plus one line in [`builtin`].
 
 use futures::future::BoxFuture;
-use jetmesh_shared::Error;
+use jetmesh_shared::{Error, Mesh};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -23,12 +23,20 @@ pub trait Capability: Send + Sync {
     ) -> BoxFuture<'a, Result<Value, Error>>;
 }
 
-/// The built-in capability called `name`, if there is one.
-pub fn builtin(name: &str) -> Option<Arc<dyn Capability>> {
+/// The names of the built-in capabilities.
+pub const BUILTIN: &[&str] = &["math", "date", "sim", "agent"];
+
+/// The built-in capability called `name`, if there is one, for the worker
+/// process `worker` (capabilities that coordinate, like `agent`, use the mesh).
+pub fn builtin(name: &str, mesh: &Mesh, worker: &str) -> Option<Arc<dyn Capability>> {
     match name {
         "math" => Some(Arc::new(crate::caps::math::Math)),
         "date" => Some(Arc::new(crate::caps::date::Date::default())),
         "sim" => Some(Arc::new(crate::caps::sim::Sim)),
+        "agent" => Some(Arc::new(crate::caps::agent::Agent::new(
+            mesh.clone(),
+            worker.to_string(),
+        ))),
         _ => None,
     }
 }

@@ -14,5 +14,5 @@ pub fn serves_builtin(config: &jetmesh_shared::Config, pool: &str) -> bool {
     config
         .pool_capabilities(pool)
         .iter()
-        .all(|c| capability::builtin(c).is_some())
+        .all(|c| capability::BUILTIN.contains(&c.as_str()))
 }

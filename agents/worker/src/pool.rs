@@ -41,17 +41,17 @@ pub async fn run(
     ids::validate("pool", pool)?;
     let config = mesh.config.pool(pool).clone();
     let workers = workers.unwrap_or(config.workers).max(1);
+    let instance = shutdown::instance_id(pool);
     let mut caps = Vec::new();
     for name in mesh.config.pool_capabilities(pool) {
-        let cap = builtin(&name).ok_or_else(|| {
+        let cap = builtin(&name, &mesh, &instance).ok_or_else(|| {
             Error::bad_request(format!(
-                "pool {pool}: there is no built-in capability {name:?} (built in: math, date, sim); \
+                "pool {pool}: there is no built-in capability {name:?} (built in: math, date, sim, agent); \
                  a foreign worker can serve it instead"
             ))
         })?;
         caps.push(cap);
     }
-    let instance = shutdown::instance_id(pool);
     let consumer = mesh.pool_consumer(pool).await?;
     for cap in &caps {
         registry::register(

@@ -387,6 +387,7 @@ async fn big_plan(mesh: &Mesh, n: usize) -> Result<f64> {
         .collect::<Result<Vec<_>, _>>()?;
     let request = SubmitRequest {
         plan: Plan {
+            epic: None,
             plan_id: String::new(),
             goal: Some("benchmark".into()),
             subtasks,

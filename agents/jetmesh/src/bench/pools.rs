@@ -72,6 +72,7 @@ fn sleeps(n: usize, prefix: &str) -> Result<Vec<Subtask>> {
 fn request(subtasks: Vec<Subtask>, wait: bool) -> SubmitRequest {
     SubmitRequest {
         plan: Plan {
+            epic: None,
             plan_id: String::new(),
             goal: Some("pool benchmark".into()),
             subtasks,
