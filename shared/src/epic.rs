@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::globs::{self, Glob};
 use crate::ids;
 use crate::wire::{Bead, BeadTask, Epic, SubmitRequest, Subtask, Track, TrackDependency};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 
 /// The capability and action every bead runs as.
@@ -842,7 +842,7 @@ pub fn compile(epic: &Epic) -> Vec<Subtask> {
                 Value::Object(m) => Some(m),
                 _ => None,
             })
-            .unwrap_or_else(Map::new);
+            .unwrap_or_default();
             out.push(Subtask {
                 id: b.id.clone(),
                 capability: BEAD_CAPABILITY.to_string(),

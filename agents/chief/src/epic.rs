@@ -480,7 +480,7 @@ async fn blocker(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {
             Some(Decision {
                 action: DecisionAction::Retry,
                 note: Some(format!(
-                    "Stay inside your files: {}. Your changes to {} were put back{}. Do the bead again without touching them.",
+                    "Stay inside your files: {}. Your changes to {} were not applied to the tree{}. Do the bead again without touching them.",
                     track.scope.join(", "),
                     b.files.join(", "),
                     if owners.is_empty() {

@@ -4,19 +4,22 @@
 //! create in `mesh_coord`), reserves the bead's files (inside the track's
 //! scope), and keeps claim and reservations alive together while it works.
 //! It announces the start on the epic thread, reads the track thread's
-//! learnings, snapshots the working tree, and runs the allowlisted command in
-//! it with the bead, its track and the learnings on stdin. Then it compares
-//! the tree with the snapshot: a change outside the scope or outside the
-//! reservation, a failed command, or an agent that says it is stuck becomes a
-//! blocker on the epic thread, and the bead waits for the decision (retry,
-//! reassign, skip, abort; a decision may grant more scope). A clean bead posts
-//! its learnings to the track thread and its completion to the epic thread.
+//! learnings, and runs the allowlisted command in the bead's own git worktree
+//! (a copy of the epic's tree as it is now; see [`super::tree`]) with the
+//! bead, its track and the learnings on stdin. Then it looks at what the bead
+//! changed: a change outside the scope or outside the reservation, a failed
+//! command, or an agent that says it is stuck becomes a blocker on the epic
+//! thread, and the bead waits for the decision (retry, reassign, skip, abort;
+//! a decision may grant more scope). Nothing reaches the epic's tree until the
+//! bead is clean (or a grant covers it); then its changes are copied in while
+//! it still holds its reservation, its learnings go to the track thread and
+//! its completion to the epic thread.
 //!
 //! If the worker dies, its renewals stop: the claim and the reservations
 //! lapse together after `coord.lease_ttl_secs`, and JetStream delivers the
 //! bead to another worker.
 
-use super::tree::{self, Snapshot};
+use super::tree::{self, Worktree};
 use crate::capability::Capability;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -184,7 +187,9 @@ impl Drop for Leases {
 /// How one run of a bead ended.
 enum Outcome {
     Done(Value),
-    Blocked(Blocker, Option<Snapshot>, Vec<String>),
+    /// The blocker, the bead's worktree (not applied yet), everything it
+    /// changed, and the files that are the problem.
+    Blocked(Box<Blocker>, Option<Worktree>, Vec<String>, Vec<String>),
 }
 
 /// What the worker does after a decision.
@@ -422,14 +427,14 @@ impl Agent {
             let outcome = self
                 .run_once(epic, track, bead, workdir, leases, attempt, note.as_deref())
                 .await?;
-            let (blocker, before, violating) = match outcome {
+            let (blocker, wt, changed, violating) = match outcome {
                 Outcome::Done(v) => return Ok(v),
-                Outcome::Blocked(b, before, v) => (b, before, v),
+                Outcome::Blocked(b, wt, c, v) => (b, wt, c, v),
             };
             blockers += 1;
             match self
                 .blocked(
-                    epic, track, bead, workdir, blocker, before, violating, blockers,
+                    epic, track, bead, *blocker, wt, changed, violating, blockers,
                 )
                 .await?
             {
@@ -458,7 +463,14 @@ impl Agent {
             .await?
         {
             Ok(p) => p,
-            Err(blocker) => return Ok(Outcome::Blocked(blocker, None, Vec::new())),
+            Err(blocker) => {
+                return Ok(Outcome::Blocked(
+                    Box::new(blocker),
+                    None,
+                    Vec::new(),
+                    Vec::new(),
+                ));
+            }
         };
         let reserved_globs = Glob::parse_all(&reserved)?;
         self.post(
@@ -514,21 +526,22 @@ impl Agent {
             context,
         };
 
-        let before = tree::snapshot(workdir).await?;
-        let run = self.run_command(epic, track, bead, workdir, &ctx).await?;
-        let after = tree::snapshot(workdir).await?;
-        let changed = tree::changed(workdir, &before, &after).await?;
-
-        // Files other holders reserved changed under their own leases.
-        let others: Vec<Reservation> = coord::reservations(&self.mesh, &epic.id)
-            .await?
-            .into_iter()
-            .filter(|r| r.id != bead.id)
-            .collect();
-        let theirs = |p: &String| !coord::holders_of(std::slice::from_ref(p), &others).is_empty();
+        let wt = Worktree::create(workdir, &format!("{}-{}", epic.id, bead.id)).await?;
+        let run = self.run_command(epic, track, bead, &wt.path, &ctx).await;
+        let changed = match run {
+            Ok(_) => wt.changed().await,
+            Err(_) => Ok(Vec::new()),
+        };
+        let (run, changed) = match (run, changed) {
+            (Ok(r), Ok(c)) => (r, c),
+            (Err(e), _) | (_, Err(e)) => {
+                wt.discard().await;
+                return Err(e);
+            }
+        };
         let outside: Vec<String> = changed
             .iter()
-            .filter(|p| !globs::any_matches(&scope, p) && !theirs(p))
+            .filter(|p| !globs::any_matches(&scope, p))
             .cloned()
             .collect();
         let unreserved: Vec<String> = changed
@@ -556,12 +569,8 @@ impl Agent {
                 ctx.track.scope.join(", "),
                 outside.join(", ")
             );
-            let v = outside.clone();
-            return Ok(Outcome::Blocked(
-                blocker(BlockerKind::ScopeViolation, outside, detail),
-                Some(before),
-                v,
-            ));
+            let b = blocker(BlockerKind::ScopeViolation, outside.clone(), detail);
+            return Ok(Outcome::Blocked(Box::new(b), Some(wt), changed, outside));
         }
         if !unreserved.is_empty() {
             let detail = format!(
@@ -571,29 +580,28 @@ impl Agent {
                 reserved.join(", "),
                 unreserved.join(", ")
             );
-            let v = unreserved.clone();
-            return Ok(Outcome::Blocked(
-                blocker(BlockerKind::ReservationConflict, unreserved, detail),
-                Some(before),
-                v,
-            ));
+            let b = blocker(BlockerKind::ReservationConflict, unreserved.clone(), detail);
+            return Ok(Outcome::Blocked(Box::new(b), Some(wt), changed, unreserved));
         }
         if let Some(why) = run.failure {
-            return Ok(Outcome::Blocked(
-                blocker(BlockerKind::AgentFailed, changed, why),
-                None,
-                Vec::new(),
-            ));
+            let b = blocker(BlockerKind::AgentFailed, changed.clone(), why);
+            return Ok(Outcome::Blocked(Box::new(b), Some(wt), changed, Vec::new()));
         }
         if let Some(why) = run.output.blocked.clone() {
-            return Ok(Outcome::Blocked(
-                blocker(BlockerKind::AgentBlocked, changed, why),
-                None,
-                Vec::new(),
-            ));
+            let b = blocker(BlockerKind::AgentBlocked, changed.clone(), why);
+            return Ok(Outcome::Blocked(Box::new(b), Some(wt), changed, Vec::new()));
         }
 
-        // Clean: learnings to the track, completion to the epic.
+        // Clean: into the epic's tree (under the reservation), learnings to
+        // the track, completion to the epic.
+        let failed = wt.apply(&changed).await;
+        wt.discard().await;
+        if !failed.is_empty() {
+            return Err(Error::new(
+                ErrorCode::Internal,
+                format!("cannot copy {} into the working tree", failed.join(", ")),
+            ));
+        }
         for l in &run.output.learnings {
             self.post(
                 Mail::new(
@@ -657,9 +665,9 @@ impl Agent {
         epic: &Epic,
         track: &Track,
         bead: &Bead,
-        workdir: &Path,
         mut blocker: Blocker,
-        before: Option<Snapshot>,
+        wt: Option<Worktree>,
+        changed: Vec<String>,
         violating: Vec<String>,
         count: u32,
     ) -> Result<Next> {
@@ -705,21 +713,27 @@ impl Agent {
         });
         tracing::info!(epic = %epic.id, bead = %bead.id, seq, action = decision.action.as_str(), by = %reply.from, "A blocker was decided.");
 
-        // Files a grant now covers are kept; the rest are put back.
+        // A grant that covers every file that was wrong settles it: the
+        // bead's changes are applied as they are.
         let granted = Glob::parse_all(&decision.grant)?;
-        let (kept, undo): (Vec<String>, Vec<String>) = violating
-            .into_iter()
-            .partition(|p| globs::any_matches(&granted, p));
-        let mut not_restored = Vec::new();
-        if let Some(before) = &before
-            && !undo.is_empty()
-        {
-            not_restored = tree::restore(workdir, before, &undo).await;
-            tracing::info!(bead = %bead.id, restored = undo.len() - not_restored.len(), "Changes outside the bead's files were put back.");
-        }
-        if !not_restored.is_empty() {
-            tracing::warn!(bead = %bead.id, files = ?not_restored, "Some changes could not be put back.");
-        }
+        let settled = decision.action == DecisionAction::Retry
+            && !violating.is_empty()
+            && violating.iter().all(|p| globs::any_matches(&granted, p));
+        let (kept, undo): (Vec<String>, Vec<String>) = match wt {
+            Some(wt) if settled => {
+                let failed = wt.apply(&changed).await;
+                if !failed.is_empty() {
+                    tracing::warn!(bead = %bead.id, files = ?failed, "Some granted changes could not be copied.");
+                }
+                wt.discard().await;
+                (changed.clone(), Vec::new())
+            }
+            Some(wt) => {
+                wt.discard().await;
+                (Vec::new(), changed.clone())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         let done = |skipped: bool| {
             json!({
                 "bead": bead.id,
@@ -728,13 +742,13 @@ impl Agent {
                 "worker": self.worker,
                 "skipped": skipped,
                 "decision": decision.action.as_str(),
-                "kept": kept,
-                "restored": undo,
+                "applied": kept,
+                "dropped": undo,
             })
         };
         match decision.action {
             // A grant that covers everything that was wrong settles it.
-            DecisionAction::Retry if undo.is_empty() && !kept.is_empty() => {
+            DecisionAction::Retry if settled => {
                 let result = done(false);
                 self.post(
                     Mail::new(
@@ -822,6 +836,16 @@ impl Agent {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
+        // SAFETY: prctl(2) only, between fork and exec. A worker killed with
+        // SIGKILL takes its agent with it: no orphan keeps writing to the
+        // tree after the bead's claim has lapsed.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         // Only the variables named in agent.pass_env reach the command:
         // the worker's own (NATS credentials, …) never do.
         for var in &cfg.pass_env {

@@ -1,11 +1,15 @@
-//! Snapshots of an epic's working tree, to see exactly what a bead changed.
+//! Each bead works in its own git worktree, so that what it changed is known
+//! exactly and reaches the epic's working tree only once it is approved.
 //!
-//! A snapshot is a git tree object of the whole working tree (tracked and
+//! A snapshot is a git tree object of a whole working tree (tracked and
 //! untracked files, `.gitignore` respected), written through a private index
 //! file, so the repository's own index is never touched and several agents
-//! can snapshot the same tree at once. Comparing two snapshots compares file
-//! contents, not timestamps; restoring a file writes back its blob from the
-//! earlier snapshot.
+//! can snapshot at once. A bead's worktree starts from a snapshot of the
+//! epic's tree (uncommitted work of earlier beads included); afterwards the
+//! bead's worktree is snapshotted too, and the difference of the two trees
+//! is what the bead changed, by content. Approved changes are copied into the
+//! epic's tree while the bead still holds its reservation; rejected ones are
+//! dropped with the worktree and never touch it.
 
 use jetmesh_shared::{Error, ErrorCode, Result};
 use std::path::{Path, PathBuf};
@@ -21,6 +25,10 @@ async fn git(workdir: &Path, index: Option<&Path>, args: &[&str]) -> Result<Vec<
     // Never a pager, a prompt, or the user's hooks and global settings.
     cmd.env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "jetmesh")
+        .env("GIT_AUTHOR_EMAIL", "jetmesh@localhost")
+        .env("GIT_COMMITTER_NAME", "jetmesh")
+        .env("GIT_COMMITTER_EMAIL", "jetmesh@localhost")
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
         .kill_on_drop(true);
@@ -108,36 +116,105 @@ pub async fn changed(workdir: &Path, before: &Snapshot, after: &Snapshot) -> Res
         .collect())
 }
 
-/// Puts `paths` back as they were in `before`: their content then, or
-/// removed if they did not exist. Returns the paths it could not restore.
-pub async fn restore(workdir: &Path, before: &Snapshot, paths: &[String]) -> Vec<String> {
-    let mut failed = Vec::new();
-    for p in paths {
-        // Paths come from git; refuse anything that would leave the tree.
-        if p.starts_with('/') || p.split('/').any(|s| s == "..") {
-            failed.push(p.clone());
-            continue;
-        }
-        let target = workdir.join(p);
-        let spec = format!("{}:{p}", before.0);
-        let ok = match git(workdir, None, &["cat-file", "blob", &spec]).await {
-            Ok(content) => {
-                if let Some(dir) = target.parent() {
-                    let _ = tokio::fs::create_dir_all(dir).await;
-                }
-                tokio::fs::write(&target, content).await.is_ok()
-            }
-            // Not in the earlier snapshot: the bead created it.
-            Err(_) => match tokio::fs::remove_file(&target).await {
-                Ok(()) => true,
-                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-            },
-        };
-        if !ok {
-            failed.push(p.clone());
-        }
+/// A bead's own worktree.
+#[derive(Debug)]
+pub struct Worktree {
+    pub path: PathBuf,
+    /// The snapshot of the epic's tree it started from.
+    pub base: Snapshot,
+    workdir: PathBuf,
+}
+
+impl Worktree {
+    /// A fresh worktree for `name` (a bead) with the epic tree's current
+    /// content, under `<git dir>/jetmesh-worktrees/`. A leftover of an
+    /// earlier attempt (a worker that died) is removed first.
+    pub async fn create(workdir: &Path, name: &str) -> Result<Worktree> {
+        let gitdir = git_dir(workdir).await?;
+        let path = gitdir.join("jetmesh-worktrees").join(name);
+        remove(workdir, &path).await;
+        let base = snapshot(workdir).await?;
+        let commit = git(
+            workdir,
+            None,
+            &[
+                "commit-tree",
+                &base.0,
+                "-m",
+                &format!("jetmesh: base of {name}"),
+            ],
+        )
+        .await?;
+        let commit = String::from_utf8_lossy(&commit).trim().to_string();
+        let p = path.display().to_string();
+        git(
+            workdir,
+            None,
+            &["worktree", "add", "--detach", "--force", &p, &commit],
+        )
+        .await?;
+        Ok(Worktree {
+            path,
+            base,
+            workdir: workdir.to_path_buf(),
+        })
     }
-    failed
+
+    /// What the bead changed in its worktree, by content.
+    pub async fn changed(&self) -> Result<Vec<String>> {
+        let after = snapshot(&self.path).await?;
+        changed(&self.workdir, &self.base, &after).await
+    }
+
+    /// Copies `paths` from the worktree into the epic's tree (or removes
+    /// them there, if the bead removed them). Returns what it could not copy.
+    pub async fn apply(&self, paths: &[String]) -> Vec<String> {
+        let mut failed = Vec::new();
+        for p in paths {
+            // Paths come from git; refuse anything that would leave the tree.
+            if p.starts_with('/') || p.split('/').any(|s| s == ".." || s == ".git") {
+                failed.push(p.clone());
+                continue;
+            }
+            let (from, to) = (self.path.join(p), self.workdir.join(p));
+            let ok = match tokio::fs::symlink_metadata(&from).await {
+                Ok(meta) if meta.is_file() => {
+                    if let Some(dir) = to.parent() {
+                        let _ = tokio::fs::create_dir_all(dir).await;
+                    }
+                    tokio::fs::copy(&from, &to).await.is_ok()
+                }
+                Ok(_) => false,
+                Err(_) => match tokio::fs::remove_file(&to).await {
+                    Ok(()) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                },
+            };
+            if !ok {
+                failed.push(p.clone());
+            }
+        }
+        failed
+    }
+
+    /// Removes the worktree.
+    pub async fn discard(self) {
+        remove(&self.workdir, &self.path).await;
+    }
+}
+
+async fn remove(workdir: &Path, path: &Path) {
+    if tokio::fs::metadata(path).await.is_err() {
+        return;
+    }
+    let p = path.display().to_string();
+    if git(workdir, None, &["worktree", "remove", "--force", &p])
+        .await
+        .is_err()
+    {
+        let _ = tokio::fs::remove_dir_all(path).await;
+        let _ = git(workdir, None, &["worktree", "prune"]).await;
+    }
 }
 
 #[cfg(test)]
@@ -156,11 +233,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn snapshots_see_content_changes_and_restore_them() {
+    async fn a_worktree_sees_only_its_changes_and_applies_what_is_approved() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         sh(d, &["git", "init", "-q"]).await;
         std::fs::write(d.join("kept.txt"), "one\n").unwrap();
+        std::fs::write(d.join("gone.txt"), "x\n").unwrap();
         std::fs::write(d.join(".gitignore"), "ignored/\n").unwrap();
         sh(d, &["git", "add", "-A"]).await;
         sh(
@@ -177,33 +255,38 @@ mod tests {
             ],
         )
         .await;
+        // Uncommitted work of an earlier bead is in the worktree too.
         std::fs::write(d.join("dirty.txt"), "before\n").unwrap();
 
-        let before = snapshot(d).await.unwrap();
-        std::fs::write(d.join("kept.txt"), "two\n").unwrap();
-        std::fs::create_dir_all(d.join("new/dir")).unwrap();
-        std::fs::write(d.join("new/dir/a.txt"), "a\n").unwrap();
-        std::fs::create_dir_all(d.join("ignored")).unwrap();
-        std::fs::write(d.join("ignored/x"), "x\n").unwrap();
-        std::fs::write(d.join("dirty.txt"), "after\n").unwrap();
-        let after = snapshot(d).await.unwrap();
-        let mut c = changed(d, &before, &after).await.unwrap();
+        let wt = Worktree::create(d, "b1").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(wt.path.join("dirty.txt")).unwrap(),
+            "before\n"
+        );
+        std::fs::write(wt.path.join("kept.txt"), "two\n").unwrap();
+        std::fs::create_dir_all(wt.path.join("new/dir")).unwrap();
+        std::fs::write(wt.path.join("new/dir/a.txt"), "a\n").unwrap();
+        std::fs::remove_file(wt.path.join("gone.txt")).unwrap();
+        std::fs::create_dir_all(wt.path.join("ignored")).unwrap();
+        std::fs::write(wt.path.join("ignored/x"), "x\n").unwrap();
+        // Meanwhile someone else changes the epic's tree: not the bead's.
+        std::fs::write(d.join("other.txt"), "theirs\n").unwrap();
+        let mut c = wt.changed().await.unwrap();
         c.sort();
-        assert_eq!(c, ["dirty.txt", "kept.txt", "new/dir/a.txt"]);
+        assert_eq!(c, ["gone.txt", "kept.txt", "new/dir/a.txt"]);
 
-        let failed = restore(d, &before, &c).await;
+        // Only what is approved reaches the tree.
+        let failed = wt.apply(&["kept.txt".into(), "gone.txt".into()]).await;
         assert!(failed.is_empty(), "{failed:?}");
         assert_eq!(
             std::fs::read_to_string(d.join("kept.txt")).unwrap(),
-            "one\n"
+            "two\n"
         );
-        assert_eq!(
-            std::fs::read_to_string(d.join("dirty.txt")).unwrap(),
-            "before\n"
-        );
+        assert!(!d.join("gone.txt").exists());
         assert!(!d.join("new/dir/a.txt").exists());
-        let again = snapshot(d).await.unwrap();
-        assert_eq!(again, before, "restored to the same content");
+        let path = wt.path.clone();
+        wt.discard().await;
+        assert!(!path.exists());
         // The repository's own index was not touched.
         let status = Command::new("git")
             .args(["status", "--porcelain"])
@@ -211,7 +294,10 @@ mod tests {
             .output()
             .await
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&status.stdout), "?? dirty.txt\n");
+        assert_eq!(
+            String::from_utf8_lossy(&status.stdout),
+            " D gone.txt\n M kept.txt\n?? dirty.txt\n?? other.txt\n"
+        );
     }
 
     #[tokio::test]
