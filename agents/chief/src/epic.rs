@@ -117,10 +117,9 @@ pub async fn start(mesh: &Mesh, e: &Epic) -> Result<()> {
     }
     post(
         mesh,
-        Mail::new(
+        from_chief(
             &e.id,
-            &Thread::Epic,
-            CHIEF,
+            Thread::Epic,
             MailKind::Progress,
             format!(
                 "Epic {} started: {} tracks, {beads} beads",
@@ -169,10 +168,9 @@ pub async fn start(mesh: &Mesh, e: &Epic) -> Result<()> {
         }
         post(
             mesh,
-            Mail::new(
+            from_chief(
                 &e.id,
-                &Thread::Track(t.id.clone()),
-                CHIEF,
+                Thread::Track(t.id.clone()),
                 MailKind::Context,
                 format!("Track {} context", t.id),
                 ctx,
@@ -181,10 +179,7 @@ pub async fn start(mesh: &Mesh, e: &Epic) -> Result<()> {
         .await?;
         post(
             mesh,
-            Mail::new(
-                &e.id,
-                &Thread::Inbox(t.agent.clone()),
-                CHIEF,
+            from_chief(&e.id, Thread::Inbox(t.agent.clone()),
                 MailKind::Note,
                 format!("{}: you have track {}", t.agent, t.id),
                 format!(
@@ -203,6 +198,17 @@ pub async fn start(mesh: &Mesh, e: &Epic) -> Result<()> {
         .await?;
     }
     Ok(())
+}
+
+/// A message from the chief on one of the epic's threads.
+fn from_chief(
+    epic: &str,
+    thread: Thread,
+    kind: MailKind,
+    subject: impl Into<String>,
+    body: impl Into<String>,
+) -> Mail {
+    Mail::new(epic, &thread, CHIEF, kind, subject, body)
 }
 
 async fn post(mesh: &Mesh, mail: Mail) -> Result<u64> {
@@ -340,10 +346,9 @@ async fn bead_completed(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {
     }
     post(
         mesh,
-        Mail::new(
+        from_chief(
             &e.id,
-            &Thread::Epic,
-            CHIEF,
+            Thread::Epic,
             MailKind::Progress,
             format!(
                 "Progress: {}/{total} beads done ({bead} just now)",
@@ -359,22 +364,14 @@ async fn bead_completed(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {
         let text = format!("Track {} ({}) is unblocked: {bead} is done.", t.id, t.agent);
         post(
             mesh,
-            Mail::new(
-                &e.id,
-                &Thread::Epic,
-                CHIEF,
-                MailKind::Progress,
-                text.clone(),
-                "",
-            ),
+            from_chief(&e.id, Thread::Epic, MailKind::Progress, text.clone(), ""),
         )
         .await?;
         post(
             mesh,
-            Mail::new(
+            from_chief(
                 &e.id,
-                &Thread::Track(t.id.clone()),
-                CHIEF,
+                Thread::Track(t.id.clone()),
                 MailKind::Context,
                 text,
                 format!(
@@ -456,10 +453,9 @@ async fn blocker(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {
     tracing::info!(epic = %e.id, bead = %b.bead, seq, kind = b.kind.as_str(), paused = ?paused, "A blocker was raised.");
     let _ = post(
         mesh,
-        Mail::new(
+        from_chief(
             &e.id,
-            &Thread::Epic,
-            CHIEF,
+            Thread::Epic,
             MailKind::Ack,
             format!("Seen blocker {seq}"),
             "",
@@ -506,10 +502,7 @@ async fn blocker(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {
         };
         post(
             mesh,
-            Mail::new(
-                &e.id,
-                &Thread::Epic,
-                CHIEF,
+            from_chief(&e.id, Thread::Epic,
                 MailKind::Note,
                 format!("Blocker {seq} waits for an operator ({why})"),
                 format!(
@@ -524,10 +517,9 @@ async fn blocker(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {
     };
     post(
         mesh,
-        Mail::new(
+        from_chief(
             &e.id,
-            &Thread::Epic,
-            CHIEF,
+            Thread::Epic,
             MailKind::Decision,
             format!("Decision on blocker {seq}: {}", decision.action.as_str()),
             decision.note.clone().unwrap_or_default(),
@@ -720,10 +712,7 @@ pub async fn finish(mesh: &Mesh, lease: &Lease, plan_id: &str) -> Result<()> {
     ));
     post(
         mesh,
-        Mail::new(
-            plan_id,
-            &Thread::Epic,
-            CHIEF,
+        from_chief(plan_id, Thread::Epic,
             MailKind::EpicComplete,
             format!("EPIC COMPLETE: {plan_id} ({ok} done, {skipped} skipped, {failed} failed)"),
             body,

@@ -136,7 +136,7 @@ pub async fn reply(mesh: &Mesh, r: MailReply) -> Result<MailSent> {
         let s = original.subject.trim_start_matches("Re: ");
         format!("Re: {s}")
     });
-    let draft = MailDraft {
+    let mut draft = MailDraft {
         epic: original.epic.clone(),
         thread: original.thread.clone(),
         from: r.from,
@@ -154,7 +154,6 @@ pub async fn reply(mesh: &Mesh, r: MailReply) -> Result<MailSent> {
         data: r.data,
     };
     // An unknown original sender is not the replier's fault.
-    let mut draft = draft;
     if let Ok(e) = coord::load_epic(mesh, &original.epic).await {
         draft.to.retain(|a| mail::knows_agent(&e, a));
     }

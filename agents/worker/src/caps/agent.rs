@@ -412,6 +412,28 @@ impl Agent {
         Ok(mail::post(&self.mesh, &mail).await?.seq)
     }
 
+    /// Announces a finished bead (done, granted or skipped) on the epic
+    /// thread; the chief counts it from there.
+    async fn completed(
+        &self,
+        epic: &Epic,
+        track: &Track,
+        subject: String,
+        body: String,
+        result: &Value,
+    ) -> Result<()> {
+        let mail = Mail::new(
+            &epic.id,
+            &Thread::Epic,
+            &track.agent,
+            MailKind::BeadCompleted,
+            subject,
+            body,
+        )
+        .with_data(result);
+        self.post(mail).await.map(|_| ())
+    }
+
     /// Runs the bead until it completes or a decision ends it.
     async fn work(
         &self,
@@ -627,32 +649,28 @@ impl Agent {
             "summary": summary,
             "learnings": run.output.learnings.len(),
         });
-        self.post(
-            Mail::new(
-                &epic.id,
-                &Thread::Epic,
-                &track.agent,
-                MailKind::BeadCompleted,
-                format!(
-                    "{} completed: {}",
-                    bead.id,
-                    bead.title.as_deref().unwrap_or("")
-                ),
-                format!(
-                    "{}\n\nChanged: {}",
-                    if summary.is_empty() {
-                        "Done."
-                    } else {
-                        summary.as_str()
-                    },
-                    if changed.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        changed.join(", ")
-                    }
-                ),
-            )
-            .with_data(result.clone()),
+        self.completed(
+            epic,
+            track,
+            format!(
+                "{} completed: {}",
+                bead.id,
+                bead.title.as_deref().unwrap_or("")
+            ),
+            format!(
+                "{}\n\nChanged: {}",
+                if summary.is_empty() {
+                    "Done."
+                } else {
+                    summary.as_str()
+                },
+                if changed.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    changed.join(", ")
+                }
+            ),
+            &result,
         )
         .await?;
         Ok(Outcome::Done(result))
@@ -750,16 +768,12 @@ impl Agent {
             // A grant that covers everything that was wrong settles it.
             DecisionAction::Retry if settled => {
                 let result = done(false);
-                self.post(
-                    Mail::new(
-                        &epic.id,
-                        &Thread::Epic,
-                        &track.agent,
-                        MailKind::BeadCompleted,
-                        format!("{} completed (scope granted)", bead.id),
-                        format!("Kept under the granted scope: {}", kept.join(", ")),
-                    )
-                    .with_data(result.clone()),
+                self.completed(
+                    epic,
+                    track,
+                    format!("{} completed (scope granted)", bead.id),
+                    format!("Kept under the granted scope: {}", kept.join(", ")),
+                    &result,
                 )
                 .await?;
                 Ok(Next::Finish(Ok(result)))
@@ -775,16 +789,12 @@ impl Agent {
             )))),
             DecisionAction::Skip => {
                 let result = done(true);
-                self.post(
-                    Mail::new(
-                        &epic.id,
-                        &Thread::Epic,
-                        &track.agent,
-                        MailKind::BeadCompleted,
-                        format!("{} skipped", bead.id),
-                        format!("Skipped by decision of {}.", reply.from),
-                    )
-                    .with_data(result.clone()),
+                self.completed(
+                    epic,
+                    track,
+                    format!("{} skipped", bead.id),
+                    format!("Skipped by decision of {}.", reply.from),
+                    &result,
                 )
                 .await?;
                 Ok(Next::Finish(Ok(result)))
