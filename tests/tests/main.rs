@@ -1,0 +1,20 @@
+//! Every integration test, in one binary (see tests/Cargo.toml): run one file's
+//! tests with `cargo test -p jetmesh-tests --test integration epics::`.
+
+mod bad_input;
+mod cluster;
+mod connection_loss;
+mod dead_letters;
+mod deadlines;
+mod epics;
+mod failover;
+mod flow;
+mod foreign_worker;
+mod k8s_manifests;
+mod late_roles;
+mod overload;
+mod processes;
+mod protocol;
+mod runtime_pools;
+mod scaling;
+mod workers;
