@@ -12,7 +12,7 @@ pub mod gate;
 pub mod pick;
 pub mod plans;
 
-use async_nats::jetstream::AckKind;
+use async_nats::jetstream::{AckKind, kv};
 use async_nats::service::Request;
 use dispatch::Dispatcher;
 use futures::StreamExt;
@@ -122,7 +122,8 @@ impl Router {
                 continue;
             };
             if record.status == PlanStatus::Running {
-                self.track(record, true).await?;
+                let recorded = self.recorded(&record.plan.plan_id).await?;
+                self.track(record, recorded).await?;
                 recovered += 1;
             }
         }
@@ -132,9 +133,17 @@ impl Router {
         Ok(())
     }
 
-    /// Starts tracking a plan and dispatches what is ready. With `catch_up`, the
-    /// results already recorded are applied first (after a restart or redelivery).
-    async fn track(&self, record: PlanRecord, catch_up: bool) -> Result<()> {
+    /// The results already stored for a plan.
+    async fn recorded(&self, plan_id: &str) -> Result<Vec<kv::Entry>> {
+        self.mesh
+            .scan(&self.mesh.results, &self.mesh.names.task_key_plan(plan_id))
+            .await
+    }
+
+    /// Starts tracking a plan and dispatches what is ready. The results
+    /// already `recorded` are applied first (after a restart, a redelivery,
+    /// or a plan announced again), so finished tasks do not run again.
+    async fn track(&self, record: PlanRecord, recorded: Vec<kv::Entry>) -> Result<()> {
         let plan_id = record.plan.plan_id.clone();
         if self
             .plans
@@ -147,37 +156,28 @@ impl Router {
         let deadline = jetmesh_shared::plan::deadline(record.created_at, record.plan.deadline_ms);
         let mut run = PlanRun::new(Arc::new(record.plan));
         run.deadline = deadline;
-        let mut actions = Vec::new();
-        if catch_up {
-            // Mark recorded results first, then start only what is still waiting.
-            let done = self
-                .mesh
-                .scan(&self.mesh.results, &self.mesh.names.task_key_plan(&plan_id))
-                .await?;
-            let mut results = Vec::new();
-            for e in &done {
-                if let Some((_, task)) = names::parse_task_key(&e.key) {
-                    let ok = codec::from_json::<TaskResult>(&e.value)
-                        .map(|r| r.is_success())
-                        .unwrap_or(false);
-                    results.push((task.to_string(), ok));
-                }
+        let mut results = Vec::new();
+        for e in &recorded {
+            if let Some((_, task)) = names::parse_task_key(&e.key) {
+                let ok = codec::from_json::<TaskResult>(&e.value)
+                    .map(|r| r.is_success())
+                    .unwrap_or(false);
+                results.push((task.to_string(), ok));
             }
-            // Tasks with a result must not be dispatched again: apply results
-            // before `start`, then drop dispatches for tasks already done.
-            let done_ids: std::collections::HashSet<&str> =
-                results.iter().map(|(t, _)| t.as_str()).collect();
-            for (task, ok) in &results {
-                actions.extend(run.on_result(task, *ok));
-            }
-            actions.extend(run.start());
-            actions.retain(|a| match a {
-                Action::Dispatch(t) => !done_ids.contains(t.id.as_str()),
-                Action::Fail { task_id, .. } => !done_ids.contains(task_id.as_str()),
-            });
-        } else {
-            actions = run.start();
         }
+        // Tasks with a result must not be dispatched again: apply results
+        // before `start`, then drop dispatches for tasks already done.
+        let done_ids: std::collections::HashSet<&str> =
+            results.iter().map(|(t, _)| t.as_str()).collect();
+        let mut actions = Vec::new();
+        for (task, ok) in &results {
+            actions.extend(run.on_result(task, *ok));
+        }
+        actions.extend(run.start());
+        actions.retain(|a| match a {
+            Action::Dispatch(t) => !done_ids.contains(t.id.as_str()),
+            Action::Fail { task_id, .. } => !done_ids.contains(task_id.as_str()),
+        });
         if !run.has_waiting() {
             // Everything is dispatched (or done): no dependents to release, so
             // there is nothing to follow.
@@ -278,15 +278,17 @@ impl Router {
     }
 
     async fn on_plan_ready(&self, plan_id: &str) -> Result<()> {
-        let record: Option<PlanRecord> = self
-            .mesh
-            .get_json(&self.mesh.plans, &self.mesh.names.plan_key(plan_id))
-            .await?;
-        match record {
-            // Always catch up from stored results: a plan announced again (a new
-            // chief resuming it, possibly past the de-duplication window) must not
-            // run its finished tasks again.
-            Some(r) if r.status == PlanStatus::Running => self.track(r, true).await,
+        // Always catch up from stored results: a plan announced again (a new
+        // chief resuming it, possibly past the de-duplication window) must not
+        // run its finished tasks again. Both reads go out at once; a result
+        // stored after the scan reaches the plan's result watch.
+        let key = self.mesh.names.plan_key(plan_id);
+        let (record, recorded) = tokio::join!(
+            self.mesh.get_json::<PlanRecord>(&self.mesh.plans, &key),
+            self.recorded(plan_id)
+        );
+        match record? {
+            Some(r) if r.status == PlanStatus::Running => self.track(r, recorded?).await,
             Some(_) => Ok(()),
             None => {
                 tracing::warn!(

@@ -78,13 +78,18 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
 
 /// Builds, stores and publishes the report of `plan_id`.
 pub async fn summarize(mesh: &Mesh, plan_id: &str) -> Result<()> {
-    let record: PlanRecord<PlanOutline> = mesh
-        .get_json(&mesh.plans, &mesh.names.plan_key(plan_id))
-        .await?
+    // Both reads at once: every result is stored before `aggregation_ready`.
+    let (key, filter) = (
+        mesh.names.plan_key(plan_id),
+        mesh.names.task_key_plan(plan_id),
+    );
+    let (record, entries) = tokio::join!(
+        mesh.get_json::<PlanRecord<PlanOutline>>(&mesh.plans, &key),
+        mesh.scan(&mesh.results, &filter)
+    );
+    let record = record?
         .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("plan {plan_id} is not stored")))?;
-    let entries = mesh
-        .scan(&mesh.results, &mesh.names.task_key_plan(plan_id))
-        .await?;
+    let entries = entries?;
     let mut results = HashMap::with_capacity(entries.len());
     for e in entries {
         if let Some((_, task)) = names::parse_task_key(&e.key)

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures::StreamExt;
 use jetmesh_shared::wire::{Plan, SubmitRequest, Subtask};
-use jetmesh_shared::{CancellationToken, Config, Mesh, registry};
+use jetmesh_shared::{CancellationToken, Config, EventKind, Mesh, registry};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Concurrent slots of the math pool, and of the baseline consumer.
     #[arg(long, default_value_t = 32)]
     pub workers: usize,
+    /// Rounds of the throughput figures (raw loop, single tasks, plan),
+    /// interleaved; each figure is the median of its rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Skip the idle-memory measurement.
     #[arg(long)]
     pub no_memory: bool,
@@ -127,15 +131,6 @@ async fn measure(
     let mut figures = Vec::new();
     let client = jetmesh_shared::mesh::connect(&config.nats, "bench").await?;
 
-    eprintln!(
-        "(a) raw JetStream loop, {} messages, {} consumers ...",
-        args.tasks, args.workers
-    );
-    let cpu = CpuMeter::start(server_pid);
-    let raw = raw_loop(&client, args.tasks, args.workers).await?;
-    let raw_cpu = cpu.per_thousand(args.tasks);
-    eprintln!("    {raw:.0} msg/s");
-
     config
         .pools
         .retain(|name, _| name == "math" || name == "date");
@@ -149,37 +144,95 @@ async fn measure(
     let roles = tokio::spawn(crate::run_all_roles(mesh.clone(), shutdown.clone()));
     wait_for_math(&mesh).await?;
 
-    eprintln!(
-        "(b) jetmesh single tasks via mesh.tasks, {} tasks ...",
-        args.tasks
-    );
-    let cpu = CpuMeter::start(server_pid);
-    let single = single_tasks(&mesh, args.tasks).await?;
-    let single_cpu = cpu.per_thousand(args.tasks);
-    eprintln!("    {single:.0} tasks/s");
+    // A small uncounted round first: the first plan of a fresh server pays for
+    // its page cache and stream files (the first round ran up to 40 % slower).
+    eprintln!("warm-up: 1000 raw messages, 1000 single tasks, a plan of 500 ...");
+    raw_loop(&client, 1000, args.workers).await?;
+    single_tasks(&mesh, 1000).await?;
+    big_plan(&mesh, 500).await?;
+
+    // Rounds of (a), (b) single and (b) plan, interleaved, so that a slow
+    // moment of the machine falls on both sides; each figure is the median.
+    let (mut raw, mut single, mut plan) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
+    let mut timeline = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        eprintln!(
+            "round {round}: (a) raw JetStream loop, {} messages, {} in flight ...",
+            args.tasks, args.workers
+        );
+        let meter = CpuMeter::start(server_pid);
+        raw.push(raw_loop(&client, args.tasks, args.workers).await?);
+        cpu[0].push(meter.per_thousand(args.tasks));
+        eprintln!("    {:.0} msg/s", raw.last().unwrap_or(&0.0));
+
+        eprintln!(
+            "round {round}: (b) {} single tasks via mesh.tasks ...",
+            args.tasks
+        );
+        let meter = CpuMeter::start(server_pid);
+        single.push(single_tasks(&mesh, args.tasks).await?);
+        cpu[1].push(meter.per_thousand(args.tasks));
+        eprintln!("    {:.0} tasks/s", single.last().unwrap_or(&0.0));
+
+        eprintln!(
+            "round {round}: (b) one plan of {} subtasks ...",
+            args.plan_tasks
+        );
+        let meter = CpuMeter::start(server_pid);
+        let (rate, phases) = big_plan(&mesh, args.plan_tasks).await?;
+        plan.push(rate);
+        cpu[2].push(meter.per_thousand(args.plan_tasks));
+        eprintln!("    {rate:.0} tasks/s ({phases})");
+        timeline.push(phases);
+    }
+    let raw_m = median(&raw);
+    let rounds = |v: &[f64]| {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        match (sorted.first(), sorted.last()) {
+            (Some(lo), Some(hi)) if v.len() > 1 => {
+                format!("{:.0} (median of {}; {lo:.0}–{hi:.0})", median(v), v.len())
+            }
+            _ => format!("{:.0}", median(v)),
+        }
+    };
+    let ratios = |v: &[f64]| {
+        let r: Vec<String> = v
+            .iter()
+            .zip(&raw)
+            .map(|(x, r)| format!("{:.2}", x / r))
+            .collect();
+        format!("{:.2} (rounds: {})", median(v) / raw_m, r.join(", "))
+    };
     figures.push(Figure {
         name: "single tasks end to end (tasks/s)",
-        value: format!("{single:.0}"),
-        baseline: format!("{raw:.0} (raw loop)"),
-        ratio: format!("{:.2}", single / raw),
+        value: rounds(&single),
+        baseline: format!("{} (raw loop)", rounds(&raw)),
+        ratio: ratios(&single),
     });
-
-    eprintln!("(b) one plan of {} subtasks ...", args.plan_tasks);
-    let cpu = CpuMeter::start(server_pid);
-    let plan = big_plan(&mesh, args.plan_tasks).await?;
-    let plan_cpu = cpu.per_thousand(args.plan_tasks);
-    eprintln!("    {plan:.0} tasks/s");
     figures.push(Figure {
         name: "one plan, thousands of subtasks (tasks/s)",
-        value: format!("{plan:.0}"),
-        baseline: format!("{raw:.0} (raw loop)"),
-        ratio: format!("{:.2}", plan / raw),
+        value: rounds(&plan),
+        baseline: format!("{} (raw loop)", rounds(&raw)),
+        ratio: ratios(&plan),
+    });
+    figures.push(Figure {
+        name: "one plan: where the time went (ms from submit)",
+        value: timeline.join("; "),
+        baseline: "-".into(),
+        ratio: "-".into(),
     });
     if server_pid.is_some() {
         figures.push(Figure {
             name: "CPU ms per 1000 tasks, jetmesh + nats-server: single / plan",
-            value: format!("{single_cpu} / {plan_cpu}"),
-            baseline: format!("{raw_cpu} (raw loop)"),
+            value: cpu[1]
+                .iter()
+                .zip(&cpu[2])
+                .map(|(s, p)| format!("{s} / {p}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            baseline: format!("{} (raw loop)", cpu[0].join("; ")),
             ratio: "-".into(),
         });
     }
@@ -376,8 +429,11 @@ async fn single_tasks(mesh: &Mesh, n: usize) -> Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// (b): one plan of `n` independent subtasks, submitted with `wait`.
-async fn big_plan(mesh: &Mesh, n: usize) -> Result<f64> {
+/// (b): one plan of `n` independent subtasks, submitted with `wait`. Also
+/// returns where the time went: when `plan_ready` and `aggregation_ready` were
+/// seen and when the first and last results were stored (their timestamps,
+/// read after the run so the measurement adds no load), in ms from submit.
+async fn big_plan(mesh: &Mesh, n: usize) -> Result<(f64, String)> {
     let subtasks = (0..n)
         .map(|i| {
             serde_json::from_value::<Subtask>(
@@ -385,10 +441,11 @@ async fn big_plan(mesh: &Mesh, n: usize) -> Result<f64> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let plan_id = jetmesh_shared::ids::generate();
     let request = SubmitRequest {
         plan: Plan {
             epic: None,
-            plan_id: String::new(),
+            plan_id: plan_id.clone(),
             goal: Some("benchmark".into()),
             subtasks,
             deadline_ms: None,
@@ -396,14 +453,58 @@ async fn big_plan(mesh: &Mesh, n: usize) -> Result<f64> {
         wait: true,
         wait_timeout_ms: Some(300_000),
     };
+    let event = |kind| mesh.names.event(kind, &plan_id);
+    let ready = mesh.client.subscribe(event(EventKind::PlanReady)).await?;
+    let aggregated = mesh
+        .client
+        .subscribe(event(EventKind::AggregationReady))
+        .await?;
+    mesh.client.flush().await?;
+    let unix_start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let started = Instant::now();
+    let seen = |mut sub: async_nats::Subscriber| {
+        tokio::spawn(async move {
+            sub.next().await?;
+            Some(started.elapsed())
+        })
+    };
+    let (ready, aggregated) = (seen(ready), seen(aggregated));
     let report = crate::client::submit_and_wait(mesh, request, Duration::from_secs(300)).await?;
+    let elapsed = started.elapsed();
     anyhow::ensure!(
         report.completed == n,
         "the plan completed {} of {n} tasks",
         report.completed
     );
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    let ms =
+        |d: Option<Duration>| d.map_or("?".into(), |d| format!("{:.0}", d.as_secs_f64() * 1e3));
+    let results = mesh
+        .scan(&mesh.results, &mesh.names.task_key_plan(&plan_id))
+        .await?;
+    let stored: Vec<i128> = results
+        .iter()
+        .map(|e| e.created.unix_timestamp_nanos() - unix_start.as_nanos() as i128)
+        .collect();
+    let at = |ns: Option<&i128>| ms(ns.map(|n| Duration::from_nanos((*n).max(0) as u64)));
+    let phases = format!(
+        "plan_ready {}, first result {}, last result {}, aggregation_ready {}, report {}",
+        ms(ready.await.ok().flatten()),
+        at(stored.iter().min()),
+        at(stored.iter().max()),
+        ms(aggregated.await.ok().flatten()),
+        ms(Some(elapsed)),
+    );
+    Ok((n as f64 / elapsed.as_secs_f64(), phases))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
