@@ -1,5 +1,5 @@
 //! Every integration test, in one binary (see tests/Cargo.toml): run one file's
-//! tests with `cargo test -p jetmesh-tests --test integration epics::`.
+//! tests with `./dev test epics::`.
 
 mod bad_input;
 mod cluster;
