@@ -274,18 +274,22 @@ async fn finish(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, plan_id: &str
         failed: counts.failed,
         at: jiff::Timestamp::now(),
     };
-    if let Err(error) = write_counts(mesh, &counts).await {
+    // The final counts and the event go out at once. The event is retried
+    // until stored: losing it would leave the plan unreported.
+    let announce = async {
+        let mut delay = Duration::from_millis(100);
+        while let Err(error) = mesh
+            .publish_event(EventKind::AggregationReady, plan_id, &event)
+            .await
+        {
+            tracing::warn!(%error, plan_id, "Cannot publish aggregation_ready; retrying.");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    };
+    let (written, ()) = tokio::join!(write_counts(mesh, &counts), announce);
+    if let Err(error) = written {
         tracing::warn!(%error, plan_id, "Cannot write final plan counts.");
-    }
-    // Retry until stored: losing this event would leave the plan unreported.
-    let mut delay = Duration::from_millis(100);
-    while let Err(error) = mesh
-        .publish_event(EventKind::AggregationReady, plan_id, &event)
-        .await
-    {
-        tracing::warn!(%error, plan_id, "Cannot publish aggregation_ready; retrying.");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
     tracing::info!(
         plan_id,

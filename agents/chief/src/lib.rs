@@ -313,19 +313,19 @@ async fn submit(
         subtasks: plan.subtasks.len(),
         at: jiff::Timestamp::now(),
     };
-    mesh.publish_event(EventKind::TaskAvailable, &plan_id, &announced)
-        .await
-        .map_err(fail)?;
-
-    // Normalized here (ids, defaults), so an explicit plan is one the planner
-    // only has to confirm.
-    if !plan.subtasks.is_empty() {
-        jetmesh_shared::plan::normalize(&mut plan, mesh.config.mesh.max_subtasks).map_err(fail)?;
-    }
-    let plan = match ask_planner(mesh, &plan).await.map_err(fail)? {
-        Some(planned) => planned,
-        None => plan,
-    };
+    // Announced while the plan is normalized (ids, defaults; so an explicit
+    // plan is one the planner only has to confirm) and checked by the planner.
+    let (announced, planned) = tokio::join!(
+        mesh.publish_event(EventKind::TaskAvailable, &plan_id, &announced),
+        async {
+            if !plan.subtasks.is_empty() {
+                jetmesh_shared::plan::normalize(&mut plan, mesh.config.mesh.max_subtasks)?;
+            }
+            ask_planner(mesh, &plan).await
+        }
+    );
+    announced.map_err(fail)?;
+    let plan = planned.map_err(fail)?.unwrap_or(plan);
     let total = plan.subtasks.len();
     let epic_plan = plan.epic.clone();
     let record = PlanRecord {
