@@ -44,6 +44,8 @@ pub struct Config {
     pub coord: CoordConfig,
     /// The `agent` capability: the commands that work on beads.
     pub agent: AgentConfig,
+    /// The process's async runtime.
+    pub runtime: RuntimeConfig,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             coord: CoordConfig::default(),
             agent: AgentConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -166,6 +169,27 @@ impl Default for MeshConfig {
             dedupe_window_secs: 120,
             max_request_bytes: 1024 * 1024,
             max_subtasks: 10_000,
+        }
+    }
+}
+
+/// The process's async runtime (tokio).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads that run the roles of this process. 0: one per core, less one
+    /// when this process also starts the embedded nats-server (which then
+    /// shares the machine), and at least one.
+    pub worker_threads: usize,
+}
+
+impl RuntimeConfig {
+    /// The thread count for a machine of `cores` cores; `embedded`: this
+    /// process starts the nats-server child.
+    pub fn threads(&self, cores: usize, embedded: bool) -> usize {
+        match self.worker_threads {
+            0 => cores.saturating_sub(usize::from(embedded)).max(1),
+            n => n,
         }
     }
 }
@@ -682,6 +706,7 @@ mod tests {
         assert_eq!(config.autoscaler, defaults.autoscaler);
         assert_eq!(config.coord, defaults.coord);
         assert_eq!(config.agent, defaults.agent);
+        assert_eq!(config.runtime, defaults.runtime);
         assert_eq!(config.pools["math"], defaults.pools["math"]);
         assert_eq!(config.pools["date"], defaults.pools["date"]);
         // The seed's example pools and their limits.
@@ -711,6 +736,17 @@ mod tests {
             (10, 2, 300, 20),
             "the seed's thresholds"
         );
+    }
+
+    #[test]
+    fn runtime_threads_leave_a_core_to_the_embedded_server() {
+        let auto = RuntimeConfig::default();
+        assert_eq!(auto.threads(2, true), 1);
+        assert_eq!(auto.threads(8, true), 7);
+        assert_eq!(auto.threads(2, false), 2);
+        assert_eq!(auto.threads(1, true), 1);
+        let set = RuntimeConfig { worker_threads: 3 };
+        assert_eq!(set.threads(2, true), 3);
     }
 
     #[test]

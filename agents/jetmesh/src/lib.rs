@@ -121,6 +121,19 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
     Ok(config)
 }
 
+/// Threads for this process's runtime (`runtime.worker_threads`): the
+/// commands that start the embedded nats-server leave it a core.
+pub fn worker_threads(cli: &Cli) -> usize {
+    let config = load_config(cli).unwrap_or_default();
+    let embedded = config.nats.url.is_empty()
+        && matches!(
+            cli.command,
+            Command::Up(_) | Command::Demo(_) | Command::Bench(_)
+        );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    config.runtime.threads(cores, embedded)
+}
+
 /// Runs the parsed command; the process exit code is the returned value.
 pub async fn main(cli: Cli) -> Result<i32> {
     let config = load_config(&cli)?;

@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
     }
     let cli = jetmesh::Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(jetmesh::worker_threads(&cli))
         .enable_all()
         .build()
         .expect("tokio runtime");

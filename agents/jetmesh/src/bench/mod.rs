@@ -13,6 +13,7 @@ use crate::embedded::EmbeddedServer;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures::StreamExt;
+use jetmesh_shared::config::NatsConfig;
 use jetmesh_shared::wire::{Plan, SubmitRequest, Subtask};
 use jetmesh_shared::{CancellationToken, Config, EventKind, Mesh, registry};
 use serde_json::json;
@@ -147,7 +148,7 @@ async fn measure(
     // A small uncounted round first: the first plan of a fresh server pays for
     // its page cache and stream files (the first round ran up to 40 % slower).
     eprintln!("warm-up: 1000 raw messages, 1000 single tasks, a plan of 500 ...");
-    raw_loop(&client, 1000, args.workers).await?;
+    raw_loop_alone(&config.nats, 1000, args.workers).await?;
     single_tasks(&mesh, 1000).await?;
     big_plan(&mesh, 500).await?;
 
@@ -162,7 +163,7 @@ async fn measure(
             args.tasks, args.workers
         );
         let meter = CpuMeter::start(server_pid);
-        raw.push(raw_loop(&client, args.tasks, args.workers).await?);
+        raw.push(raw_loop_alone(&config.nats, args.tasks, args.workers).await?);
         cpu[0].push(meter.per_thousand(args.tasks));
         eprintln!("    {:.0} msg/s", raw.last().unwrap_or(&0.0));
 
@@ -307,6 +308,22 @@ async fn publish_all(
         ack?;
     }
     Ok(())
+}
+
+/// (a) at its best: on its own connection and its own runtime with one
+/// thread per core, whatever the mesh's runtime has (`runtime.worker_threads`).
+async fn raw_loop_alone(nats: &NatsConfig, n: usize, workers: usize) -> Result<f64> {
+    let nats = nats.clone();
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let client = jetmesh_shared::mesh::connect(&nats, "bench-raw").await?;
+                raw_loop(&client, n, workers).await
+            })
+    })
+    .await?
 }
 
 /// (a): publish → pull → KV put → ack, `workers` messages at a time.
