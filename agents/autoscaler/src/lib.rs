@@ -40,8 +40,15 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(instance = %instance, "This autoscaler leads: it watches pools and worker health.");
         let monitor = health::Monitor::new(mesh.clone(), lease.clone(), registry.clone());
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
-            _ = lease.lost() => tracing::warn!(instance = %instance, "The autoscaler lease was lost; standing by."),
+            _ = lease.lost() => {
+                // Released by this very shutdown: not worth a warning.
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                tracing::warn!(instance = %instance, "The autoscaler lease was lost; standing by.");
+            }
             r = monitor.run() => if let Err(error) = r {
                 tracing::warn!(%error, "The health monitor stopped; it restarts.");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -136,8 +136,11 @@ async fn lead(mesh: &Mesh, lease: &Lease, shutdown: &CancellationToken) -> Resul
     let epics = tokio::spawn(epic::orchestrate(mesh.clone(), lease.clone(), stop.clone()));
     resume_plans(mesh, lease).await;
     tokio::select! {
+        biased;
         _ = stop.cancelled() => {}
-        _ = lease.lost() => tracing::warn!("The chief lost its lease; it relays plans to the next leader."),
+        _ = lease.lost() => if !stop.is_cancelled() {
+            tracing::warn!("The chief lost its lease; it relays plans to the next leader.");
+        },
     }
     stop.cancel();
     let _ = reports.await;
