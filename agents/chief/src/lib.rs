@@ -577,7 +577,13 @@ async fn follow_reports(mesh: Mesh, lease: Lease, shutdown: CancellationToken) {
                     let _ = msg.ack().await;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, plan_id, "Cannot mark a plan reported; it will be retried.");
+                    // At shutdown the lease is already given up: the next
+                    // leader marks it, which is no news.
+                    if shutdown.is_cancelled() {
+                        tracing::debug!(%error, plan_id, "A plan is left for the next leader to mark reported.");
+                    } else {
+                        tracing::warn!(%error, plan_id, "Cannot mark a plan reported; it will be retried.");
+                    }
                     let _ = msg
                         .ack_with(async_nats::jetstream::AckKind::Nak(Some(
                             Duration::from_secs(1),
