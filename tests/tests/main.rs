@@ -10,6 +10,7 @@ mod epics;
 mod failover;
 mod flow;
 mod foreign_worker;
+mod ingest;
 mod k8s_manifests;
 mod late_roles;
 mod overload;
