@@ -73,12 +73,40 @@ pub async fn git_dir(workdir: &Path) -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out).trim()))
 }
 
+/// Copies a git index and keeps its modification time: git trusts a file's
+/// size and mtime only when they are older than the index file, and rehashes
+/// the rest ("racy git"). A copy stamped now would make a file changed in
+/// the same clock tick as the index was written look unchanged.
+async fn copy_index(from: &Path, to: &Path) {
+    let from = from.to_path_buf();
+    let to = to.to_path_buf();
+    let copied = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let modified = std::fs::metadata(&from)?.modified()?;
+        std::fs::copy(&from, &to)?;
+        let stamped = std::fs::File::options()
+            .write(true)
+            .open(&to)
+            .and_then(|f| f.set_modified(modified));
+        if stamped.is_err() {
+            // Better no index (every file rehashed) than a wrongly dated one.
+            let _ = std::fs::remove_file(&to);
+        }
+        stamped
+    })
+    .await;
+    if let Ok(Err(error)) = copied
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::debug!(%error, "Cannot copy the git index; the snapshot rehashes every file.");
+    }
+}
+
 /// Snapshots the working tree.
 pub async fn snapshot(workdir: &Path) -> Result<Snapshot> {
     let gitdir = git_dir(workdir).await?;
     let index = gitdir.join(format!("jetmesh-index-{}", jetmesh_shared::ids::generate()));
     // Starting from the real index lets git skip rehashing unchanged files.
-    let _ = tokio::fs::copy(gitdir.join("index"), &index).await;
+    copy_index(&gitdir.join("index"), &index).await;
     let result = async {
         git(workdir, Some(&index), &["add", "-A", "--", "."]).await?;
         let out = git(workdir, Some(&index), &["write-tree"]).await?;
