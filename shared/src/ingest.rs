@@ -107,7 +107,7 @@ async fn run(client: async_nats::Client, mut rx: mpsc::Receiver<Item>, on: Arc<A
             let _ = first.done.send(false);
             continue;
         }
-        let mut batch = match Batch::open(&client, flow).await {
+        let mut batch = match Batch::open(&client, flow, on.clone()).await {
             Ok(b) => b,
             Err(reason) => {
                 tracing::info!(
@@ -141,7 +141,6 @@ async fn run(client: async_nats::Client, mut rx: mpsc::Receiver<Item>, on: Arc<A
                 "The queue stream does not take fast-ingest batches (nats-server 2.14 and \
                  `allow_batched` are needed); queue publishes go one by one."
             );
-            on.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -182,12 +181,18 @@ struct Batch {
     ended: bool,
     /// The server or stream does not take batches.
     refused: bool,
+    /// The handle's switch, turned off on refusal before anyone is told.
+    on: Arc<AtomicBool>,
     pending: VecDeque<(u64, oneshot::Sender<bool>)>,
     first_subject: Option<Subject>,
 }
 
 impl Batch {
-    async fn open(client: &async_nats::Client, flow: u16) -> Result<Batch, String> {
+    async fn open(
+        client: &async_nats::Client,
+        flow: u16,
+        on: Arc<AtomicBool>,
+    ) -> Result<Batch, String> {
         let inbox = client.new_inbox();
         // The server reads the reply subject from the right and expects the
         // batch id to be the inbox's second token.
@@ -209,6 +214,7 @@ impl Batch {
             started: false,
             ended: false,
             refused: false,
+            on,
             pending: VecDeque::new(),
             first_subject: None,
         })
@@ -335,10 +341,7 @@ impl Batch {
                 "A fast-ingest batch stops early."
             ),
             (None, Some(error)) => match error.err_code {
-                DISABLED | INVALID_PATTERN => {
-                    self.refused = true;
-                    self.end();
-                }
+                DISABLED | INVALID_PATTERN => self.refuse(),
                 INVALID_BATCH_ID | UNKNOWN_BATCH_ID | TOO_MANY_INFLIGHT => {
                     if !self.ended {
                         tracing::debug!(error = %error.description, "A fast-ingest batch was dropped by the server.");
@@ -363,8 +366,7 @@ impl Batch {
                     if let Some(seq) = reply_seq(subject) {
                         self.confirm_one(seq);
                     }
-                    self.refused = true;
-                    self.end();
+                    self.refuse();
                 }
                 _ => {}
             },
@@ -387,6 +389,13 @@ impl Batch {
         {
             let _ = done.send(true);
         }
+    }
+
+    /// The server does not take batches: off for the handle, then over.
+    fn refuse(&mut self) {
+        self.refused = true;
+        self.on.store(false, Ordering::Relaxed);
+        self.end();
     }
 
     /// The batch is over: whatever is unconfirmed goes the ordinary way.
