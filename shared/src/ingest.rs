@@ -300,7 +300,7 @@ impl Batch {
     /// Handles what already arrived, without waiting.
     fn drain(&mut self) {
         while let Some(Some(msg)) = self.sub.next().now_or_never() {
-            self.handle(&msg.subject, &msg.payload);
+            self.handle(&msg);
         }
     }
 
@@ -308,7 +308,7 @@ impl Batch {
     async fn wait(&mut self) -> bool {
         match tokio::time::timeout(ACK_TIMEOUT, self.sub.next()).await {
             Ok(Some(msg)) => {
-                self.handle(&msg.subject, &msg.payload);
+                self.handle(&msg);
                 true
             }
             _ => {
@@ -318,7 +318,16 @@ impl Batch {
         }
     }
 
-    fn handle(&mut self, subject: &str, payload: &[u8]) {
+    fn handle(&mut self, msg: &async_nats::Message) {
+        let (subject, payload) = (msg.subject.as_str(), &msg.payload);
+        // A status instead of a reply: no stream took the message (no
+        // responders while a stream leader is elected, say). The batch is
+        // over; the caller's ordinary publish retries with backoff.
+        if let Some(status) = msg.status {
+            tracing::debug!(%status, subject, "A fast-ingest message got a status, not an ack.");
+            self.end();
+            return;
+        }
         let Ok(reply) = serde_json::from_slice::<Reply>(payload) else {
             tracing::debug!(subject, "An unreadable fast-ingest reply was ignored.");
             return;
