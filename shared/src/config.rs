@@ -229,10 +229,6 @@ pub struct RouterConfig {
     /// New work for a capability whose pools have no live worker: `fail`
     /// answers `no_workers` at once; `wait` queues it until a worker starts.
     pub when_no_workers: WhenNoWorkers,
-    /// Queue a plan's tasks in fast-ingest batches (one JetStream ack per
-    /// hundred tasks instead of one per task; nats-server 2.14 or later,
-    /// otherwise the router falls back to one publish per task).
-    pub fast_ingest: bool,
 }
 
 impl Default for RouterConfig {
@@ -243,7 +239,6 @@ impl Default for RouterConfig {
             strategy: Strategy::Match,
             strategies: BTreeMap::new(),
             when_no_workers: WhenNoWorkers::Fail,
-            fast_ingest: true,
         }
     }
 }

@@ -3,8 +3,7 @@
 //! every subject and bucket name ([`names`]), error codes ([`error`]), id rules
 //! ([`ids`]), leader leases ([`lease`]), plan validation ([`plan`]), configuration ([`config`]), the
 //! connection and stream setup ([`mesh`]), the live capability view
-//! ([`registry`]), service API registration ([`service`]), fast-ingest batch
-//! publishing ([`ingest`]) and telemetry.
+//! ([`registry`]), service API registration ([`service`]) and telemetry.
 //! Roles depend on this crate and never on each other.
 
 pub mod codec;
@@ -15,7 +14,6 @@ pub mod epic;
 pub mod error;
 pub mod globs;
 pub mod ids;
-pub mod ingest;
 pub mod lease;
 pub mod mail;
 pub mod mesh;

@@ -107,8 +107,6 @@ impl Mesh {
                 subjects: names.queues_subjects(),
                 retention: stream::RetentionPolicy::WorkQueue,
                 duplicate_window: dedupe,
-                // Routers queue a plan's tasks in fast-ingest batches.
-                allow_batch_publish: true,
                 ..Default::default()
             },
             stream::Config {

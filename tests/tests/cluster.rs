@@ -1,6 +1,6 @@
 //! A three-node NATS cluster with every stream and bucket at R3: the node
 //! leading the queue stream is killed (SIGKILL) in the middle of a run, with
-//! the router's fast-ingest batches in flight, and nothing is lost. Bounded in time; cleaned up on drop.
+//! the router still releasing held tasks, and nothing is lost. Bounded in time; cleaned up on drop.
 
 use jetmesh_shared::Config;
 use jetmesh_tests::{InProcessMesh, NatsCluster, Workload, sim_config};
@@ -10,8 +10,7 @@ fn config(url: &str) -> Config {
     let mut c = sim_config(url, 8);
     c.mesh.replicas = 3;
     // A small queue window: the router holds most plan tasks and releases
-    // them in fast-ingest batches while the run goes on, so the kill lands
-    // on batches in flight (their unconfirmed tasks go out one by one).
+    // them while the run goes on, so the kill lands on dispatches in flight.
     if let Some(sim) = c.pools.get_mut("sim") {
         sim.queue_window = 16;
     }

@@ -10,7 +10,6 @@ mod epics;
 mod failover;
 mod flow;
 mod foreign_worker;
-mod ingest;
 mod k8s_manifests;
 mod late_roles;
 mod overload;

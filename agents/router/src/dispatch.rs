@@ -3,15 +3,11 @@
 //! message the way the pool asked for, and publish it to
 //! `mesh.queue.<pool>.<priority>` with `Nats-Msg-Id = <plan>.<task>` so that a
 //! task dispatched twice (retry, restart, two routers) is stored once.
-//! The tasks of plans go out in fast-ingest batches ([`Ingest`]); a task a
-//! batch did not confirm is published again on its own.
 
 use crate::pick::Picker;
-use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use jetmesh_shared::error::{Context, Result};
-use jetmesh_shared::ingest::Ingest;
 use jetmesh_shared::wire::{Subtask, TaskMessageRef, TaskResult};
 use jetmesh_shared::{Error, Mesh, codec, telemetry};
 use std::time::Duration;
@@ -20,15 +16,6 @@ use std::time::Duration;
 pub struct Dispatcher {
     pub mesh: Mesh,
     pub picker: Picker,
-    pub bulk: Ingest,
-}
-
-/// A task message ready for its queue.
-struct Queued {
-    pool: String,
-    subject: String,
-    headers: HeaderMap,
-    payload: bytes::Bytes,
 }
 
 impl Dispatcher {
@@ -43,18 +30,6 @@ impl Dispatcher {
         deadline: Option<jiff::Timestamp>,
         fresh: bool,
     ) -> Result<PublishAckFuture> {
-        let queued = self.prepare(plan_id, task, deadline, fresh).await?;
-        self.publish(queued).await
-    }
-
-    /// Picks the pool, waits for room in its queue window and encodes.
-    async fn prepare(
-        &self,
-        plan_id: &str,
-        task: &Subtask,
-        deadline: Option<jiff::Timestamp>,
-        fresh: bool,
-    ) -> Result<Queued> {
         let (entry, reserved) = self.picker.pick(task, fresh).await?;
         self.picker
             .gate
@@ -66,60 +41,24 @@ impl Dispatcher {
             attempt: 1,
             deadline,
         };
-        let mut headers = entry.encoding.headers().unwrap_or_default();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            self.mesh.names.dispatch_msg_id(plan_id, &task.id).as_str(),
-        );
-        Ok(Queued {
-            pool: entry.pool.clone(),
-            subject: self.mesh.names.queue(&entry.pool, task.priority),
-            headers,
-            payload: entry.encoding.encode(&message)?,
-        })
-    }
-
-    /// The ordinary publish: one JetStream ack for this message.
-    async fn publish(&self, queued: Queued) -> Result<PublishAckFuture> {
-        let message = PublishMessage::build()
-            .payload(queued.payload)
-            .headers(queued.headers);
+        let mut publish = PublishMessage::build()
+            .payload(entry.encoding.encode(&message)?)
+            .message_id(self.mesh.names.dispatch_msg_id(plan_id, &task.id));
+        if let Some(headers) = entry.encoding.headers() {
+            for (name, values) in headers.iter() {
+                for v in values {
+                    publish = publish.header(name.clone(), v.clone());
+                }
+            }
+        }
         let ack = self
             .mesh
             .js
-            .send_publish(queued.subject, message)
+            .send_publish(self.mesh.names.queue(&entry.pool, task.priority), publish)
             .await
             .context("cannot publish a task")?;
-        metrics::counter!(telemetry::TASKS_DISPATCHED, "pool" => queued.pool).increment(1);
+        metrics::counter!(telemetry::TASKS_DISPATCHED, "pool" => entry.pool.clone()).increment(1);
         Ok(ack)
-    }
-
-    /// Queues a plan's task in the current fast-ingest batch, or on its own
-    /// when the batch does not confirm it.
-    async fn send_bulk(
-        &self,
-        plan_id: &str,
-        task: &Subtask,
-        deadline: Option<jiff::Timestamp>,
-    ) -> Result<()> {
-        let queued = self.prepare(plan_id, task, deadline, false).await?;
-        let stored = self
-            .bulk
-            .publish(
-                queued.subject.clone().into(),
-                queued.headers.clone(),
-                queued.payload.clone(),
-            )
-            .await;
-        if stored {
-            metrics::counter!(telemetry::TASKS_DISPATCHED, "pool" => queued.pool).increment(1);
-        } else {
-            self.publish(queued)
-                .await?
-                .await
-                .context("task not stored")?;
-        }
-        Ok(())
     }
 
     /// Dispatches, retrying transient failures until stored or `give_up` passes.
@@ -128,13 +67,9 @@ impl Dispatcher {
     pub async fn dispatch(&self, plan_id: &str, task: &Subtask, deadline: Option<jiff::Timestamp>) {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=20 {
-            let outcome = if attempt == 1 && self.bulk.enabled() {
-                self.send_bulk(plan_id, task, deadline).await
-            } else {
-                match self.send(plan_id, task, deadline, false).await {
-                    Ok(ack) => ack.await.context("task not stored").map(|_| ()),
-                    Err(e) => Err(e),
-                }
+            let outcome = match self.send(plan_id, task, deadline, false).await {
+                Ok(ack) => ack.await.context("task not stored").map(|_| ()),
+                Err(e) => Err(e),
             };
             match outcome {
                 Ok(()) => return,

@@ -19,7 +19,6 @@ use futures::StreamExt;
 use gate::Gate;
 use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::error::{Context, Result};
-use jetmesh_shared::ingest::Ingest;
 use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::pools::PoolView;
 use jetmesh_shared::registry::Registry;
@@ -53,7 +52,6 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         dispatcher: Dispatcher {
             mesh: mesh.clone(),
             picker: Picker::new(mesh.clone(), registry, view, gate.clone()),
-            bulk: Ingest::start(mesh.client.clone(), mesh.config.router.fast_ingest),
         },
         mesh: mesh.clone(),
         plans: Arc::default(),
