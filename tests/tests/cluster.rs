@@ -1,6 +1,7 @@
 //! A three-node NATS cluster with every stream and bucket at R3: the node
 //! leading the queue stream is killed (SIGKILL) in the middle of a run, with
-//! the router still releasing held tasks, and nothing is lost. Bounded in time; cleaned up on drop.
+//! the router still releasing held tasks, and nothing is lost. Bounded in
+//! time; cleaned up on drop.
 
 use jetmesh_shared::Config;
 use jetmesh_tests::{InProcessMesh, NatsCluster, Workload, sim_config};
