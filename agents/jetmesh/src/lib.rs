@@ -123,8 +123,7 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
 
 /// Threads for this process's runtime (`runtime.worker_threads`): the
 /// commands that start the embedded nats-server leave it a core.
-pub fn worker_threads(cli: &Cli) -> usize {
-    let config = load_config(cli).unwrap_or_default();
+pub fn worker_threads(cli: &Cli, config: &Config) -> usize {
     let embedded = config.nats.url.is_empty()
         && matches!(
             cli.command,
@@ -134,9 +133,9 @@ pub fn worker_threads(cli: &Cli) -> usize {
     config.runtime.threads(cores, embedded)
 }
 
-/// Runs the parsed command; the process exit code is the returned value.
-pub async fn main(cli: Cli) -> Result<i32> {
-    let config = load_config(&cli)?;
+/// Runs the parsed command with its loaded `config` ([`load_config`]); the
+/// process exit code is the returned value.
+pub async fn main(cli: Cli, config: Config) -> Result<i32> {
     // Commands for people print their own output; keep role logs to warnings
     // unless asked (RUST_LOG or telemetry.log).
     let quiet = !matches!(

@@ -10,12 +10,15 @@ fn main() -> std::process::ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = jetmesh::Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(jetmesh::worker_threads(&cli))
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(jetmesh::main(cli)) {
+    let outcome = jetmesh::load_config(&cli).and_then(|config| {
+        // The config sizes the runtime, so it is read before the runtime starts.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(jetmesh::worker_threads(&cli, &config))
+            .enable_all()
+            .build()?;
+        runtime.block_on(jetmesh::main(cli, config))
+    });
+    match outcome {
         Ok(code) => std::process::ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
