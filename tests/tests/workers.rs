@@ -293,3 +293,65 @@ async fn a_long_task_is_kept_by_progress_acks_and_a_clean_stop_is_not_a_death() 
     }
     stop.cancel();
 }
+
+/// Tasks a worker holds while its slots are busy must not outlive their ack
+/// wait there. One slot, an ack wait of 2 s. Quick tasks first, so the worker
+/// prefetches (it holds a task beyond its free slot); then three tasks of
+/// 2.5 s: the second is held while the first runs, longer than the ack wait,
+/// and must be kept alive, not delivered again. After a slow task the worker
+/// stops prefetching, so the third stays in the queue. Every task is
+/// delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_waiting_for_a_busy_slot_are_not_redelivered() {
+    let server = NatsServer::start();
+    let mut config = jetmesh_tests::test_config(&server.url());
+    config.pools.clear();
+    let mut hold = jetmesh_shared::config::PoolConfig::new("sim", 1);
+    hold.max = 1;
+    hold.ack_wait_secs = ACK_WAIT_SECS;
+    config.pools.insert("hold".into(), hold);
+    let m = jetmesh_tests::InProcessMesh::start(config).await;
+    let client = server.client().await;
+    let run = |id: &str, action: &str, n: usize| {
+        let plan = serde_json::json!({
+            "plan_id": id,
+            "wait": true,
+            "subtasks": (1..=n)
+                .map(|i| serde_json::json!({"id": format!("t{i}"), "type": "sim", "action": action, "ms": 2500}))
+                .collect::<Vec<_>>(),
+        });
+        let client = client.clone();
+        async move {
+            let reply = client
+                .send_request(
+                    "mesh.plans.submit",
+                    async_nats::Request::new()
+                        .payload(plan.to_string().into())
+                        .timeout(Some(Duration::from_secs(40))),
+                )
+                .await
+                .expect("the plan finishes in time");
+            let report: jetmesh_shared::wire::Report =
+                serde_json::from_slice(&reply.payload).unwrap();
+            assert_eq!((report.completed, report.failed), (n, 0), "{report:?}");
+            for t in &report.tasks {
+                assert_eq!(t.attempt, 1, "task {} was delivered again: {t:?}", t.id);
+            }
+        }
+    };
+    run("quick", "echo", 5).await;
+    run("held", "sleep", 3).await;
+    let info = m
+        .mesh
+        .js
+        .get_stream(m.mesh.names.queues_stream())
+        .await
+        .unwrap()
+        .consumer_info(m.mesh.names.pool_consumer("hold"))
+        .await
+        .unwrap();
+    assert_eq!(
+        info.delivered.consumer_sequence, 8,
+        "eight tasks, eight deliveries: {info:?}"
+    );
+}

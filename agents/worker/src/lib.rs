@@ -5,6 +5,7 @@ pub mod capability;
 pub mod caps;
 pub mod liveness;
 pub mod pool;
+pub mod pull;
 
 pub use pool::run;
 
