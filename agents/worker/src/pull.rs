@@ -9,10 +9,18 @@
 //!
 //! Credit is asked for at once when nothing is asked, otherwise in chunks of
 //! half the window, so a busy pool sends one pull request per half window.
-//! Requests expire, and carry idle heartbeats: when neither a task nor a
-//! heartbeat comes for three heartbeats, the requests are taken as lost (a
-//! reconnect, a restarted server, a new stream leader) and asked again; a
-//! task from a request taken as lost that was not is held like any other.
+//! The open requests are counted one by one (the server fills them in order),
+//! so credit lost with a request comes back:
+//! - a request the server ends (expired, or cut short by a new stream
+//!   leader) says so with a 408 or 409 status;
+//! - every request dies with the connection: after a reconnect, once the
+//!   consumer answers again (JetStream may still be recovering), all are
+//!   asked again;
+//! - a request that is neither filled nor ended by the server a moment after
+//!   it expired, and all of them when neither a task nor an idle heartbeat
+//!   came for three heartbeats, are taken as lost.
+//!
+//! A task from a request taken as lost that was not is held like any other.
 
 use crate::liveness::{Slot, Slots};
 use async_nats::jetstream::consumer::{Consumer, pull};
@@ -22,6 +30,7 @@ use futures::StreamExt;
 use jetmesh_shared::error::{Context, Error, ErrorCode, Result};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -29,6 +38,17 @@ use tokio::time::Instant;
 const EXPIRES: Duration = Duration::from_secs(10);
 /// How often the server says an open request is still there.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often the connection's state is looked at.
+const STATE_CHECK: Duration = Duration::from_millis(100);
+/// How long after its expiry a request the server did not end is taken as lost.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// An open pull request.
+struct Open {
+    expires: Instant,
+    /// Tasks it may still bring.
+    left: usize,
+}
 
 pub struct Puller {
     consumer: Consumer<pull::Config>,
@@ -40,12 +60,16 @@ pub struct Puller {
     /// Tasks in hand waiting for a slot, in the order they came, each with
     /// when it was last kept alive.
     held: VecDeque<(Message, Instant)>,
-    /// Tasks asked for and not received yet.
-    asked: usize,
+    /// Open requests, oldest first.
+    open: VecDeque<Open>,
     /// When the server was last heard on the inbox.
     heard: Instant,
     /// A held task gets an in-progress ack this often.
     keep_alive: Duration,
+    client: async_nats::Client,
+    /// Connections made so far (a reconnect adds one).
+    connects: u64,
+    next_state_check: Instant,
 }
 
 impl Puller {
@@ -67,9 +91,12 @@ impl Puller {
             sub,
             ready: Vec::new(),
             held: VecDeque::new(),
-            asked: 0,
+            open: VecDeque::new(),
             heard: Instant::now(),
             keep_alive: ack_wait / 2,
+            connects: client.statistics().connects.load(Ordering::Relaxed),
+            client,
+            next_state_check: Instant::now() + STATE_CHECK,
         })
     }
 
@@ -86,12 +113,17 @@ impl Puller {
                 return Ok((msg, slot));
             }
             let window = self.ready.len() + prefetch;
-            let credit = window.saturating_sub(self.held.len() + self.asked);
-            let idle = self.asked == 0 && self.held.is_empty();
+            let asked = self.asked();
+            let credit = window.saturating_sub(self.held.len() + asked);
+            let idle = asked == 0 && self.held.is_empty();
             if credit > 0 && (idle || credit >= ((slots.count() + prefetch) / 2).max(1)) {
                 self.ask(credit).await?;
             }
-            let silent = self.heard + HEARTBEAT * 3;
+            // The next moment requests may be taken as lost.
+            let lost = self
+                .open
+                .front()
+                .map(|r| (r.expires + GRACE).min(self.heard + HEARTBEAT * 3));
             let due = self.held.iter().map(|(_, at)| *at + self.keep_alive).min();
             tokio::select! {
                 biased;
@@ -103,15 +135,58 @@ impl Puller {
                 slot = slots.acquire(), if self.ready.len() < slots.count() => {
                     self.ready.push(slot);
                 }
-                _ = tokio::time::sleep_until(due.unwrap_or(silent)), if due.is_some() => {
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     self.keep_held_alive().await;
                 }
-                _ = tokio::time::sleep_until(silent), if self.asked > 0 => {
-                    tracing::debug!(asked = self.asked, "No word on the pull requests; asking again.");
-                    self.asked = 0;
+                _ = tokio::time::sleep_until(lost.unwrap_or_else(Instant::now)), if lost.is_some() => {
+                    self.drop_lost();
+                }
+                _ = tokio::time::sleep_until(self.next_state_check) => {
+                    self.next_state_check = Instant::now() + STATE_CHECK;
+                    self.check_connection().await;
                 }
             }
         }
+    }
+
+    fn asked(&self) -> usize {
+        self.open.iter().map(|r| r.left).sum()
+    }
+
+    /// Forgets the requests that are past their time (see the module docs).
+    fn drop_lost(&mut self) {
+        let now = Instant::now();
+        if self.heard + HEARTBEAT * 3 <= now {
+            tracing::debug!(
+                asked = self.asked(),
+                "No word on the pull requests; asking again."
+            );
+            self.open.clear();
+        }
+        while self.open.front().is_some_and(|r| r.expires + GRACE <= now) {
+            self.open.pop_front();
+        }
+    }
+
+    /// After a reconnect, waits (a few seconds at most) until the consumer
+    /// answers, then asks for everything again: the requests made before are
+    /// gone with the old connection, or with the restarted server.
+    async fn check_connection(&mut self) {
+        let connects = self.client.statistics().connects.load(Ordering::Relaxed);
+        if connects == self.connects
+            || self.client.connection_state() != async_nats::connection::State::Connected
+        {
+            return;
+        }
+        self.connects = connects;
+        let mut delay = Duration::from_millis(50);
+        while self.consumer.get_info().await.is_err() && delay < Duration::from_secs(3) {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        tracing::debug!(asked = self.asked(), "Reconnected; asking for tasks again.");
+        self.open.clear();
+        self.heard = Instant::now();
     }
 
     async fn ask(&mut self, n: usize) -> Result<()> {
@@ -125,10 +200,13 @@ impl Puller {
             .request_batch(batch, self.inbox.clone())
             .await
             .map_err(|e| Error::unavailable("cannot ask for tasks", e))?;
-        if self.asked == 0 {
+        if self.open.is_empty() {
             self.heard = Instant::now();
         }
-        self.asked += n;
+        self.open.push_back(Open {
+            expires: Instant::now() + EXPIRES,
+            left: n,
+        });
         Ok(())
     }
 
@@ -141,7 +219,12 @@ impl Puller {
         };
         match m.status {
             None | Some(StatusCode::OK) => {
-                self.asked = self.asked.saturating_sub(1);
+                if let Some(r) = self.open.front_mut() {
+                    r.left -= 1;
+                    if r.left == 0 {
+                        self.open.pop_front();
+                    }
+                }
                 let msg = Message {
                     message: m,
                     context: self.js.clone(),
@@ -150,16 +233,15 @@ impl Puller {
                 Ok(())
             }
             Some(StatusCode::IDLE_HEARTBEAT) => Ok(()),
-            // A request that ended (expired, or cut short by a leader change)
-            // says how many of its tasks will not come.
+            // The oldest request ended (expired, or cut short by a leader
+            // change): the rest of it will not come.
             Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED) if pending(&m).is_some() => {
-                let left = pending(&m).unwrap_or_default();
-                self.asked = self.asked.saturating_sub(left);
+                self.open.pop_front();
                 Ok(())
             }
             status => {
                 // Refused as a whole: nothing asked so far will come.
-                self.asked = 0;
+                self.open.clear();
                 Err(Error::new(
                     ErrorCode::Unavailable,
                     format!(
