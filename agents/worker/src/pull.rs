@@ -109,7 +109,13 @@ impl Puller {
             if !self.held.is_empty()
                 && let Some(slot) = self.ready.pop()
             {
-                let (msg, _) = self.held.pop_front().expect("a held task");
+                let (msg, at) = self.held.pop_front().expect("a held task");
+                // The task's own in-progress acks start half an ack wait
+                // after it starts: one now if the last is not recent, so the
+                // gap between two never reaches the ack wait.
+                if at.elapsed() >= self.keep_alive / 2 {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
                 return Ok((msg, slot));
             }
             let window = self.ready.len() + prefetch;
