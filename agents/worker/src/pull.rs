@@ -101,9 +101,11 @@ impl Puller {
     }
 
     /// The next task, with the slot to run it in. `prefetch`: how many tasks
-    /// may be held beyond the free slots. Cancel-safe: slots and tasks in
-    /// hand stay there. Errors (`unavailable`): a request was refused as a
-    /// whole (the consumer deleted, a limit), or the subscription ended.
+    /// may be held beyond the free slots. Cancelling it (the pool does at
+    /// shutdown) keeps the slots and held tasks in hand for [`Puller::close`];
+    /// a task cancelled while it was being handed over comes back after its
+    /// ack wait. Errors (`unavailable`): a request was refused as a whole
+    /// (the consumer deleted, a limit), or the subscription ended.
     pub async fn next(&mut self, slots: &Arc<Slots>, prefetch: usize) -> Result<(Message, Slot)> {
         loop {
             if !self.held.is_empty()
