@@ -1,7 +1,7 @@
 //! The pool runtime. One process serves one pool with `workers` concurrent
 //! slots, all pulling from the pool's durable consumer `pool_<pool>` (competing
-//! consumers: start more processes to scale out), never more tasks than it has
-//! free slots ([`crate::pull`]). For each task it executes the
+//! consumers: start more processes to scale out), asking only for the tasks it
+//! can start soon ([`crate::pull`]). For each task it executes the
 //! capability action, writes the result to `mesh_results` with a KV create (the
 //! first terminal result of a task wins), then acks. Retryable failures nak with
 //! a backoff; permanent ones are recorded and acked. On shutdown it stops pulling,
