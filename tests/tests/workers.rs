@@ -322,17 +322,14 @@ async fn tasks_waiting_for_a_busy_slot_are_not_redelivered() {
         });
         let client = client.clone();
         async move {
-            let reply = client
-                .send_request(
-                    "mesh.plans.submit",
-                    async_nats::Request::new()
-                        .payload(plan.to_string().into())
-                        .timeout(Some(Duration::from_secs(40))),
-                )
-                .await
-                .expect("the plan finishes in time");
-            let report: jetmesh_shared::wire::Report =
-                serde_json::from_slice(&reply.payload).unwrap();
+            let reply = jetmesh_tests::request_json(
+                &client,
+                "mesh.plans.submit",
+                &plan,
+                Duration::from_secs(40),
+            )
+            .await;
+            let report: jetmesh_shared::wire::Report = serde_json::from_value(reply).unwrap();
             assert_eq!((report.completed, report.failed), (n, 0), "{report:?}");
             for t in &report.tasks {
                 assert_eq!(t.attempt, 1, "task {} was delivered again: {t:?}", t.id);

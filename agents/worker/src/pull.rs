@@ -218,13 +218,18 @@ impl Puller {
         Ok(())
     }
 
+    fn task(&self, message: async_nats::Message) -> Message {
+        Message {
+            message,
+            context: self.js.clone(),
+        }
+    }
+
     fn on_message(&mut self, m: async_nats::Message) -> Result<()> {
-        let pending = |m: &async_nats::Message| {
-            m.headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Pending-Messages"))
-                .and_then(|v| v.as_str().parse::<usize>().ok())
-        };
+        let ended = m
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get("Nats-Pending-Messages").is_some());
         match m.status {
             None | Some(StatusCode::OK) => {
                 if let Some(r) = self.open.front_mut() {
@@ -233,17 +238,14 @@ impl Puller {
                         self.open.pop_front();
                     }
                 }
-                let msg = Message {
-                    message: m,
-                    context: self.js.clone(),
-                };
+                let msg = self.task(m);
                 self.held.push_back((msg, Instant::now()));
                 Ok(())
             }
             Some(StatusCode::IDLE_HEARTBEAT) => Ok(()),
             // The oldest request ended (expired, or cut short by a leader
             // change): the rest of it will not come.
-            Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED) if pending(&m).is_some() => {
+            Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED) if ended => {
                 self.open.pop_front();
                 Ok(())
             }
@@ -288,11 +290,7 @@ impl Puller {
             tokio::time::timeout(Duration::from_millis(50), self.sub.next()).await
         {
             if matches!(m.status, None | Some(StatusCode::OK)) {
-                let msg = Message {
-                    message: m,
-                    context: self.js.clone(),
-                };
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                let _ = self.task(m).ack_with(AckKind::Nak(None)).await;
                 handed_back += 1;
             }
         }
