@@ -29,6 +29,8 @@ pub struct Config {
     pub chief: ChiefConfig,
     /// The router role.
     pub router: RouterConfig,
+    /// The aggregator role.
+    pub aggregator: AggregatorConfig,
     /// Leader leases of singleton roles.
     pub leases: LeaseConfig,
     /// Worker heartbeats and dead-worker detection.
@@ -56,6 +58,7 @@ impl Default for Config {
             mesh: MeshConfig::default(),
             chief: ChiefConfig::default(),
             router: RouterConfig::default(),
+            aggregator: AggregatorConfig::default(),
             leases: LeaseConfig::default(),
             health: HealthConfig::default(),
             autoscaler: AutoscalerConfig::default(),
@@ -209,6 +212,29 @@ impl Default for ChiefConfig {
         ChiefConfig {
             wait_timeout_ms: 300_000,
             planner_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The aggregator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Most bytes of results the aggregator keeps, across running plans, to
+    /// hand to the summary in one piece (a plan's result bundle). A plan that
+    /// does not fit gets none, and the summary reads its results from
+    /// `mesh_results`. 0 turns bundles off.
+    pub bundle_budget_bytes: usize,
+    /// Largest bundle part stored in `mesh_plans`; 0 means the server's
+    /// maximum payload less 4 KiB.
+    pub bundle_part_bytes: usize,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            bundle_budget_bytes: 64 * 1024 * 1024,
+            bundle_part_bytes: 0,
         }
     }
 }

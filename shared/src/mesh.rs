@@ -470,7 +470,7 @@ impl Mesh {
         &self,
         plan_id: &str,
         stop: CancellationToken,
-        on_result: impl Fn(&str, bool) + Send + 'static,
+        on_result: impl Fn(&str, bool, &bytes::Bytes) + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
         let results = self.results.clone();
         let filter = self.names.task_key_plan(plan_id);
@@ -495,7 +495,7 @@ impl Mesh {
                             if let Some((_, task)) = crate::names::parse_task_key(&entry.key) {
                                 let ok = codec::from_json::<ResultStatus>(&entry.value)
                                     .is_ok_and(|r| r.status == TaskStatus::Success);
-                                on_result(task, ok);
+                                on_result(task, ok, &entry.value);
                             }
                         }
                         Some(Ok(_)) => {}

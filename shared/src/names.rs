@@ -483,6 +483,11 @@ impl Names {
         "task.*.*".to_string()
     }
 
+    /// Part `n` of a plan's result bundle, in `mesh_plans`.
+    pub fn bundle_key(&self, plan_id: &str, part: u32) -> String {
+        format!("bundle.{plan_id}.{part}")
+    }
+
     pub fn report_key(&self, plan_id: &str) -> String {
         format!("report.{plan_id}")
     }

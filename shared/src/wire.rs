@@ -430,6 +430,113 @@ pub struct AggregationReady {
     pub completed: usize,
     pub failed: usize,
     pub at: Timestamp,
+    /// How many parts of the plan's [`ResultBundle`] the aggregator stored in
+    /// `mesh_plans` (`bundle.<plan_id>.<n>`, n from 0); 0 when there is none
+    /// and the results are read from `mesh_results`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub bundle_parts: u32,
+}
+
+/// The results of one plan as the aggregator counted them, handed to the
+/// summary so that it needs no scan of `task.<plan_id>.*`. The first result
+/// counted for each task is the one kept, as in the plan's counts.
+///
+/// Each part starts with a version byte (1), then frames: task id length
+/// (u16, little-endian), task id, value length (u32, little-endian), the
+/// result as stored. A part holds whole frames, so each decodes alone.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ResultBundle {
+    frames: Vec<u8>,
+    /// Where each frame starts in `frames`.
+    starts: Vec<usize>,
+}
+
+impl ResultBundle {
+    const VERSION: u8 = 1;
+
+    /// Bytes one result adds.
+    pub fn frame_len(task_id: &str, value: &[u8]) -> usize {
+        6 + task_id.len() + value.len()
+    }
+
+    pub fn push(&mut self, task_id: &str, value: &[u8]) {
+        self.starts.push(self.frames.len());
+        self.frames
+            .extend_from_slice(&(task_id.len() as u16).to_le_bytes());
+        self.frames.extend_from_slice(task_id.as_bytes());
+        self.frames
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.frames.extend_from_slice(value);
+    }
+
+    /// Bytes held.
+    pub fn size(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Splits into parts of at most `max` bytes; `None` when one result alone
+    /// does not fit.
+    pub fn parts(&self, max: usize) -> Option<Vec<bytes::Bytes>> {
+        let mut parts = Vec::new();
+        let mut part = vec![Self::VERSION];
+        for (i, &start) in self.starts.iter().enumerate() {
+            let end = self.starts.get(i + 1).copied().unwrap_or(self.frames.len());
+            let frame = &self.frames[start..end];
+            if 1 + frame.len() > max {
+                return None;
+            }
+            if part.len() + frame.len() > max {
+                parts.push(std::mem::replace(&mut part, vec![Self::VERSION]).into());
+            }
+            part.extend_from_slice(frame);
+        }
+        if part.len() > 1 || parts.is_empty() {
+            parts.push(part.into());
+        }
+        Some(parts)
+    }
+
+    /// The (task id, stored result) pairs of one part. Errors: `bad_request`
+    /// when the part is not a well-formed version 1 part.
+    pub fn decode(part: &[u8]) -> Result<Vec<(&str, &[u8])>, Error> {
+        let bad = |what: &str| {
+            Error::new(
+                ErrorCode::BadRequest,
+                format!("a result bundle part is malformed: {what}"),
+            )
+        };
+        let Some((&version, mut rest)) = part.split_first() else {
+            return Err(bad("it is empty"));
+        };
+        if version != Self::VERSION {
+            return Err(bad(&format!("unknown version {version}")));
+        }
+        fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, tail) = rest.split_at_checked(n)?;
+            *rest = tail;
+            Some(head)
+        }
+        let cut = || bad("a frame is cut short");
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let n = take(&mut rest, 2).ok_or_else(cut)?;
+            let n = u16::from_le_bytes([n[0], n[1]]) as usize;
+            let id = std::str::from_utf8(take(&mut rest, n).ok_or_else(cut)?)
+                .map_err(|_| bad("a task id is not UTF-8"))?;
+            let n = take(&mut rest, 4).ok_or_else(cut)?;
+            let n = u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize;
+            out.push((id, take(&mut rest, n).ok_or_else(cut)?));
+        }
+        Ok(out)
+    }
 }
 
 /// One task in a report.
@@ -1312,6 +1419,57 @@ mod tests {
     use super::*;
     use crate::codec::Encoding;
     use serde_json::json;
+
+    #[test]
+    fn result_bundle_splits_on_whole_frames_and_decodes() {
+        let mut bundle = ResultBundle::default();
+        let values: Vec<(String, String)> = (0..50)
+            .map(|i| {
+                (
+                    format!("t{i}"),
+                    format!(r#"{{"status":"success","output":{i}}}"#),
+                )
+            })
+            .collect();
+        for (id, v) in &values {
+            bundle.push(id, v.as_bytes());
+        }
+        assert_eq!(bundle.len(), 50);
+        let one = bundle.parts(1 << 20).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].len(), 1 + bundle.size());
+        let parts = bundle.parts(200).unwrap();
+        assert!(parts.len() > 5, "{} parts", parts.len());
+        assert!(parts.iter().all(|p| p.len() <= 200));
+        let decoded: Vec<(String, String)> = parts
+            .iter()
+            .flat_map(|p| ResultBundle::decode(p).unwrap())
+            .map(|(id, v)| (id.to_string(), String::from_utf8(v.to_vec()).unwrap()))
+            .collect();
+        assert_eq!(decoded, values);
+        // A frame that fits no part: no bundle.
+        assert_eq!(bundle.parts(20), None);
+        // An empty bundle is one part with no frames.
+        let empty = ResultBundle::default().parts(100).unwrap();
+        assert_eq!(ResultBundle::decode(&empty[0]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn malformed_result_bundle_parts_are_refused() {
+        let mut bundle = ResultBundle::default();
+        bundle.push("t1", b"{}");
+        let part = bundle.parts(100).unwrap().remove(0);
+        for bad in [
+            &b""[..],
+            &[2u8, 0, 0][..],
+            &part[..part.len() - 1],
+            &part[..3],
+            &[1u8, 2, 0, 0xff, 0xfe, 0, 0, 0, 0][..],
+        ] {
+            let e = ResultBundle::decode(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad:?}");
+        }
+    }
 
     #[test]
     fn seed_plan_parses_with_params_kept() {

@@ -2,6 +2,7 @@
 //! tests with `./dev test epics::`.
 
 mod bad_input;
+mod bundles;
 mod cluster;
 mod connection_loss;
 mod dead_letters;

@@ -7,6 +7,12 @@
 //! never matters and a restarted aggregator picks up where it was; results of
 //! single tasks (no plan record) cost nothing here.
 //!
+//! The aggregator also keeps the results it counts (up to
+//! `aggregator.bundle_budget_bytes` across plans). When a plan completes it
+//! stores them in `mesh_plans` as the plan's result bundle, in parts of at most
+//! one message, before `aggregation_ready`, whose `bundle_parts` tells the
+//! summary to read them there rather than scan `task.<plan_id>.*`.
+//!
 //! A plan with a `deadline_ms` that passes with tasks still unfinished gets a
 //! `timeout` result for each of them (a KV create, so a result that made it
 //! first stands and a late one is ignored); the plan then completes as usual.
@@ -17,7 +23,7 @@ use jetmesh_shared::codec;
 use jetmesh_shared::error::Result;
 use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::wire::{
-    AggregationReady, PlanCounts, PlanOutline, PlanRecord, PlanStatus, TaskResult,
+    AggregationReady, PlanCounts, PlanOutline, PlanRecord, PlanStatus, ResultBundle, TaskResult,
 };
 use jetmesh_shared::{Mesh, service, shutdown, telemetry};
 use std::collections::{HashMap, HashSet};
@@ -25,8 +31,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A result of a followed plan: plan id, task id, success.
-type ResultNote = (String, String, bool);
+/// A result of a followed plan: plan id, task id, success, the result as stored.
+type ResultNote = (String, String, bool, bytes::Bytes);
 
 /// Counts of one running plan.
 struct Tally {
@@ -43,6 +49,8 @@ struct Tally {
     /// How long without progress before the next re-read: [`STALL`],
     /// doubling up to [`MAX_STALL`] while nothing new turns up.
     stall: Duration,
+    /// The counted results, for the summary; `None` once over the budget.
+    bundle: Option<ResultBundle>,
 }
 
 impl Tally {
@@ -60,18 +68,56 @@ impl Tally {
         }
     }
 
-    /// First result of a task wins; results for ids outside the plan are ignored.
-    fn apply(&mut self, task_id: &str, ok: bool) {
+    /// First result of a task wins; results for ids outside the plan are
+    /// ignored. Returns whether this one counted.
+    fn apply(&mut self, task_id: &str, ok: bool) -> bool {
         if self.tasks.contains(task_id) && !self.done.contains_key(task_id) {
             self.done.insert(task_id.to_string(), ok);
             self.dirty = true;
             self.progress = tokio::time::Instant::now();
             self.stall = STALL;
+            return true;
         }
+        false
     }
 
     fn complete(&self) -> bool {
         self.done.len() == self.tasks.len()
+    }
+}
+
+/// The bytes held in result bundles, against the configured budget.
+struct Budget {
+    held: usize,
+    max: usize,
+}
+
+impl Budget {
+    /// Keeps a counted result in its plan's bundle, or gives the bundle up
+    /// when the budget cannot take it.
+    fn keep(&mut self, plan_id: &str, tally: &mut Tally, task_id: &str, value: &[u8]) {
+        let Some(bundle) = &mut tally.bundle else {
+            return;
+        };
+        let n = ResultBundle::frame_len(task_id, value);
+        if self.held + n > self.max {
+            tracing::debug!(
+                plan_id,
+                held = self.held,
+                "The result bundle budget is spent; the summary will read this plan's results from the bucket."
+            );
+            self.release(tally);
+            return;
+        }
+        bundle.push(task_id, value);
+        self.held += n;
+    }
+
+    /// Gives back what a plan's bundle held.
+    fn release(&mut self, tally: &mut Tally) {
+        if let Some(bundle) = tally.bundle.take() {
+            self.held -= bundle.size();
+        }
     }
 }
 
@@ -90,6 +136,10 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     tracing::info!(instance = %instance, "The aggregator is counting.");
 
     let mut tallies: HashMap<String, Tally> = HashMap::new();
+    let mut budget = Budget {
+        held: 0,
+        max: mesh.config.aggregator.bundle_budget_bytes,
+    };
     let mut flush = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -99,11 +149,17 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
                 expire(&mesh, &mut tallies);
                 reread_stalled(&mesh, &mut tallies, &notes_tx);
             }
-            Some((plan_id, task_id, ok)) = notes.recv() => {
+            Some((plan_id, task_id, ok, value)) = notes.recv() => {
                 let Some(tally) = tallies.get_mut(&plan_id) else { continue };
-                tally.apply(&task_id, ok);
-                if tally.complete() {
-                    finish(&mesh, &mut tallies, &plan_id).await;
+                if tally.apply(&task_id, ok) {
+                    budget.keep(&plan_id, tally, &task_id, &value);
+                }
+                if tally.complete()
+                    && let Some(mut tally) = tallies.remove(&plan_id)
+                {
+                    let bundle = tally.bundle.take();
+                    budget.held -= bundle.as_ref().map_or(0, ResultBundle::size);
+                    finish(&mesh, tally, bundle, &plan_id).await;
                 }
             }
             entry = plans.next() => match entry {
@@ -117,8 +173,9 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
                             }
                         }
                         _ => {
-                            if let Some(t) = tallies.remove(plan_id) {
+                            if let Some(mut t) = tallies.remove(plan_id) {
                                 t.stop.cancel();
+                                budget.release(&mut t);
                             }
                         }
                     }
@@ -149,8 +206,8 @@ fn follow(
 ) -> Tally {
     let plan_id = record.plan.plan_id.clone();
     let id = plan_id.clone();
-    mesh.follow_plan_results(&plan_id, stop.clone(), move |task, ok| {
-        let _ = notes.send((id.clone(), task.to_string(), ok));
+    mesh.follow_plan_results(&plan_id, stop.clone(), move |task, ok, value| {
+        let _ = notes.send((id.clone(), task.to_string(), ok, value.clone()));
     });
     metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").increment(1.0);
     let deadline = jetmesh_shared::plan::deadline(record.created_at, record.plan.deadline_ms);
@@ -163,6 +220,7 @@ fn follow(
         expired: false,
         progress: tokio::time::Instant::now(),
         stall: STALL,
+        bundle: (mesh.config.aggregator.bundle_budget_bytes > 0).then(ResultBundle::default),
     }
 }
 
@@ -195,7 +253,7 @@ fn reread_stalled(
                         if let Some((_, task)) = names::parse_task_key(&e.key) {
                             let ok = codec::from_json::<TaskResult>(&e.value)
                                 .is_ok_and(|r| r.is_success());
-                            let _ = notes.send((plan_id.clone(), task.to_string(), ok));
+                            let _ = notes.send((plan_id.clone(), task.to_string(), ok, e.value));
                         }
                     }
                 }
@@ -260,19 +318,22 @@ fn expire(mesh: &Mesh, tallies: &mut HashMap<String, Tally>) {
     }
 }
 
-/// Writes the final counts and publishes `aggregation_ready`.
-async fn finish(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, plan_id: &str) {
-    let Some(tally) = tallies.remove(plan_id) else {
-        return;
-    };
+/// Stores the plan's result bundle, writes the final counts and publishes
+/// `aggregation_ready`.
+async fn finish(mesh: &Mesh, tally: Tally, bundle: Option<ResultBundle>, plan_id: &str) {
     tally.stop.cancel();
     let counts = tally.counts(plan_id, PlanStatus::Completed);
+    let bundle_parts = match bundle {
+        Some(bundle) => store_bundle(mesh, plan_id, &bundle).await,
+        None => 0,
+    };
     let event = AggregationReady {
         plan_id: plan_id.to_string(),
         total_tasks: counts.total_tasks,
         completed: counts.completed,
         failed: counts.failed,
         at: jiff::Timestamp::now(),
+        bundle_parts,
     };
     // The final counts and the event go out at once. The event is retried
     // until stored: losing it would leave the plan unreported.
@@ -300,6 +361,32 @@ async fn finish(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, plan_id: &str
     );
     metrics::counter!(telemetry::PLANS_COMPLETED).increment(1);
     metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").decrement(1.0);
+}
+
+/// Stores a completed plan's result bundle in `mesh_plans`; returns how many
+/// parts, 0 when it could not be stored (the summary then scans).
+async fn store_bundle(mesh: &Mesh, plan_id: &str, bundle: &ResultBundle) -> u32 {
+    let max = match mesh.config.aggregator.bundle_part_bytes {
+        0 => mesh.client.server_info().max_payload.saturating_sub(4096),
+        n => n,
+    };
+    let Some(parts) = bundle.parts(max) else {
+        tracing::debug!(plan_id, "A result is larger than a bundle part; no bundle.");
+        return 0;
+    };
+    let count = parts.len() as u32;
+    let stored = futures::future::try_join_all(parts.into_iter().enumerate().map(|(n, part)| {
+        mesh.plans
+            .put(mesh.names.bundle_key(plan_id, n as u32), part)
+    }))
+    .await;
+    match stored {
+        Ok(_) => count,
+        Err(error) => {
+            tracing::warn!(%error, plan_id, "Cannot store a result bundle; the summary will read the results from the bucket.");
+            0
+        }
+    }
 }
 
 async fn flush_counts(mesh: &Mesh, tallies: &mut HashMap<String, Tally>) {

@@ -193,7 +193,7 @@ impl Router {
         let this = self.clone();
         let id = plan_id.clone();
         self.mesh
-            .follow_plan_results(&plan_id, stop, move |task, ok| {
+            .follow_plan_results(&plan_id, stop, move |task, ok, _| {
                 this.on_result(&id, task, ok)
             });
         self.perform(&plan_id, deadline, actions).await;

@@ -3,6 +3,11 @@
 //! to `report.<plan_id>` in `mesh_results`, and publishes it as
 //! `mesh.evt.final_report.<plan_id>`. Reports are rebuilt from the stores, so a
 //! redelivered event produces the same report, and the event is de-duplicated.
+//!
+//! The results come from the plan's result bundle when the event names one
+//! (`bundle_parts`, stored by the aggregator in `mesh_plans`), else from a
+//! scan of `task.<plan_id>.*`. A bundle that is missing, malformed or lacks a
+//! task is set aside for the scan. Its parts are removed once the report is out.
 
 pub mod render;
 
@@ -11,7 +16,9 @@ use futures::StreamExt;
 use jetmesh_shared::codec;
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::names::{self, EventKind};
-use jetmesh_shared::wire::{AggregationReady, PlanOutline, PlanRecord, Report, TaskResult};
+use jetmesh_shared::wire::{
+    AggregationReady, PlanOutline, PlanRecord, Report, ResultBundle, TaskResult,
+};
 use jetmesh_shared::{Error, ErrorCode, Mesh, service, shutdown, telemetry};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -52,7 +59,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         };
         let plan_id = names::last_token(&msg.subject).to_string();
         let outcome = match codec::from_json::<AggregationReady>(&msg.payload) {
-            Ok(_) => summarize(&mesh, &plan_id).await,
+            Ok(event) => summarize(&mesh, &plan_id, event.bundle_parts).await,
             Err(e) => Err(e),
         };
         match outcome {
@@ -76,30 +83,58 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-/// Builds, stores and publishes the report of `plan_id`.
-pub async fn summarize(mesh: &Mesh, plan_id: &str) -> Result<()> {
-    // Both reads at once: every result is stored before `aggregation_ready`.
-    let (key, filter) = (
-        mesh.names.plan_key(plan_id),
-        mesh.names.task_key_plan(plan_id),
-    );
-    let (record, entries) = tokio::join!(
+/// Per task id, its stored result (`None` when it does not decode).
+type Results = HashMap<String, Option<TaskResult>>;
+
+/// Builds, stores and publishes the report of `plan_id`, reading its results
+/// from the `bundle_parts` parts of its result bundle when there are any.
+pub async fn summarize(mesh: &Mesh, plan_id: &str, bundle_parts: u32) -> Result<()> {
+    // The plan and its results at once: every result is stored before
+    // `aggregation_ready`.
+    let key = mesh.names.plan_key(plan_id);
+    let results = async {
+        if bundle_parts > 0 {
+            match read_bundle(mesh, plan_id, bundle_parts).await {
+                Ok(results) => return Ok((results, true)),
+                // Gone when this event is handled again after its report.
+                Err(error) if error.code == ErrorCode::NotFound => {
+                    tracing::debug!(%error, plan_id, "The plan's result bundle is gone; its results are read from the bucket.")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, plan_id, "The plan's result bundle is unreadable; its results are read from the bucket.")
+                }
+            }
+        }
+        scan_results(mesh, plan_id).await.map(|r| (r, false))
+    };
+    let (record, results) = tokio::join!(
         mesh.get_json::<PlanRecord<PlanOutline>>(&mesh.plans, &key),
-        mesh.scan(&mesh.results, &filter)
+        results
     );
     let record = record?
         .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("plan {plan_id} is not stored")))?;
-    let entries = entries?;
-    let mut results = HashMap::with_capacity(entries.len());
-    for e in entries {
-        if let Some((_, task)) = names::parse_task_key(&e.key)
-            && let Ok(r) = codec::from_json::<TaskResult>(&e.value)
-        {
-            results.insert(task.to_string(), r);
-        }
+    let (mut results, bundled) = results?;
+    if bundled
+        && let Some(task) = record
+            .plan
+            .subtasks
+            .iter()
+            .find(|t| !results.contains_key(&t.id))
+    {
+        tracing::warn!(plan_id, task_id = %task.id, "The plan's result bundle lacks a task; its results are read from the bucket.");
+        results = scan_results(mesh, plan_id).await?;
     }
+    let results: HashMap<String, TaskResult> = results
+        .into_iter()
+        .filter_map(|(id, r)| Some((id, r?)))
+        .collect();
     let report = render::report(&record, &results, jiff::Timestamp::now());
     publish(mesh, &report).await?;
+    for part in 0..bundle_parts {
+        if let Err(error) = mesh.plans.purge(mesh.names.bundle_key(plan_id, part)).await {
+            tracing::debug!(%error, plan_id, part, "Cannot remove a result bundle part; it expires with the plan.");
+        }
+    }
     metrics::counter!(telemetry::REPORTS_PUBLISHED).increment(1);
     tracing::info!(
         plan_id,
@@ -109,6 +144,42 @@ pub async fn summarize(mesh: &Mesh, plan_id: &str) -> Result<()> {
         "The final report is out."
     );
     Ok(())
+}
+
+/// Reads every part of a plan's result bundle.
+async fn read_bundle(mesh: &Mesh, plan_id: &str, parts: u32) -> Result<Results> {
+    let bodies = futures::future::try_join_all((0..parts).map(|n| async move {
+        mesh.plans
+            .get(mesh.names.bundle_key(plan_id, n))
+            .await
+            .context("cannot read a result bundle part")?
+            .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("bundle part {n} is missing")))
+    }))
+    .await?;
+    let mut results = HashMap::new();
+    for body in &bodies {
+        for (task, value) in ResultBundle::decode(body)? {
+            results.insert(task.to_string(), codec::from_json::<TaskResult>(value).ok());
+        }
+    }
+    Ok(results)
+}
+
+/// Reads a plan's results from `mesh_results`.
+async fn scan_results(mesh: &Mesh, plan_id: &str) -> Result<Results> {
+    let entries = mesh
+        .scan(&mesh.results, &mesh.names.task_key_plan(plan_id))
+        .await?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| {
+            let (_, task) = names::parse_task_key(&e.key)?;
+            Some((
+                task.to_string(),
+                codec::from_json::<TaskResult>(&e.value).ok(),
+            ))
+        })
+        .collect())
 }
 
 /// Stores and publishes the report; when it is larger than the server accepts,
