@@ -462,7 +462,7 @@ impl Mesh {
     }
 
     /// Follows every result of one plan — those already stored, then each new
-    /// one — calling `on_result(task_id, succeeded)`, until `stop`. A watch that
+    /// one — calling `on_result(task_id, succeeded, stored_value)`, until `stop`. A watch that
     /// ends (server restart, lost consumer) is started again; its replay is
     /// harmless because the callers are idempotent. Per-plan watches mean
     /// results of single tasks and of other plans cost nothing here.

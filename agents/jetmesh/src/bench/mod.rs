@@ -316,6 +316,7 @@ async fn raw_loop_alone(nats: &NatsConfig, n: usize, workers: usize) -> Result<f
     let nats = nats.clone();
     tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_multi_thread()
+            .thread_name("bench-raw")
             .enable_all()
             .build()?
             .block_on(async {
