@@ -89,6 +89,18 @@ type Results = HashMap<String, Option<TaskResult>>;
 /// Builds, stores and publishes the report of `plan_id`, reading its results
 /// from the `bundle_parts` parts of its result bundle when there are any.
 pub async fn summarize(mesh: &Mesh, plan_id: &str, bundle_parts: u32) -> Result<()> {
+    // A part holds at least one result: more parts than a plan may have
+    // tasks is not a bundle the aggregator wrote.
+    let bundle_parts = if bundle_parts as usize > mesh.config.mesh.max_subtasks {
+        tracing::warn!(
+            plan_id,
+            bundle_parts,
+            "An aggregation_ready event names more bundle parts than a plan may have tasks; its results are read from the bucket."
+        );
+        0
+    } else {
+        bundle_parts
+    };
     // The plan and its results at once: every result is stored before
     // `aggregation_ready`.
     let key = mesh.names.plan_key(plan_id);
