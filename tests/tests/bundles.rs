@@ -64,6 +64,25 @@ async fn run_plan(
     (report, serde_json::from_slice(&event.payload).unwrap())
 }
 
+/// The mesh on a fresh server, its aggregator configured by `aggregator`.
+async fn start(
+    aggregator: impl FnOnce(&mut jetmesh_shared::config::AggregatorConfig),
+) -> (NatsServer, InProcessMesh, async_nats::Client) {
+    let server = NatsServer::start();
+    let mut config = test_config(&server.url());
+    aggregator(&mut config.aggregator);
+    let mesh = InProcessMesh::start(config).await;
+    let client = server.client().await;
+    (server, mesh, client)
+}
+
+/// The report stored in `report.<plan_id>`.
+async fn stored_report(mesh: &Mesh, plan_id: &str) -> Option<Report> {
+    mesh.get_json(&mesh.results, &mesh.names.report_key(plan_id))
+        .await
+        .unwrap()
+}
+
 /// Waits until no part of the plan's bundle is left in `mesh_plans`.
 async fn assert_bundle_gone(mesh: &Mesh, plan_id: &str, parts: u32) {
     for _ in 0..100 {
@@ -89,11 +108,7 @@ async fn assert_bundle_gone(mesh: &Mesh, plan_id: &str, parts: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_are_built_from_the_aggregators_bundle_in_parts() {
-    let server = NatsServer::start();
-    let mut config = test_config(&server.url());
-    config.aggregator.bundle_part_bytes = 600;
-    let mesh = InProcessMesh::start(config).await;
-    let client = server.client().await;
+    let (_server, mesh, client) = start(|a| a.bundle_part_bytes = 600).await;
 
     let (report, event) = run_plan(&mesh.mesh, &client, "bundled", 40).await;
     assert_report(&report, 40);
@@ -106,24 +121,15 @@ async fn reports_are_built_from_the_aggregators_bundle_in_parts() {
     assert_eq!((event.completed, event.failed), (40, 1));
     // The parts are removed once the report is out; the report is stored.
     assert_bundle_gone(&mesh.mesh, "bundled", event.bundle_parts).await;
-    let stored: Report = mesh
-        .mesh
-        .get_json(&mesh.mesh.results, "report.bundled")
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_report(&mesh.mesh, "bundled").await.unwrap();
     assert_eq!(stored.tasks, report.tasks);
     mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_past_the_bundle_budget_is_reported_from_the_bucket() {
-    let server = NatsServer::start();
-    let mut config = test_config(&server.url());
     // Room for two results, not for a plan of 21.
-    config.aggregator.bundle_budget_bytes = 300;
-    let mesh = InProcessMesh::start(config).await;
-    let client = server.client().await;
+    let (_server, mesh, client) = start(|a| a.bundle_budget_bytes = 300).await;
 
     let (report, event) = run_plan(&mesh.mesh, &client, "unbundled", 20).await;
     assert_report(&report, 20);
@@ -138,11 +144,7 @@ async fn a_plan_past_the_bundle_budget_is_reported_from_the_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_damaged_or_incomplete_bundle_is_set_aside_for_the_scan() {
-    let server = NatsServer::start();
-    let mut config = test_config(&server.url());
-    config.aggregator.bundle_budget_bytes = 0;
-    let mesh = InProcessMesh::start(config).await;
-    let client = server.client().await;
+    let (_server, mesh, client) = start(|a| a.bundle_budget_bytes = 0).await;
     let m = &mesh.mesh;
     let (report, event) = run_plan(m, &client, "damaged", 10).await;
     assert_report(&report, 10);
@@ -175,10 +177,8 @@ async fn a_missing_damaged_or_incomplete_bundle_is_set_aside_for_the_scan() {
         jetmesh_summary::summarize(m, "damaged", parts)
             .await
             .unwrap_or_else(|e| panic!("{case}: {e}"));
-        let rebuilt: Report = m
-            .get_json(&m.results, "report.damaged")
+        let rebuilt = stored_report(m, "damaged")
             .await
-            .unwrap()
             .unwrap_or_else(|| panic!("{case}: no report"));
         assert_report(&rebuilt, 10);
         assert_bundle_gone(m, "damaged", parts.min(3)).await;
@@ -201,11 +201,7 @@ async fn a_missing_damaged_or_incomplete_bundle_is_set_aside_for_the_scan() {
     jetmesh_summary::summarize(m, "damaged", parts)
         .await
         .unwrap();
-    let rebuilt: Report = m
-        .get_json(&m.results, "report.damaged")
-        .await
-        .unwrap()
-        .unwrap();
+    let rebuilt = stored_report(m, "damaged").await.unwrap();
     assert_eq!((rebuilt.completed, rebuilt.failed), (11, 0));
     assert!(rebuilt.tasks.iter().all(|t| t.output == Some(json!(7))));
     assert_bundle_gone(m, "damaged", parts).await;
