@@ -6,16 +6,13 @@
 //! ([`registry`]), service API registration ([`service`]) and telemetry.
 //! Roles depend on this crate and never on each other.
 
+pub mod capability;
 pub mod codec;
 pub mod config;
-pub mod coord;
 pub mod dlq;
-pub mod epic;
 pub mod error;
-pub mod globs;
 pub mod ids;
 pub mod lease;
-pub mod mail;
 pub mod mesh;
 pub mod names;
 pub mod plan;

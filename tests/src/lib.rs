@@ -7,7 +7,6 @@ use anyhow::{Context, Result, bail};
 use jetmesh_shared::{CancellationToken, Config, Mesh};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -51,28 +50,12 @@ pub fn python() -> PathBuf {
     }
 }
 
-/// The `jetmesh` binary of this build, built on first use if needed.
+/// The `jetmesh` binary cargo built for this test run (`CARGO_BIN_EXE_jetmesh`,
+/// set because the integration tests are a target of the `jetmesh` package).
 pub fn jetmesh_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/<test> → target/<profile>/jetmesh
-        let exe = std::env::current_exe().expect("current exe");
-        let dir = exe.parent().and_then(Path::parent).expect("target dir");
-        let bin = dir.join("jetmesh");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "jetmesh"])
-            .args(if dir.ends_with("release") {
-                &["--release"][..]
-            } else {
-                &[][..]
-            })
-            .current_dir(root())
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building jetmesh failed");
-        bin
-    })
-    .clone()
+    std::env::var_os("CARGO_BIN_EXE_jetmesh")
+        .map(PathBuf::from)
+        .expect("CARGO_BIN_EXE_jetmesh is not set: run the tests with cargo test")
 }
 
 /// One real nats-server with JetStream, on a free port, in a temp folder.
@@ -534,16 +517,13 @@ impl Proc {
         self.child.id() as i32
     }
 
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
+    pub fn signal(&self, sig: Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
     }
 
     /// Sends SIGTERM and waits up to `within` for a clean exit.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        self.signal(libc::SIGTERM);
+        self.signal(SIGTERM);
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -566,7 +546,7 @@ impl Drop for Proc {
     }
 }
 
-pub use libc::{SIGCONT, SIGKILL, SIGSTOP, SIGTERM};
+pub use nix::sys::signal::Signal::{self, SIGCONT, SIGKILL, SIGSTOP, SIGTERM};
 
 /// Waits (up to 30 s) until every role answers and the public endpoints are
 /// served (one chief holds the lease).

@@ -2,10 +2,11 @@
 //! scripted_agent.py) edits files in a temporary git repository while the
 //! chief orchestrates tracks, beads, reservations, mail and blockers.
 
+use jetmesh_coord::wire::{EpicState, Mail, MailKind};
+use jetmesh_coord::{mail, state};
 use jetmesh_shared::config::PoolConfig;
 use jetmesh_shared::names::Thread;
-use jetmesh_shared::wire::{EpicState, Mail, MailKind};
-use jetmesh_shared::{Config, Mesh, coord, mail};
+use jetmesh_shared::{Config, Mesh};
 use jetmesh_tests::{InProcessMesh, NatsServer, Proc, python, request_json, root, test_config};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -287,11 +288,11 @@ async fn a_three_track_epic_runs_tracks_in_parallel_and_holds_its_dependency() {
     );
 
     // Nothing is left claimed or reserved.
-    assert!(coord::reservations(&mesh, "E1").await.unwrap().is_empty());
+    assert!(state::reservations(&mesh, "E1").await.unwrap().is_empty());
     for bead in ["bd-10", "bd-11", "bd-20", "bd-21", "bd-30"] {
-        assert!(coord::claim_of(&mesh, "E1", bead).await.unwrap().is_none());
+        assert!(state::claim_of(&mesh, "E1", bead).await.unwrap().is_none());
     }
-    let (state, _) = coord::state(&mesh, "E1").await.unwrap().unwrap();
+    let (state, _) = state::state(&mesh, "E1").await.unwrap().unwrap();
     assert!(state.complete);
     assert_eq!(state.done.len(), 5);
 
@@ -300,7 +301,7 @@ async fn a_three_track_epic_runs_tracks_in_parallel_and_holds_its_dependency() {
         &mesh.client,
         &mesh.names.plans_submit(),
         &serde_json::to_value(
-            jetmesh_shared::epic::parse_submission(&PLAN.replace("{REPO}", "x"), None).unwrap(),
+            jetmesh_coord::epic::parse_submission(&PLAN.replace("{REPO}", "x"), None).unwrap(),
         )
         .unwrap(),
         Duration::from_secs(10),
@@ -527,7 +528,7 @@ async fn overlapping_scopes_and_bad_mail_and_reservations_are_refused() {
     assert_eq!(r["released"], a["id"]);
     // Unrenewed, a reservation lapses after the lease TTL (3 s).
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let left: Vec<String> = coord::reservations(&mesh, "E2")
+    let left: Vec<String> = state::reservations(&mesh, "E2")
         .await
         .unwrap()
         .into_iter()
@@ -620,7 +621,7 @@ async fn a_bead_writing_outside_its_scope_raises_a_blocker_and_the_chief_replies
     .await;
     assert_eq!(
         escalation.importance,
-        jetmesh_shared::wire::Importance::Urgent
+        jetmesh_coord::wire::Importance::Urgent
     );
     let operator = thread(&mesh, "E5", Thread::Inbox("operator".into())).await;
     assert!(
@@ -679,13 +680,10 @@ async fn a_bead_writing_outside_its_scope_raises_a_blocker_and_the_chief_replies
     );
 
     // The chief paused track 2 (its files were touched) until it decided.
-    let (state, _): (EpicState, u64) = coord::state(&mesh, "E5").await.unwrap().unwrap();
+    let (state, _): (EpicState, u64) = state::state(&mesh, "E5").await.unwrap().unwrap();
     let b = &state.blockers[&seq];
     assert_eq!(b.paused, vec!["2".to_string()]);
-    assert_eq!(
-        b.decision,
-        Some(jetmesh_shared::wire::DecisionAction::Retry)
-    );
+    assert_eq!(b.decision, Some(jetmesh_coord::wire::DecisionAction::Retry));
     assert!(state.paused.is_empty(), "{:?}", state.paused);
     assert!(state.blockers[&stuck_seq].escalated);
     let done = wait_mail(&mesh, "E5", Duration::from_secs(10), |m| {
@@ -760,8 +758,8 @@ async fn a_worker_killed_mid_bead_releases_claim_and_reservations_and_the_bead_c
     // Wait for the claim and the reservation, then kill the claimant.
     let start = Instant::now();
     let claim = loop {
-        let c = coord::claim_of(&mesh, "E6", "k1").await.unwrap();
-        let r = coord::reservations(&mesh, "E6").await.unwrap();
+        let c = state::claim_of(&mesh, "E6", "k1").await.unwrap();
+        let r = state::reservations(&mesh, "E6").await.unwrap();
         if let Some(c) = c
             && !r.is_empty()
         {
@@ -779,14 +777,14 @@ async fn a_worker_killed_mid_bead_releases_claim_and_reservations_and_the_bead_c
         .iter()
         .position(|w| w.pid() == victim)
         .expect("the claimant is one of ours");
-    workers[i].signal(libc::SIGKILL);
+    workers[i].signal(jetmesh_tests::SIGKILL);
     let killed = Instant::now();
 
     // Claim and reservation lapse together (lease TTL 3 s) ...
     let (mut claim_gone, mut res_gone) = (None, None);
     while claim_gone.is_none() || res_gone.is_none() {
         if claim_gone.is_none()
-            && coord::claim_of(&mesh, "E6", "k1")
+            && state::claim_of(&mesh, "E6", "k1")
                 .await
                 .unwrap()
                 .is_none_or(|c| c.worker != claim.worker)
@@ -794,7 +792,7 @@ async fn a_worker_killed_mid_bead_releases_claim_and_reservations_and_the_bead_c
             claim_gone = Some(killed.elapsed());
         }
         if res_gone.is_none()
-            && coord::reservations(&mesh, "E6")
+            && state::reservations(&mesh, "E6")
                 .await
                 .unwrap()
                 .iter()

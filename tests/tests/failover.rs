@@ -28,7 +28,7 @@ fn start_roles(mesh: &Mesh, stop: &CancellationToken) -> JoinSet<jetmesh_shared:
     set.spawn(jetmesh_router::run(mesh.clone(), stop.clone()));
     set.spawn(jetmesh_aggregator::run(mesh.clone(), stop.clone()));
     set.spawn(jetmesh_summary::run(mesh.clone(), stop.clone()));
-    set.spawn(jetmesh_worker::run(
+    set.spawn(jetmesh::run_pool(
         mesh.clone(),
         "math",
         Some(8),

@@ -41,7 +41,7 @@ impl Doc {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    jetmesh_tests::root()
 }
 
 fn k8s_dir() -> PathBuf {

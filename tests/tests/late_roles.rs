@@ -17,12 +17,7 @@ async fn a_plan_accepted_while_router_aggregator_and_summary_are_down_completes_
     let mut roles = tokio::task::JoinSet::new();
     roles.spawn(jetmesh_chief::run(mesh.clone(), first.clone()));
     roles.spawn(jetmesh_planner::run(mesh.clone(), first.clone()));
-    roles.spawn(jetmesh_worker::run(
-        mesh.clone(),
-        "math",
-        None,
-        first.clone(),
-    ));
+    roles.spawn(jetmesh::run_pool(mesh.clone(), "math", None, first.clone()));
     wait_for_capability(&mesh, "math").await;
 
     let client = server.client().await;

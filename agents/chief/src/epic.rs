@@ -18,53 +18,52 @@
 
 use async_nats::jetstream::{AckKind, kv};
 use futures::StreamExt;
-use jetmesh_shared::codec::{self, Encoding};
-use jetmesh_shared::coord;
-use jetmesh_shared::epic::{self, Format};
-use jetmesh_shared::globs::{self, Glob};
-use jetmesh_shared::lease::Lease;
-use jetmesh_shared::mail::{self, CHIEF, OPERATOR};
-use jetmesh_shared::names::Thread;
-use jetmesh_shared::wire::{
-    Alert, Blocker, BlockerKind, BlockerState, Decision, DecisionAction, Epic, EpicState,
-    Importance, Mail, MailKind, Plan, Report, SubmitRequest, TaskStatus,
+use jetmesh_coord::epic::{self, Format};
+use jetmesh_coord::globs::{self, Glob};
+use jetmesh_coord::mail::{self, CHIEF, OPERATOR};
+use jetmesh_coord::state;
+use jetmesh_coord::wire::{
+    Blocker, BlockerKind, BlockerState, Decision, DecisionAction, Epic, EpicState, Importance,
+    Mail, MailKind,
 };
+use jetmesh_shared::codec;
+use jetmesh_shared::lease::Lease;
+use jetmesh_shared::names::Thread;
+use jetmesh_shared::wire::{Alert, Plan, Report, SubmitRequest, TaskStatus};
 use jetmesh_shared::{Error, ErrorCode, Mesh, Result};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Decodes a `mesh.plans.submit` body: JSON or MessagePack as usual, and
-/// execution plans in markdown or YAML (by `Content-Type`, or recognised by
-/// their content when there is none).
-pub fn decode_submit(msg: &async_nats::Message, max: usize) -> Result<SubmitRequest> {
+/// Decodes a `mesh.plans.submit` body that is an execution plan written as
+/// markdown or YAML (by `Content-Type`, or recognised by its content).
+pub fn decode_text(msg: &async_nats::Message, max: usize) -> Result<SubmitRequest> {
     codec::check_size(msg.payload.len(), max)?;
     let ct = msg
         .headers
         .as_ref()
         .and_then(|h| h.get(codec::CONTENT_TYPE))
         .map(|v| v.as_str().to_string());
-    let textual = !matches!(
-        Encoding::from_headers(msg.headers.as_ref()),
-        Ok(Encoding::Msgpack)
-    );
-    if textual && let Ok(text) = std::str::from_utf8(&msg.payload) {
-        let yaml_named = ct.as_deref().is_some_and(|c| c.contains("yaml"));
-        match epic::format_of(ct.as_deref(), text) {
-            Format::Markdown => return epic::parse_submission(text, ct.as_deref()),
-            Format::Yaml if yaml_named || text.lines().any(|l| l.starts_with("epic:")) => {
-                return epic::parse_submission(text, ct.as_deref());
-            }
-            _ => {}
+    let text = std::str::from_utf8(&msg.payload).map_err(|_| {
+        Error::bad_request(format!(
+            "the body is neither JSON nor an execution plan in markdown or YAML (Content-Type {})",
+            ct.as_deref().unwrap_or("none")
+        ))
+    })?;
+    let yaml_named = ct.as_deref().is_some_and(|c| c.contains("yaml"));
+    match epic::format_of(ct.as_deref(), text) {
+        Format::Markdown => epic::parse_submission(text, ct.as_deref()),
+        Format::Yaml if yaml_named || text.lines().any(|l| l.starts_with("epic:")) => {
+            epic::parse_submission(text, ct.as_deref())
         }
+        // Not a plan in any form: let the codec say what is wrong with it.
+        _ => codec::decode_message(msg.headers.as_ref(), &msg.payload, max).map(|(r, _)| r),
     }
-    let (req, _) = codec::decode_message(msg.headers.as_ref(), &msg.payload, max)?;
-    Ok(req)
 }
 
-/// Checks an epic plan and compiles its beads into subtasks.
-pub fn prepare(plan: &mut Plan) -> Result<()> {
-    let Some(e) = &plan.epic else { return Ok(()) };
-    epic::validate(e)?;
+/// Checks the epic a plan carries and compiles its beads into subtasks.
+pub fn prepare(plan: &mut Plan) -> Result<Epic> {
+    let e = epic::of_plan(plan)?.ok_or_else(|| Error::internal("the plan has no epic"))?;
+    epic::validate(&e)?;
     if !plan.subtasks.is_empty() {
         return Err(Error::bad_request(
             "an epic's tasks are its beads; send \"epic\" without \"subtasks\"",
@@ -78,8 +77,8 @@ pub fn prepare(plan: &mut Plan) -> Result<()> {
             plan.plan_id, e.id
         )));
     }
-    plan.subtasks = epic::compile(e);
-    Ok(())
+    plan.subtasks = epic::compile(&e);
+    Ok(e)
 }
 
 /// Creates the epic's state and opens its threads. Runs once the plan is
@@ -304,13 +303,13 @@ async fn bead_completed(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {
     else {
         return Ok(());
     };
-    let e = coord::load_epic(mesh, &m.epic).await?;
+    let e = state::load_epic(mesh, &m.epic).await?;
     if e.bead(&bead).is_none() {
         return Ok(());
     }
     lease.fence()?;
     let mut newly = false;
-    let st = coord::update_state(mesh, &e.id, |s| {
+    let st = state::update_state(mesh, &e.id, |s| {
         newly = s.done.insert(bead.clone());
         // The blocker of a bead that completed is over.
         let open: Vec<u64> = s
@@ -397,7 +396,7 @@ fn resume_paused(s: &mut EpicState) {
 }
 
 /// Other tracks whose scope contains one of `files`.
-fn touched<'a>(e: &'a Epic, own: &str, files: &[String]) -> Vec<&'a jetmesh_shared::wire::Track> {
+fn touched<'a>(e: &'a Epic, own: &str, files: &[String]) -> Vec<&'a jetmesh_coord::wire::Track> {
     e.tracks
         .iter()
         .filter(|t| t.id != own)
@@ -413,7 +412,7 @@ async fn blocker(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {
         return Ok(());
     };
     let seq = m.seq.unwrap_or(0);
-    let e = coord::load_epic(mesh, &m.epic).await?;
+    let e = state::load_epic(mesh, &m.epic).await?;
     let Some((track, _)) = e.bead(&b.bead) else {
         return Ok(());
     };
@@ -421,7 +420,7 @@ async fn blocker(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {
     let paused: Vec<String> = hit.iter().map(|t| t.id.clone()).collect();
     lease.fence()?;
     let mut fresh = false;
-    coord::update_state(mesh, &e.id, |s| {
+    state::update_state(mesh, &e.id, |s| {
         if s.blockers.contains_key(&seq) {
             return false;
         }
@@ -535,7 +534,7 @@ async fn blocker(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {
 /// tracks it paused resume.
 async fn settle(mesh: &Mesh, lease: &Lease, epic_id: &str, seq: u64, d: &Decision) -> Result<()> {
     lease.fence()?;
-    coord::update_state(mesh, epic_id, |s| {
+    state::update_state(mesh, epic_id, |s| {
         let Some(b) = s.blockers.get_mut(&seq) else {
             return false;
         };
@@ -594,7 +593,7 @@ async fn escalate(mesh: Mesh, lease: Lease, stop: CancellationToken) {
 
 async fn escalate_one(mesh: &Mesh, epic_id: &str, seq: u64, b: &BlockerState) -> Result<()> {
     let mut marked = false;
-    coord::update_state(mesh, epic_id, |s| match s.blockers.get_mut(&seq) {
+    state::update_state(mesh, epic_id, |s| match s.blockers.get_mut(&seq) {
         Some(x) if !x.escalated && x.decision.is_none() => {
             x.escalated = true;
             marked = true;
@@ -649,19 +648,19 @@ async fn escalate_one(mesh: &Mesh, epic_id: &str, seq: u64, b: &BlockerState) ->
 
 /// Posts "EPIC COMPLETE" once the epic's report is out (once per epic).
 pub async fn finish(mesh: &Mesh, lease: &Lease, plan_id: &str) -> Result<()> {
-    let Some((st, _)) = coord::state(mesh, plan_id).await? else {
+    let Some((st, _)) = state::state(mesh, plan_id).await? else {
         return Ok(());
     };
     if st.complete {
         return Ok(());
     }
-    let e = coord::load_epic(mesh, plan_id).await?;
+    let e = state::load_epic(mesh, plan_id).await?;
     let report: Option<Report> = mesh
         .get_json(&mesh.results, &mesh.names.report_key(plan_id))
         .await?;
     lease.fence()?;
     let mut flipped = false;
-    coord::update_state(mesh, plan_id, |s| {
+    state::update_state(mesh, plan_id, |s| {
         if s.complete {
             return false;
         }

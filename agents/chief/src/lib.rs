@@ -275,6 +275,26 @@ async fn on_submit(mesh: Mesh, lease: Lease, request: async_nats::Message) {
     }
 }
 
+/// Whether a submit body is text that is neither JSON nor MessagePack: an
+/// execution plan in markdown or YAML, which the coordination layer reads.
+/// Everything else is a plain request, decoded by the codec.
+fn is_text(msg: &async_nats::Message) -> bool {
+    match Encoding::from_headers(msg.headers.as_ref()) {
+        Ok(Encoding::Msgpack) => false,
+        Ok(Encoding::Json) => {
+            let named_text = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(codec::CONTENT_TYPE))
+                .is_some_and(|c| c.as_str().contains("markdown") || c.as_str().contains("yaml"));
+            let first = msg.payload.iter().find(|b| !b.is_ascii_whitespace());
+            named_text || first.is_some_and(|b| *b != b'{')
+        }
+        // An unknown Content-Type may still name markdown or YAML.
+        Err(_) => true,
+    }
+}
+
 enum Submitted {
     Accepted(SubmitReply),
     /// The final report, as the summary published it (JSON).
@@ -288,13 +308,19 @@ async fn submit(
     lease: &Lease,
     msg: &async_nats::Message,
 ) -> std::result::Result<Submitted, SubmitError> {
-    let req: SubmitRequest =
-        epic::decode_submit(msg, mesh.config.mesh.max_request_bytes).map_err(|e| (e, None))?;
+    let max = mesh.config.mesh.max_request_bytes;
+    let req: SubmitRequest = if is_text(msg) {
+        // An execution plan written as markdown or YAML.
+        epic::decode_text(msg, max)
+    } else {
+        codec::decode_message(msg.headers.as_ref(), &msg.payload, max).map(|(r, _)| r)
+    }
+    .map_err(|e| (e, None))?;
     let mut plan = req.plan;
-    epic::prepare(&mut plan).map_err(|e| {
-        let id = plan.epic.as_ref().map(|e| e.id.clone());
-        (e, id)
-    })?;
+    let epic_plan = match plan.epic.is_some() {
+        true => Some(epic::prepare(&mut plan).map_err(|e| (e, None))?),
+        false => None,
+    };
     // Nothing to plan: refused before anything is announced or stored (which
     // also makes `{}` a side-effect-free probe that a leader is serving).
     if plan.subtasks.is_empty() && plan.goal.as_deref().is_none_or(|g| g.trim().is_empty()) {
@@ -330,7 +356,6 @@ async fn submit(
     announced.map_err(fail)?;
     let plan = planned.map_err(fail)?.unwrap_or(plan);
     let total = plan.subtasks.len();
-    let epic_plan = plan.epic.clone();
     let record = PlanRecord {
         v: wire::PROTOCOL_VERSION,
         plan,

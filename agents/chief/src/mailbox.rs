@@ -12,13 +12,13 @@
 
 use async_nats::service::Request;
 use futures::StreamExt;
-use jetmesh_shared::codec::{self, Encoding};
-use jetmesh_shared::coord::{self, Reserved};
-use jetmesh_shared::mail::{self, OPERATOR};
-use jetmesh_shared::wire::{
+use jetmesh_coord::mail::{self, OPERATOR};
+use jetmesh_coord::state::{self, Reserved};
+use jetmesh_coord::wire::{
     Decision, MailAck, MailDraft, MailKind, MailReply, MailSent, ReleaseRequest, Reservation,
     ReserveRequest,
 };
+use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::{Error, ErrorCode, Mesh, Result, ids, service};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -117,7 +117,7 @@ async fn check_decision(
             serde_json::from_value(d)
                 .map_err(|e| Error::bad_request(format!("not a decision: {e}")))
         })?;
-    jetmesh_shared::globs::Glob::parse_all(&d.grant)?;
+    jetmesh_coord::globs::Glob::parse_all(&d.grant)?;
     Ok(())
 }
 
@@ -154,7 +154,7 @@ pub async fn reply(mesh: &Mesh, r: MailReply) -> Result<MailSent> {
         data: r.data,
     };
     // An unknown original sender is not the replier's fault.
-    if let Ok(e) = coord::load_epic(mesh, &original.epic).await {
+    if let Ok(e) = state::load_epic(mesh, &original.epic).await {
         draft.to.retain(|a| mail::knows_agent(&e, a));
     }
     send(mesh, draft).await
@@ -178,7 +178,7 @@ pub async fn ack(mesh: &Mesh, a: MailAck) -> Result<MailSent> {
 }
 
 pub async fn reserve(mesh: &Mesh, req: ReserveRequest) -> Result<Reservation> {
-    let e = coord::load_epic(mesh, &req.epic).await?;
+    let e = state::load_epic(mesh, &req.epic).await?;
     ids::validate("agent", &req.agent)?;
     let track = match (&req.track, e.tracks.iter().find(|t| t.agent == req.agent)) {
         (Some(t), _) => Some(e.track(t).ok_or_else(|| {
@@ -196,12 +196,12 @@ pub async fn reserve(mesh: &Mesh, req: ReserveRequest) -> Result<Reservation> {
             ));
         }
     };
-    let st = coord::state(mesh, &e.id).await?.map(|(s, _)| s);
+    let st = state::state(mesh, &e.id).await?.map(|(s, _)| s);
     let scope = match track {
-        Some(t) => Some(coord::scope(&e, st.as_ref(), &t.id)?),
+        Some(t) => Some(state::scope(&e, st.as_ref(), &t.id)?),
         None => None,
     };
-    coord::check_patterns(
+    state::check_patterns(
         &req.patterns,
         track.zip(scope.as_deref()).map(|(t, s)| (t.id.as_str(), s)),
     )?;
@@ -216,7 +216,7 @@ pub async fn reserve(mesh: &Mesh, req: ReserveRequest) -> Result<Reservation> {
         exclusive: req.exclusive,
         at: jiff::Timestamp::now(),
     };
-    match coord::reserve(mesh, &r).await? {
+    match state::reserve(mesh, &r).await? {
         Reserved::Granted(r) => Ok(r),
         Reserved::Conflict(c) => Err(c.to_error()),
     }
@@ -225,6 +225,6 @@ pub async fn reserve(mesh: &Mesh, req: ReserveRequest) -> Result<Reservation> {
 pub async fn release(mesh: &Mesh, req: ReleaseRequest) -> Result<serde_json::Value> {
     ids::validate("epic id", &req.epic)?;
     ids::validate("reservation id", &req.id)?;
-    coord::release(mesh, &req.epic, &req.id).await?;
+    state::release(mesh, &req.epic, &req.id).await?;
     Ok(serde_json::json!({"released": req.id}))
 }

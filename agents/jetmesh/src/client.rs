@@ -367,7 +367,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
     };
     // JSON, YAML, or an execution plan in markdown (checked here first).
     let mut request: SubmitRequest =
-        jetmesh_shared::epic::parse_submission(&text, None).map_err(|e| {
+        jetmesh_coord::epic::parse_submission(&text, None).map_err(|e| {
             anyhow::anyhow!(
                 "{} is not a valid plan: {}: {}",
                 args.file.display(),

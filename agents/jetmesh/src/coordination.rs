@@ -7,14 +7,16 @@
 use crate::client::client;
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use jetmesh_shared::codec::{self, Encoding};
-use jetmesh_shared::mail;
-use jetmesh_shared::names::Thread;
-use jetmesh_shared::wire::{
-    self, Claim, Decision, DecisionAction, Importance, Mail, MailAck, MailDraft, MailKind,
-    MailReply, MailSent, PlanView, ReleaseRequest, Reservation, ReserveRequest,
+use jetmesh_coord::mail;
+use jetmesh_coord::wire::{
+    Claim, Decision, DecisionAction, Importance, Mail, MailAck, MailDraft, MailKind, MailReply,
+    MailSent, ReleaseRequest, Reservation, ReserveRequest,
 };
-use jetmesh_shared::{Config, Mesh, coord, epic};
+use jetmesh_coord::{epic, state};
+use jetmesh_shared::codec::{self, Encoding};
+use jetmesh_shared::names::Thread;
+use jetmesh_shared::wire::{self, PlanView};
+use jetmesh_shared::{Config, Mesh};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::Read;
@@ -282,7 +284,7 @@ pub async fn mail_cmd(config: Config, cmd: MailCommand) -> Result<i32> {
                 );
                 return Ok(1);
             };
-            let e = match coord::load_epic(&mesh, &epic_id).await {
+            let e = match state::load_epic(&mesh, &epic_id).await {
                 Ok(e) => e,
                 Err(err) => {
                     eprintln!("error: unknown_thread: {}", err.message);
@@ -382,19 +384,19 @@ fn print_mail(m: &Mail, json: bool) -> Result<()> {
 pub async fn epic_cmd(config: Config, cmd: EpicCommand) -> Result<i32> {
     let EpicCommand::Status { epic: id, json } = cmd;
     let mesh = Mesh::ensure(client(&config).await?, config).await?;
-    let e = match coord::load_epic(&mesh, &id).await {
+    let e = match state::load_epic(&mesh, &id).await {
         Ok(e) => e,
         Err(err) => {
             eprintln!("error: {}: {}", err.code, err.message);
             return Ok(1);
         }
     };
-    let st = coord::state(&mesh, &id).await?.map(|(s, _)| s);
-    let reservations = coord::reservations(&mesh, &id).await?;
+    let st = state::state(&mesh, &id).await?.map(|(s, _)| s);
+    let reservations = state::reservations(&mesh, &id).await?;
     let mut claims: Vec<Claim> = Vec::new();
     for t in &e.tracks {
         for b in &t.beads {
-            if let Some(c) = coord::claim_of(&mesh, &id, &b.id).await? {
+            if let Some(c) = state::claim_of(&mesh, &id, &b.id).await? {
                 claims.push(c);
             }
         }

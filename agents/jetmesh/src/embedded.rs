@@ -129,10 +129,10 @@ impl EmbeddedServer {
     /// Stops the server with SIGTERM (it flushes JetStream), SIGKILL after 10 s.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await

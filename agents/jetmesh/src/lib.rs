@@ -1,8 +1,7 @@
 //! The `jetmesh` binary as a library: one command per role (so each role can be
 //! its own systemd unit or container), `up` and `demo` for the embedded mesh, and
-//! the people CLI (`submit`, `status`, `caps`, `run`) plus `bench`.
+//! the people CLI (`submit`, `status`, `caps`, `run`, …).
 
-pub mod bench;
 pub mod client;
 pub mod coordination;
 pub mod embedded;
@@ -10,6 +9,8 @@ pub mod up;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use jetmesh_capabilities::Builtin;
+use jetmesh_shared::capability::Catalog;
 use jetmesh_shared::{CancellationToken, Config, Mesh, shutdown, telemetry};
 use std::path::PathBuf;
 
@@ -108,8 +109,6 @@ pub enum Command {
     Reserve(coordination::ReserveArgs),
     /// Release a file reservation.
     Release { epic: String, id: String },
-    /// Measure throughput and latency against a baseline (see docs/BENCHMARKS.md).
-    Bench(bench::BenchArgs),
 }
 
 /// Loads the config with the command-line overrides applied.
@@ -124,11 +123,8 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
 /// Threads for this process's runtime (`runtime.worker_threads`): the
 /// commands that start the embedded nats-server leave it a core.
 pub fn worker_threads(cli: &Cli, config: &Config) -> usize {
-    let embedded = config.nats.url.is_empty()
-        && matches!(
-            cli.command,
-            Command::Up(_) | Command::Demo(_) | Command::Bench(_)
-        );
+    let embedded =
+        config.nats.url.is_empty() && matches!(cli.command, Command::Up(_) | Command::Demo(_));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     config.runtime.threads(cores, embedded)
 }
@@ -152,10 +148,6 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
     let mut telemetry_config = config.telemetry.clone();
     if quiet && telemetry_config.log == "info" {
         telemetry_config.log = "warn".into();
-    }
-    // The bench provokes failures (dead letters, killed processes) on purpose.
-    if matches!(cli.command, Command::Bench(_)) && telemetry_config.log == "info" {
-        telemetry_config.log = "error".into();
     }
     telemetry::init(&telemetry_config);
     let role = |name: &'static str| {
@@ -201,7 +193,7 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
         }
         Command::Worker { pool, workers } => {
             let (mesh, s) = role("worker").await?;
-            jetmesh_worker::run(mesh, &pool, workers, s).await?;
+            run_pool(mesh, &pool, workers, s).await?;
             Ok(0)
         }
         Command::Submit(args) => client::submit(config, args).await,
@@ -222,8 +214,18 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
         Command::Reserve(args) => coordination::reserve(config, args).await,
         Command::Release { epic, id } => coordination::release(config, epic, id).await,
         Command::Dlq { command } => client::dlq(config, command).await,
-        Command::Bench(args) => bench::run(config, args).await.map(|_| 0),
     }
+}
+
+/// Runs the pool process of `pool` with the capabilities built into this
+/// binary ([`Builtin`]).
+pub async fn run_pool(
+    mesh: Mesh,
+    pool: &str,
+    workers: Option<usize>,
+    shutdown: CancellationToken,
+) -> jetmesh_shared::Result<()> {
+    jetmesh_worker::run(mesh, pool, workers, &Builtin, shutdown).await
 }
 
 /// Runs `role` on a NATS connection of its own, flushed before it closes so
@@ -265,7 +267,7 @@ pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()
         });
     }
     for pool in mesh.config.pools.keys() {
-        if !jetmesh_worker::serves_builtin(&mesh.config, pool) {
+        if !Builtin.serves(&mesh.config, pool) {
             tracing::info!(
                 pool,
                 capabilities = ?mesh.config.pool_capabilities(pool),
@@ -276,9 +278,11 @@ pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()
         let (config, s, p) = (mesh.config.clone(), shutdown.clone(), pool.clone());
         set.spawn(async move {
             let name = format!("worker-{p}");
-            let r = on_own_connection(&config, &name, |m| async move {
-                jetmesh_worker::run(m, &p, None, s).await
-            })
+            let r = on_own_connection(
+                &config,
+                &name,
+                |m| async move { run_pool(m, &p, None, s).await },
+            )
             .await;
             (name, r)
         });

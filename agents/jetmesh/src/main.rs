@@ -5,9 +5,13 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     // `jetmesh submit --json | head` should end quietly like any Unix tool,
     // not panic on a closed pipe.
-    // SAFETY: restores the default disposition of SIGPIPE before any thread starts.
+    // SAFETY: restores the default disposition of SIGPIPE before any thread
+    // starts; no handler of ours is replaced.
     unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
     }
     let cli = jetmesh::Cli::parse();
     let outcome = jetmesh::load_config(&cli).and_then(|config| {

@@ -7,10 +7,10 @@
 //! a backoff; permanent ones are recorded and acked. On shutdown it stops pulling,
 //! hands back what was still arriving, and finishes what it runs.
 
-use crate::capability::{Capability, builtin};
 use crate::liveness::{self, Slots};
 use crate::pull::Puller;
 use async_nats::jetstream::{AckKind, Message, kv};
+use jetmesh_shared::capability::{Capability, Catalog};
 use jetmesh_shared::codec::Encoding;
 use jetmesh_shared::error::{Error, ErrorCode, Result};
 use jetmesh_shared::wire::{CapabilityEntry, DeadLetter, TaskMessage, TaskResult};
@@ -43,12 +43,14 @@ const SHORT_TASK: Duration = Duration::from_millis(10);
 /// of 10–12 interleaved bench runs (docs/BENCHMARKS.md).
 const PREFETCH: usize = 3;
 
-/// Runs the pool `pool` (as configured under `[pools.<pool>]`) until `shutdown`.
-/// `workers` overrides the configured slot count.
+/// Runs the pool `pool` (as configured under `[pools.<pool>]`) until
+/// `shutdown`, with its capabilities from `catalog`. `workers` overrides the
+/// configured slot count.
 pub async fn run(
     mesh: Mesh,
     pool: &str,
     workers: Option<usize>,
+    catalog: &dyn Catalog,
     shutdown: CancellationToken,
 ) -> Result<()> {
     ids::validate("pool", pool)?;
@@ -57,10 +59,11 @@ pub async fn run(
     let instance = shutdown::instance_id(pool);
     let mut caps = Vec::new();
     for name in mesh.config.pool_capabilities(pool) {
-        let cap = builtin(&name, &mesh, &instance).ok_or_else(|| {
+        let cap = catalog.build(&name, &mesh, &instance).ok_or_else(|| {
             Error::bad_request(format!(
-                "pool {pool}: there is no built-in capability {name:?} (built in: math, date, sim, agent); \
-                 a foreign worker can serve it instead"
+                "pool {pool}: there is no built-in capability {name:?} (built in: {}); \
+                 a foreign worker can serve it instead",
+                catalog.names().join(", ")
             ))
         })?;
         caps.push(cap);

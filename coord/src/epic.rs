@@ -11,10 +11,11 @@
 //! Every error names where the problem is: `line 12: …` for markdown, a field
 //! path (`tracks[1].scope[0]: …`) for JSON and YAML.
 
-use crate::error::{Error, ErrorCode, Result};
 use crate::globs::{self, Glob};
-use crate::ids;
-use crate::wire::{Bead, BeadTask, Epic, SubmitRequest, Subtask, Track, TrackDependency};
+use crate::wire::{Bead, BeadTask, Epic, Track, TrackDependency};
+use jetmesh_shared::error::{Error, ErrorCode, Result};
+use jetmesh_shared::ids;
+use jetmesh_shared::wire::{Plan, SubmitRequest, Subtask};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 
@@ -67,7 +68,7 @@ fn at(code: ErrorCode, place: impl std::fmt::Display, msg: impl std::fmt::Displa
 /// `## Tracks` section or an `Epic: <id>` line is markdown, and anything else YAML.
 pub fn parse_any(text: &str, content_type: Option<&str>) -> Result<Epic> {
     let req = parse_submission(text, content_type)?;
-    req.plan.epic.ok_or_else(|| {
+    of_plan(&req.plan)?.ok_or_else(|| {
         Error::new(
             ErrorCode::InvalidPlan,
             "this plan has no epic (no \"epic\" with tracks)",
@@ -128,9 +129,9 @@ pub fn parse_submission(text: &str, content_type: Option<&str>) -> Result<Submit
             let (epic, origin) = parse_markdown(text)?;
             check(&epic, &origin)?;
             return Ok(SubmitRequest {
-                plan: crate::wire::Plan {
+                plan: Plan {
                     plan_id: epic.id.clone(),
-                    epic: Some(epic),
+                    epic: Some(to_value(&epic)?),
                     ..Default::default()
                 },
                 ..Default::default()
@@ -142,15 +143,32 @@ pub fn parse_submission(text: &str, content_type: Option<&str>) -> Result<Submit
                 format!("this YAML is not a plan: {e}"),
             )
         })?,
-        Format::Json => crate::codec::from_json::<SubmitRequest>(text.as_bytes())?,
+        Format::Json => jetmesh_shared::codec::from_json::<SubmitRequest>(text.as_bytes())?,
     };
-    if let Some(epic) = &req.plan.epic {
-        check(epic, &Origin::default())?;
+    if let Some(epic) = of_plan(&req.plan)? {
+        check(&epic, &Origin::default())?;
         if req.plan.plan_id.is_empty() {
             req.plan.plan_id = epic.id.clone();
         }
     }
     Ok(req)
+}
+
+/// The epic a plan carries, if any. A plan carries it as an opaque value
+/// (`jetmesh_shared` does not know epics); this reads it strictly.
+/// Errors: `invalid_plan` naming what does not fit.
+pub fn of_plan(plan: &Plan) -> Result<Option<Epic>> {
+    let Some(value) = &plan.epic else {
+        return Ok(None);
+    };
+    serde_json::from_value(value.clone())
+        .map(Some)
+        .map_err(|e| Error::new(ErrorCode::InvalidPlan, format!("epic: {e}")))
+}
+
+/// An epic as a plan carries it.
+pub fn to_value(epic: &Epic) -> Result<Value> {
+    serde_json::to_value(epic).map_err(|e| Error::internal(format!("cannot encode an epic: {e}")))
 }
 
 /// Checks an epic as JSON or YAML carried it.

@@ -5,7 +5,7 @@
 //! scope), and keeps claim and reservations alive together while it works.
 //! It announces the start on the epic thread, reads the track thread's
 //! learnings, and runs the allowlisted command in the bead's own git worktree
-//! (a copy of the epic's tree as it is now; see [`super::tree`]) with the
+//! (a copy of the epic's tree as it is now; see [`tree`]) with the
 //! bead, its track and the learnings on stdin. Then it looks at what the bead
 //! changed: a change outside the scope or outside the reservation, a failed
 //! command, or an agent that says it is stuck becomes a blocker on the epic
@@ -19,19 +19,20 @@
 //! lapse together after `coord.lease_ttl_secs`, and JetStream delivers the
 //! bead to another worker.
 
-use super::tree::{self, Worktree};
-use crate::capability::Capability;
+mod tree;
+
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use jetmesh_shared::config::AgentConfig;
-use jetmesh_shared::coord::{self, Claimed, Reserved};
-use jetmesh_shared::globs::{self, Glob};
-use jetmesh_shared::mail::{self, CHIEF};
-use jetmesh_shared::names::Thread;
-use jetmesh_shared::wire::{
+use jetmesh_coord::globs::{self, Glob};
+use jetmesh_coord::mail::{self, CHIEF};
+use jetmesh_coord::state::{self, Claimed, Reserved};
+use jetmesh_coord::wire::{
     Bead, BeadTask, Blocker, BlockerKind, Claim, Decision, DecisionAction, Epic, Importance, Mail,
     MailKind, Reservation, Track,
 };
+use jetmesh_shared::capability::Capability;
+use jetmesh_shared::config::AgentConfig;
+use jetmesh_shared::names::Thread;
 use jetmesh_shared::{Error, ErrorCode, Mesh, Result, codec};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -40,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use tree::Worktree;
 
 const ACTIONS: &[&str] = &["bead"];
 
@@ -161,7 +163,7 @@ impl Leases {
             while s.run_until_cancelled(tick.tick()).await.is_some() {
                 let keys = h.lock().map(|v| v.clone()).unwrap_or_default();
                 for (key, body) in keys {
-                    if let Err(error) = coord::renew(&m, &key, body).await {
+                    if let Err(error) = state::renew(&m, &key, body).await {
                         tracing::warn!(%error, key, "Cannot renew a bead lease.");
                     }
                 }
@@ -271,7 +273,7 @@ impl Agent {
                     format!("a bead task needs epic, track and bead: {e}"),
                 )
             })?;
-        let epic = coord::load_epic(&self.mesh, &task.epic).await?;
+        let epic = state::load_epic(&self.mesh, &task.epic).await?;
         let (track, bead) = epic
             .bead(&task.bead)
             .filter(|(t, _)| t.id == task.track)
@@ -295,8 +297,8 @@ impl Agent {
         let outcome = self.work(&epic, track, bead, &workdir, &leases).await;
         let reassigned = matches!(&outcome, Err(e) if e.code == ErrorCode::Unavailable);
         drop(leases);
-        let _ = coord::release(&self.mesh, &epic.id, &bead.id).await;
-        let _ = coord::release_claim(&self.mesh, &epic.id, &bead.id).await;
+        let _ = state::release(&self.mesh, &epic.id, &bead.id).await;
+        let _ = state::release_claim(&self.mesh, &epic.id, &bead.id).await;
         if !reassigned {
             tracing::info!(epic = %epic.id, bead = %bead.id, ok = outcome.is_ok(), "A bead is finished.");
         }
@@ -307,7 +309,7 @@ impl Agent {
     async fn wait_unpaused(&self, epic: &Epic, track: &Track) -> Result<()> {
         let mut said = false;
         loop {
-            let paused = coord::state(&self.mesh, &epic.id)
+            let paused = state::state(&self.mesh, &epic.id)
                 .await?
                 .and_then(|(s, _)| s.paused.get(&track.id).cloned());
             let Some(why) = paused else { return Ok(()) };
@@ -332,7 +334,7 @@ impl Agent {
         let patience = Duration::from_secs(self.mesh.config.coord.lease_ttl_secs * 2 + 2);
         let until = tokio::time::Instant::now() + patience;
         loop {
-            match coord::claim(&self.mesh, &claim).await? {
+            match state::claim(&self.mesh, &claim).await? {
                 Claimed::Granted => {
                     leases.hold(
                         self.mesh.names.claim_key(&epic.id, &bead.id),
@@ -367,7 +369,7 @@ impl Agent {
         } else {
             bead.files.clone()
         };
-        coord::check_patterns(&patterns, Some((&track.id, scope)))?;
+        state::check_patterns(&patterns, Some((&track.id, scope)))?;
         let r = Reservation {
             id: bead.id.clone(),
             epic: epic.id.clone(),
@@ -382,7 +384,7 @@ impl Agent {
         let until = tokio::time::Instant::now()
             + Duration::from_secs(self.mesh.config.coord.reserve_wait_secs);
         loop {
-            match coord::reserve(&self.mesh, &r).await? {
+            match state::reserve(&self.mesh, &r).await? {
                 Reserved::Granted(r) => {
                     leases.hold(
                         self.mesh.names.reservation_key(&epic.id, &r.id),
@@ -478,8 +480,8 @@ impl Agent {
         attempt: u32,
         note: Option<&str>,
     ) -> Result<Outcome> {
-        let state = coord::state(&self.mesh, &epic.id).await?.map(|(s, _)| s);
-        let scope = coord::scope(epic, state.as_ref(), &track.id)?;
+        let state = state::state(&self.mesh, &epic.id).await?.map(|(s, _)| s);
+        let scope = state::scope(epic, state.as_ref(), &track.id)?;
         let reserved = match self
             .reserve(epic, track, bead, &scope, leases, attempt)
             .await?
@@ -846,14 +848,14 @@ impl Agent {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        // SAFETY: prctl(2) only, between fork and exec. A worker killed with
+        // SAFETY: prctl(2) only (async-signal-safe), between fork and exec. A worker killed with
         // SIGKILL takes its agent with it: no orphan keeps writing to the
         // tree after the bead's claim has lapsed.
         #[cfg(target_os = "linux")]
         unsafe {
             cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
             });
         }
         // Only the variables named in agent.pass_env reach the command:
@@ -910,7 +912,10 @@ impl Agent {
             Err(_) => {
                 if let Some(pid) = pid {
                     // The whole process group: an agent's own children too.
-                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
                 (
                     Some(format!(

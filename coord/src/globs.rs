@@ -15,7 +15,7 @@
 //! `yes` is always right; a `no` can be too strict for unusual patterns, and
 //! the error then says which pattern was not covered.
 
-use crate::error::{Error, ErrorCode, Result};
+use jetmesh_shared::error::{Error, ErrorCode, Result};
 use std::fmt;
 
 /// The longest glob accepted, in bytes.

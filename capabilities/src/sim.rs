@@ -10,8 +10,8 @@
 //!
 //! `sleep` waits without holding a thread, like a task that waits on I/O.
 
-use crate::capability::Capability;
 use futures::future::BoxFuture;
+use jetmesh_shared::capability::Capability;
 use jetmesh_shared::{Error, ErrorCode};
 use serde_json::{Map, Value, json};
 use std::time::Duration;

@@ -22,8 +22,8 @@
 //! `null` and empty strings count as absent. Anything malformed fails with
 //! `invalid_args` and a message naming the parameter.
 
-use crate::capability::Capability;
 use futures::future::BoxFuture;
+use jetmesh_shared::capability::Capability;
 use jetmesh_shared::{Error, ErrorCode};
 use jiff::civil;
 use jiff::fmt::strtime::{BrokenDownTime, Config, PosixCustom};

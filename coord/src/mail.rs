@@ -4,14 +4,14 @@
 //! stored on the same thread. Reading a thread is an ordered consumer over its
 //! subject, so nothing but the stream holds mail.
 
-use crate::codec;
-use crate::error::{Context, Error, ErrorCode, Result};
-use crate::ids;
-use crate::mesh::Mesh;
-use crate::names::Thread;
 use crate::wire::{Epic, Importance, Mail, MailDraft, MailKind, MailSent};
 use async_nats::jetstream::consumer;
 use futures::{Stream, StreamExt};
+use jetmesh_shared::Mesh;
+use jetmesh_shared::codec;
+use jetmesh_shared::error::{Context, Error, ErrorCode, Result};
+use jetmesh_shared::ids;
+use jetmesh_shared::names::Thread;
 use std::time::Duration;
 
 /// The chief's name on mail threads.
@@ -32,7 +32,7 @@ impl Mail {
         body: impl Into<String>,
     ) -> Mail {
         Mail {
-            v: crate::wire::PROTOCOL_VERSION,
+            v: jetmesh_shared::wire::PROTOCOL_VERSION,
             id: ids::generate(),
             epic: epic.to_string(),
             thread: thread.to_string(),
@@ -266,7 +266,7 @@ pub async fn from_draft(mesh: &Mesh, draft: MailDraft) -> Result<Mail> {
     if draft.subject.trim().is_empty() && draft.body.trim().is_empty() {
         return Err(Error::bad_request("a message needs a subject or a body"));
     }
-    let epic = match crate::coord::load_epic(mesh, &epic_id).await {
+    let epic = match crate::state::load_epic(mesh, &epic_id).await {
         Ok(e) => e,
         Err(e) if e.code == ErrorCode::NotFound => {
             return Err(Error::new(

@@ -1,4 +1,4 @@
-//! `jetmesh bench`: measures jetmesh next to a baseline taken in the same run, on
+//! `jetmesh-bench` (`./dev bench`): measures jetmesh next to a baseline taken in the same run, on
 //! the same server. (a) the raw JetStream loop — publish → pull → KV put → ack,
 //! no mesh — against (b) jetmesh end to end, for many single tasks
 //! (`mesh.tasks`) and for one plan with thousands of subtasks; (c) `mesh.run`
@@ -9,10 +9,10 @@
 mod failures;
 mod pools;
 
-use crate::embedded::EmbeddedServer;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures::StreamExt;
+use jetmesh::embedded::EmbeddedServer;
 use jetmesh_shared::config::NatsConfig;
 use jetmesh_shared::wire::{Plan, SubmitRequest, Subtask};
 use jetmesh_shared::{CancellationToken, Config, EventKind, Mesh, registry};
@@ -55,6 +55,22 @@ struct Figure {
     ratio: String,
 }
 
+/// The `jetmesh` binary next to this one (`./dev bench` builds both): the
+/// bench starts roles and `jetmesh up` as separate processes.
+pub fn jetmesh_exe() -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .context("the bench binary has no folder")?
+        .join("jetmesh");
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --release -p jetmesh` (./dev bench does)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let server = if config.nats.url.is_empty() {
@@ -83,16 +99,15 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// CPU time (user + system) of a process so far, from `/proc`.
+/// CPU time (user + system) of a process so far (this one for `None`).
 fn cpu_time(pid: Option<u32>) -> Option<Duration> {
-    let pid = pid.map_or("self".to_string(), |p| p.to_string());
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_millis(ticks * 1000 / hz))
+    let process = match pid {
+        Some(pid) => procfs::process::Process::new(pid as i32),
+        None => procfs::process::Process::myself(),
+    };
+    let stat = process.ok()?.stat().ok()?;
+    let hz = procfs::ticks_per_second().max(1);
+    Some(Duration::from_millis((stat.utime + stat.stime) * 1000 / hz))
 }
 
 /// CPU spent by this process and by the embedded server during one phase.
@@ -142,7 +157,7 @@ async fn measure(
     }
     let mesh = Mesh::connect(config.clone(), "bench").await?;
     let shutdown = CancellationToken::new();
-    let roles = tokio::spawn(crate::run_all_roles(mesh.clone(), shutdown.clone()));
+    let roles = tokio::spawn(jetmesh::run_all_roles(mesh.clone(), shutdown.clone()));
     wait_for_math(&mesh).await?;
 
     // A small uncounted round first: the first plan of a fresh server pays for
@@ -277,7 +292,7 @@ async fn measure(
 }
 
 async fn wait_for_math(mesh: &Mesh) -> Result<()> {
-    crate::up::wait_ready(mesh, Duration::from_secs(30)).await?;
+    jetmesh::up::wait_ready(mesh, Duration::from_secs(30)).await?;
     for _ in 0..100 {
         if registry::list(mesh)
             .await?
@@ -487,7 +502,7 @@ async fn big_plan(mesh: &Mesh, n: usize) -> Result<(f64, String)> {
         })
     };
     let (ready, aggregated) = (seen(ready), seen(aggregated));
-    let report = crate::client::submit_and_wait(mesh, request, Duration::from_secs(300)).await?;
+    let report = jetmesh::client::submit_and_wait(mesh, request, Duration::from_secs(300)).await?;
     let elapsed = started.elapsed();
     anyhow::ensure!(
         report.completed == n,
@@ -573,8 +588,7 @@ async fn core_latency(client: &async_nats::Client, n: usize) -> Result<(f64, f64
 
 /// RSS of an idle `jetmesh up --nats-url URL` after it settled, in MB.
 async fn idle_rss(url: &str) -> Result<f64> {
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
+    let mut child = tokio::process::Command::new(jetmesh_exe()?)
         .args(["up", "--nats-url", url])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
@@ -583,17 +597,14 @@ async fn idle_rss(url: &str) -> Result<f64> {
         .spawn()?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pid = child.id().context("jetmesh up exited")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    // SAFETY: plain kill(2) on our own child.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-    }
+    let kb = procfs::process::Process::new(pid as i32)?
+        .status()?
+        .vmrss
+        .context("no VmRSS")? as f64;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
     Ok(kb / 1024.0)
 }

@@ -20,8 +20,8 @@
 //! A zero divisor fails with `division_by_zero`; an infinite or NaN result
 //! with `overflow`.
 
-use crate::capability::Capability;
 use futures::future::BoxFuture;
+use jetmesh_shared::capability::Capability;
 use jetmesh_shared::{Error, ErrorCode};
 use serde_json::{Map, Number, Value};
 

@@ -9,21 +9,24 @@
 //! whose bump fails (another grant slipped in between) withdraws and checks
 //! again.
 
-use crate::codec;
-use crate::error::{Context, Error, ErrorCode, Result};
 use crate::globs::{self, Glob};
-use crate::mesh::Mesh;
-use crate::wire::{Claim, Epic, EpicState, PlanRecord, Reservation};
+use crate::wire::{Claim, Epic, EpicState, Reservation};
 use async_nats::jetstream::kv;
+use jetmesh_shared::Mesh;
+use jetmesh_shared::codec;
+use jetmesh_shared::error::{Context, Error, ErrorCode, Result};
+use jetmesh_shared::wire::PlanRecord;
 use std::time::Duration;
 
 /// The epic `id`, from its stored plan.
 /// Errors: `not_found` when no epic has that id.
 pub async fn load_epic(mesh: &Mesh, id: &str) -> Result<Epic> {
-    crate::ids::validate("epic id", id)?;
+    jetmesh_shared::ids::validate("epic id", id)?;
     let record: Option<PlanRecord> = mesh.get_json(&mesh.plans, &mesh.names.plan_key(id)).await?;
     record
-        .and_then(|r| r.plan.epic)
+        .map(|r| crate::epic::of_plan(&r.plan))
+        .transpose()?
+        .flatten()
         .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("there is no epic {id}")))
 }
 
@@ -228,7 +231,7 @@ fn conflict_with(
 /// Grants (or renews, same id) a reservation unless another holder's
 /// conflicts. Patterns must have been checked ([`check_patterns`]).
 pub async fn reserve(mesh: &Mesh, r: &Reservation) -> Result<Reserved> {
-    crate::ids::validate("reservation id", &r.id)?;
+    jetmesh_shared::ids::validate("reservation id", &r.id)?;
     let mine = Glob::parse_all(&r.patterns)?;
     let key = mesh.names.reservation_key(&r.epic, &r.id);
     let gen_key = mesh.names.reservation_gen_key(&r.epic);

@@ -33,7 +33,7 @@ pub async fn measure(config: &Config, workers: usize) -> Result<Vec<Figure>> {
 
 /// `jetmesh <args>` against the bench's server, quiet, killed on drop.
 fn jetmesh(config: &Config, args: &[&str], env: &[(&str, String)]) -> Result<Child> {
-    Ok(Command::new(std::env::current_exe()?)
+    Ok(Command::new(super::jetmesh_exe()?)
         .args(args)
         .env("NATS_URL", &config.nats.url)
         .env("RUST_LOG", "error")
@@ -46,10 +46,10 @@ fn jetmesh(config: &Config, args: &[&str], env: &[(&str, String)]) -> Result<Chi
 
 fn kill9(child: &Child) {
     if let Some(pid) = child.id() {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGKILL);
-        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -145,7 +145,7 @@ async fn poison(config: &Config, workers: usize) -> Result<Vec<Figure>> {
     eprintln!("(e) {POISON_TASKS} queued tasks, 1 % poison against none ...");
     let mesh = Mesh::connect(config.clone(), "bench-poison").await?;
     let stop = CancellationToken::new();
-    let pool = tokio::spawn(jetmesh_worker::run(
+    let pool = tokio::spawn(jetmesh::run_pool(
         mesh.clone(),
         "math",
         Some(workers),
@@ -276,7 +276,7 @@ async fn chief_failover(config: &Config) -> Result<Vec<Figure>> {
     roles.spawn(jetmesh_router::run(mesh.clone(), stop.clone()));
     roles.spawn(jetmesh_aggregator::run(mesh.clone(), stop.clone()));
     roles.spawn(jetmesh_summary::run(mesh.clone(), stop.clone()));
-    roles.spawn(jetmesh_worker::run(
+    roles.spawn(jetmesh::run_pool(
         mesh.clone(),
         "math",
         Some(16),
@@ -296,7 +296,7 @@ async fn chief_failover(config: &Config) -> Result<Vec<Figure>> {
     let standby = jetmesh(config, &["chief"], &ttl)?;
     jetmesh_shared::service::wait_for_roles(
         &mesh.client,
-        &crate::up::FLOW_ROLES,
+        &jetmesh::up::FLOW_ROLES,
         &[],
         Duration::from_secs(30),
     )
@@ -335,7 +335,7 @@ async fn chief_failover(config: &Config) -> Result<Vec<Figure>> {
         Duration::from_secs(120),
         "a standby takes over",
         async || {
-            crate::up::leader_answers(&mesh, Duration::from_millis(200))
+            jetmesh::up::leader_answers(&mesh, Duration::from_millis(200))
                 .await
                 .then_some(())
         },

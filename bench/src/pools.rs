@@ -35,8 +35,8 @@ async fn with_mesh<T>(
         .collect();
     let mesh = Mesh::connect(config, "bench-pools").await?;
     let shutdown = CancellationToken::new();
-    let roles = tokio::spawn(crate::run_all_roles(mesh.clone(), shutdown.clone()));
-    crate::up::wait_ready(&mesh, Duration::from_secs(30)).await?;
+    let roles = tokio::spawn(jetmesh::run_all_roles(mesh.clone(), shutdown.clone()));
+    jetmesh::up::wait_ready(&mesh, Duration::from_secs(30)).await?;
     let out = f(&mesh).await;
     shutdown.cancel();
     roles.await??;
@@ -107,7 +107,7 @@ pub async fn measure(config: &Config) -> Result<Vec<Figure>> {
             }
             let n = 60 * slots;
             let started = Instant::now();
-            let report = crate::client::submit_and_wait(
+            let report = jetmesh::client::submit_and_wait(
                 mesh,
                 request(sleeps(n, "t")?, true),
                 Duration::from_secs(120),

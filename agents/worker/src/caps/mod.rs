@@ -1,7 +1,0 @@
-//! Built-in capabilities.
-
-pub mod agent;
-pub mod date;
-pub mod math;
-pub mod sim;
-pub mod tree;
