@@ -9,7 +9,7 @@ use jetmesh_shared::config::PoolConfig;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const ROLES: [&str; 6] = [
     "chief",
