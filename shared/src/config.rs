@@ -176,17 +176,45 @@ impl Default for MeshConfig {
     }
 }
 
-/// The process's async runtime (tokio).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// The process: its async runtime (tokio), how it stops, and when it gives up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Threads that run the roles of this process. 0: one per core, less one
     /// when this process also starts the embedded nats-server (which then
     /// shares the machine), and at least one.
     pub worker_threads: usize,
+    /// How long a role may finish in-flight work after SIGTERM. The process
+    /// exits at the latest 10 s after this, even if the server is gone.
+    pub drain_timeout_ms: u64,
+    /// How long a consumer or a follower may stay unusable while connected
+    /// before the role gives up and exits non-zero (for its supervisor to
+    /// restart it). Time spent disconnected does not count.
+    pub give_up_after_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            worker_threads: 0,
+            drain_timeout_ms: 30_000,
+            give_up_after_ms: 60_000,
+        }
+    }
 }
 
 impl RuntimeConfig {
+    /// How long a role may drain after shutdown.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// When the process exits after shutdown, whatever still runs: the drain
+    /// timeout and 10 s of grace.
+    pub fn shutdown_bound(&self) -> std::time::Duration {
+        self.drain_timeout() + std::time::Duration::from_secs(10)
+    }
+
     /// The thread count for a machine of `cores` cores; `embedded`: this
     /// process starts the nats-server child.
     pub fn threads(&self, cores: usize, embedded: bool) -> usize {
@@ -771,7 +799,10 @@ mod tests {
         assert_eq!(auto.threads(8, true), 7);
         assert_eq!(auto.threads(2, false), 2);
         assert_eq!(auto.threads(1, true), 1);
-        let set = RuntimeConfig { worker_threads: 3 };
+        let set = RuntimeConfig {
+            worker_threads: 3,
+            ..Default::default()
+        };
         assert_eq!(set.threads(2, true), 3);
     }
 

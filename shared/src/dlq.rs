@@ -9,7 +9,7 @@
 //! replay clears the task's failed result first (the first result wins), then
 //! puts the original body back on its queue subject.
 
-use crate::codec::{self, CONTENT_TYPE, Encoding};
+use crate::codec::{CONTENT_TYPE, Encoding};
 use crate::error::{Context, Error, ErrorCode, Result};
 use crate::mesh::Mesh;
 use crate::wire::{DeadLetter, TaskMessage, TaskResult};
@@ -80,7 +80,8 @@ pub fn task_ids(headers: Option<&async_nats::HeaderMap>, body: &[u8]) -> Option<
         .then(|| (plan.to_string(), task.to_string()))
 }
 
-/// Records the task as failed with `dead_lettered` (first result wins).
+/// Records the task as failed with `dead_lettered` ([`crate::results::record`]:
+/// the first result wins).
 pub async fn fail_task(
     mesh: &Mesh,
     plan_id: &str,
@@ -97,18 +98,8 @@ pub async fn fail_task(
     );
     let mut result = TaskResult::failure(&error).for_task(plan_id, task_id);
     result.attempt = attempts.min(u32::MAX as u64) as u32;
-    match mesh
-        .results
-        .create(
-            mesh.names.task_key(plan_id, task_id),
-            codec::to_json(&result)?,
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::unavailable("cannot record a dead-lettered task", e)),
-    }
+    crate::results::record(mesh, plan_id, task_id, &result).await?;
+    Ok(())
 }
 
 /// Every dead letter, oldest first (at most `limit`).

@@ -21,7 +21,6 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::mesh::Mesh;
 use crate::wire::LeaseRecord;
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -53,14 +52,16 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Starts campaigning for the lease `name` as `holder` until `shutdown`,
-    /// when a held lease is released.
-    pub fn campaign(mesh: &Mesh, name: &str, holder: &str, shutdown: CancellationToken) -> Lease {
+    /// Starts campaigning for the lease of `role` as this process until
+    /// `shutdown`, when a held lease is released.
+    pub fn campaign(mesh: &Mesh, role: crate::Role, shutdown: CancellationToken) -> Lease {
+        let name = mesh.names.lease_key(role);
+        let holder = mesh.identity.instance.as_str();
         let (leading, _) = watch::channel(false);
         let lease = Lease {
             inner: Arc::new(Inner {
                 mesh: mesh.clone(),
-                key: name.to_string(),
+                key: name,
                 holder: holder.to_string(),
                 ttl: Duration::from_millis(mesh.config.leases.ttl_ms.max(1000)),
                 held: Mutex::new(None),
@@ -148,7 +149,19 @@ impl Lease {
         let poll =
             (self.inner.ttl / 20).clamp(Duration::from_millis(100), Duration::from_millis(500));
         let renew_every = self.inner.ttl / 3;
-        let mut watch = None;
+        // Standbys wake when the key is deleted (a release), and poll too:
+        // a key that expires leaves no delete marker.
+        let released = Arc::new(tokio::sync::Notify::new());
+        let wake = released.clone();
+        let follower = crate::follow::follow(store.clone(), key.clone(), shutdown.clone(), move |c| {
+            if let crate::follow::Change::Delete { .. } = c {
+                wake.notify_one();
+            }
+        })
+        .await;
+        if let Err(error) = follower {
+            tracing::debug!(lease = %key, %error, "Cannot follow the lease key; polling only.");
+        }
         loop {
             let held = *self.inner.held.lock().expect("lease lock");
             match held {
@@ -159,28 +172,11 @@ impl Lease {
                     if let Some(h) = self.try_acquire(&store).await {
                         tracing::info!(lease = %key, holder = %self.inner.holder, term = h.term, "This instance leads.");
                         self.set(Some(h));
-                        watch = None;
                         continue;
                     }
-                    // Standby: wake on a delete (release) or after a poll.
-                    if watch.is_none() {
-                        watch = store.watch(&key).await.ok();
-                    }
-                    let released = async {
-                        match watch.as_mut() {
-                            Some(w) => loop {
-                                match w.next().await {
-                                    Some(Ok(e)) if e.operation != kv::Operation::Put => return,
-                                    Some(Ok(_)) => {}
-                                    _ => return std::future::pending().await,
-                                }
-                            },
-                            None => std::future::pending().await,
-                        }
-                    };
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = released => {}
+                        _ = released.notified() => {}
                         _ = tokio::time::sleep(poll) => {}
                     }
                 }
@@ -266,7 +262,7 @@ impl Lease {
     }
 }
 
-/// Who holds the lease `name` now, if anyone.
-pub async fn holder(mesh: &Mesh, name: &str) -> Result<Option<LeaseRecord>> {
-    mesh.get_json(&mesh.leases, name).await
+/// Who holds the lease of `role` now, if anyone.
+pub async fn holder(mesh: &Mesh, role: crate::Role) -> Result<Option<LeaseRecord>> {
+    mesh.get_json(&mesh.leases, &mesh.names.lease_key(role)).await
 }

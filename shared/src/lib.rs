@@ -6,25 +6,31 @@
 //! ([`registry`]), service API registration ([`service`]) and telemetry.
 //! Roles depend on this crate and never on each other.
 
+pub mod backoff;
 pub mod capability;
 pub mod codec;
+pub mod consume;
 pub mod config;
 pub mod dlq;
 pub mod error;
+pub mod follow;
 pub mod ids;
 pub mod lease;
 pub mod mesh;
 pub mod names;
 pub mod plan;
 pub mod pools;
+pub mod provision;
 pub mod registry;
+pub mod results;
 pub mod service;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 pub mod wire;
 
 pub use config::Config;
 pub use error::{Error, ErrorCode, Result};
-pub use mesh::Mesh;
-pub use names::{EventKind, Names};
+pub use mesh::{Identity, Mesh};
+pub use names::{EventKind, Names, Role};
 pub use tokio_util::sync::CancellationToken;

@@ -1,19 +1,26 @@
-//! The `Mesh` handle every role runs on: one NATS connection, the JetStream
-//! context, the names, the config, and handles to the KV buckets. `Mesh::connect`
-//! creates every stream and bucket idempotently, so any role can start first.
+//! The `Mesh` handle every role runs on: one NATS connection and what it
+//! says about itself ([`Connection`]), the JetStream context, the names, the
+//! config, who this process is ([`Identity`]), its health ([`Status`]), and
+//! handles to the KV buckets.
+//!
+//! [`Mesh::connect`] opens the streams and buckets the way [`provision`]
+//! describes: a role creates what is missing and never changes what exists.
 
 use crate::codec;
-use crate::config::{Config, NatsConfig, Storage};
+use crate::config::{Config, NatsConfig};
 use crate::error::{Context, Error, ErrorCode, Result};
-use crate::names::{EventKind, Names};
-use crate::wire::{HealthEvent, ResultStatus, TaskStatus};
-use async_nats::jetstream::{self, consumer, kv, stream};
+use crate::names::{EventKind, Names, Role};
+use crate::provision::{self, Mode};
+use crate::wire::{Alert, HealthEvent};
+use async_nats::jetstream::{self, consumer, kv};
 use async_nats::{Client, ConnectOptions};
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Everything a role needs to talk to the mesh. Cheap to clone.
@@ -23,6 +30,12 @@ pub struct Mesh {
     pub js: jetstream::Context,
     pub names: Names,
     pub config: Arc<Config>,
+    /// Who this process is on the mesh.
+    pub identity: Identity,
+    /// Whether the connection is up, and how many times it was made.
+    pub connection: Connection,
+    /// What this process reports about its own health.
+    pub status: Status,
     /// `mesh_registry`: `cap.<capability>`.
     pub registry: kv::Store,
     /// `mesh_results`: `plan.*`, `task.*.*`, `report.*`.
@@ -39,22 +52,190 @@ pub struct Mesh {
     pub coord: kv::Store,
 }
 
+/// Who a process is: its role and its instance id (`router-3fa9c1`,
+/// `math-7f3a9c` for a worker of pool `math`). The instance names the NATS
+/// connection (`jetmesh-<instance>`), the service instance, heartbeats and
+/// health events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub role: Role,
+    pub instance: String,
+}
+
+impl Identity {
+    /// `<role>-<6 hex>`.
+    pub fn new(role: Role) -> Identity {
+        Identity::named(role, role.as_str())
+    }
+
+    /// `<name>-<6 hex>` (a worker names itself after its pool, a client
+    /// after what it is).
+    pub fn named(role: Role, name: &str) -> Identity {
+        let name: String = name.chars().take(crate::ids::MAX_ID_LEN - 7).collect();
+        Identity {
+            role,
+            instance: format!("{name}-{}", &crate::ids::generate()[..6]),
+        }
+    }
+}
+
+impl From<Role> for Identity {
+    fn from(role: Role) -> Identity {
+        Identity::new(role)
+    }
+}
+
+/// A client connection named after what it is for (`bench`, `test`).
+impl From<&str> for Identity {
+    fn from(name: &str) -> Identity {
+        Identity::named(Role::Client, name)
+    }
+}
+
+/// The connection's state, kept from the client's connection events.
+#[derive(Clone)]
+pub struct Connection(watch::Receiver<ConnectionState>);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ConnectionState {
+    connected: bool,
+    /// Connections made so far: a reconnect adds one.
+    connects: u64,
+}
+
+impl Connection {
+    pub fn is_connected(&self) -> bool {
+        self.0.borrow().connected
+    }
+
+    /// How many times the connection was made; a change means a reconnect
+    /// (requests and pull requests made before are gone).
+    pub fn connects(&self) -> u64 {
+        self.0.borrow().connects
+    }
+
+    /// Waits until the connection is up, at most `max`.
+    pub async fn until_connected(&self, max: Duration) {
+        let mut rx = self.0.clone();
+        let _ = tokio::time::timeout(max, rx.wait_for(|s| s.connected)).await;
+    }
+
+    /// Waits for the next (re)connection after `connects` connections.
+    pub async fn reconnected_after(&self, connects: u64) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|s| s.connected && s.connects > connects).await;
+    }
+}
+
+/// What a process reports about its own health: the parts of it that are
+/// degraded, and why. A change is published as a health event (`degraded`
+/// with the reason, or `recovered`) on `mesh.health.<role>.<instance>`.
+#[derive(Clone)]
+pub struct Status {
+    client: Client,
+    names: Names,
+    identity: Identity,
+    degraded: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Status {
+    /// `part` (`results`, `registry`, …) is degraded because of `why`.
+    pub async fn degrade(&self, part: &str, why: &str) {
+        let new = self
+            .degraded
+            .lock()
+            .expect("status lock")
+            .insert(part.to_string(), why.to_string())
+            .is_none();
+        if new {
+            metrics::gauge!(crate::telemetry::DEGRADED, "part" => part.to_string()).set(1.0);
+            tracing::warn!(part, reason = why, "This process is degraded.");
+            self.publish("degraded", Some(format!("{part}: {why}"))).await;
+        }
+    }
+
+    /// `part` works again.
+    pub async fn clear(&self, part: &str) {
+        let was = {
+            let mut d = self.degraded.lock().expect("status lock");
+            if d.is_empty() {
+                return;
+            }
+            d.remove(part).is_some()
+        };
+        if was {
+            metrics::gauge!(crate::telemetry::DEGRADED, "part" => part.to_string()).set(0.0);
+            tracing::info!(part, "This process recovered.");
+            self.publish("recovered", Some(part.to_string())).await;
+        }
+    }
+
+    /// The degraded parts and why.
+    pub fn degraded(&self) -> BTreeMap<String, String> {
+        self.degraded.lock().expect("status lock").clone()
+    }
+
+    /// Publishes a health event (`started`, `stopping`, …); best effort.
+    pub async fn publish(&self, state: &str, detail: Option<String>) {
+        let event = HealthEvent {
+            role: self.identity.role.as_str().into(),
+            instance: self.identity.instance.clone(),
+            state: state.into(),
+            at: jiff::Timestamp::now(),
+            pool: None,
+            detail,
+        };
+        let Ok(payload) = codec::to_json(&event) else {
+            return;
+        };
+        let subject = self.names.health(self.identity.role, &self.identity.instance);
+        // Bounded: a health event must never hold a role up (at shutdown the
+        // server may be gone).
+        let sent = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.client.publish(subject, payload),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!(state, "Could not publish a health event.");
+        }
+    }
+}
+
 /// The URL used when none is configured and no embedded server runs.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
-/// Connects to NATS. `role` names the connection (visible in `nats server report
-/// connections`). Fails fast when no server answers.
-pub async fn connect(nats: &NatsConfig, role: &str) -> Result<Client> {
+/// Connects to NATS as `jetmesh-<instance>`. Fails fast when no server
+/// answers; after that the client reconnects by itself, for ever.
+pub async fn connect(nats: &NatsConfig, identity: &Identity) -> Result<(Client, Connection)> {
     let url = if nats.url.is_empty() {
         DEFAULT_URL
     } else {
         nats.url.as_str()
     };
+    let (tx, rx) = watch::channel(ConnectionState::default());
+    let tx = Arc::new(tx);
+    let events = tx.clone();
     let mut opts = ConnectOptions::new()
-        .name(format!("jetmesh-{role}"))
+        .name(format!("jetmesh-{}", identity.instance))
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
-        .request_timeout(Some(Duration::from_secs(10)));
+        .request_timeout(Some(Duration::from_secs(10)))
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => events.send_modify(|s| {
+                        s.connected = true;
+                        s.connects += 1;
+                    }),
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                        events.send_modify(|s| s.connected = false)
+                    }
+                    _ => {}
+                }
+            }
+        });
     if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
         opts = opts.user_and_password(user.clone(), password.clone());
     }
@@ -71,190 +252,69 @@ pub async fn connect(nats: &NatsConfig, role: &str) -> Result<Client> {
         .map(|u| u.trim().parse())
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::bad_request(format!("invalid NATS URL {url:?}: {e}")))?;
-    opts.connect(urls).await.map_err(|e| {
+    let client = opts.connect(urls).await.map_err(|e| {
         Error::new(
             ErrorCode::Unavailable,
             format!("cannot connect to NATS at {url}: {e}"),
         )
-    })
+    })?;
+    // The first connection's event comes through the callback a moment
+    // later: wait for it, so that `connects` starts at one and a change
+    // always means a reconnect.
+    let connection = Connection(rx);
+    let mut first = connection.0.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(5), first.wait_for(|s| s.connects > 0)).await;
+    drop(tx);
+    Ok((client, connection))
 }
 
 impl Mesh {
-    /// Connects and makes sure every stream and bucket exists.
-    pub async fn connect(config: Config, role: &str) -> Result<Mesh> {
-        let client = connect(&config.nats, role).await?;
-        Mesh::ensure(client, config).await
+    /// Connects as `identity` and opens the mesh, creating the streams and
+    /// buckets that are missing (what a role does).
+    pub async fn connect(config: Config, identity: impl Into<Identity>) -> Result<Mesh> {
+        Mesh::open(config, identity.into(), Mode::CreateMissing).await
     }
 
-    /// Creates (or updates) the streams and buckets, then returns the handle.
-    pub async fn ensure(client: Client, config: Config) -> Result<Mesh> {
-        let names = config.names();
+    /// Connects as `identity` and opens the mesh in `mode` (see [`provision`]).
+    pub async fn open(config: Config, identity: Identity, mode: Mode) -> Result<Mesh> {
+        let (client, connection) = connect(&config.nats, &identity).await?;
         let js = jetstream::ContextBuilder::new()
             .max_ack_inflight(config.router.max_inflight.max(1))
             .backpressure_on_inflight(true)
             .build(client.clone());
-        let m = &config.mesh;
-        let storage = match m.storage {
-            Storage::File => stream::StorageType::File,
-            Storage::Memory => stream::StorageType::Memory,
-        };
-        let dedupe = Duration::from_secs(m.dedupe_window_secs);
-        let msg_size = i32::try_from(m.max_request_bytes.max(64 * 1024) * 2).unwrap_or(i32::MAX);
-        let streams = [
-            stream::Config {
-                name: names.queues_stream(),
-                description: Some("jetmesh pool work queues".into()),
-                subjects: names.queues_subjects(),
-                retention: stream::RetentionPolicy::WorkQueue,
-                duplicate_window: dedupe,
-                ..Default::default()
-            },
-            stream::Config {
-                name: names.intake_stream(),
-                description: Some("jetmesh tasks submitted alone (mesh.tasks.>)".into()),
-                subjects: vec![names.tasks_all()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                duplicate_window: dedupe,
-                max_message_size: msg_size,
-                ..Default::default()
-            },
-            stream::Config {
-                name: names.dlq_stream(),
-                description: Some("jetmesh dead letters (jetmesh dlq ls|show|replay|purge)".into()),
-                subjects: vec![names.dlq_all()],
-                retention: stream::RetentionPolicy::Limits,
-                max_age: Duration::from_secs(m.dlq_ttl_secs),
-                duplicate_window: dedupe,
-                ..Default::default()
-            },
-            stream::Config {
-                name: names.events_stream(),
-                description: Some("jetmesh events, health and alerts".into()),
-                subjects: names.events_subjects(),
-                retention: stream::RetentionPolicy::Limits,
-                max_age: Duration::from_secs(m.events_ttl_secs),
-                duplicate_window: dedupe,
-                ..Default::default()
-            },
-            stream::Config {
-                name: names.audit_stream(),
-                description: Some("jetmesh audit trail (scaling decisions, ...)".into()),
-                subjects: vec![names.audit_all()],
-                retention: stream::RetentionPolicy::Limits,
-                max_age: Duration::from_secs(m.audit_ttl_secs),
-                ..Default::default()
-            },
-            stream::Config {
-                name: names.mail_stream(),
-                description: Some("jetmesh agent mail (epic, track and inbox threads)".into()),
-                subjects: names.mail_subjects(),
-                retention: stream::RetentionPolicy::Limits,
-                max_age: Duration::from_secs(config.coord.mail_max_age_days * 86_400),
-                max_message_size: msg_size,
-                duplicate_window: dedupe,
-                ..Default::default()
-            },
-        ];
-        for mut cfg in streams {
-            cfg.storage = storage;
-            cfg.num_replicas = m.replicas;
-            let name = cfg.name.clone();
-            retry(&format!("cannot create stream {name}"), || {
-                js.create_or_update_stream(cfg.clone())
-            })
-            .await?;
-        }
-        let bucket = |name: String, description: &str, max_age: Duration| kv::Config {
-            bucket: name,
-            description: description.into(),
-            history: 1,
-            max_age,
-            storage,
-            num_replicas: m.replicas,
-            ..Default::default()
-        };
-        let registry = ensure_kv(
-            &js,
-            bucket(
-                names.registry_bucket(),
-                "jetmesh capability registry",
-                Duration::ZERO,
-            ),
-        )
-        .await?;
-        let results = ensure_kv(
-            &js,
-            bucket(
-                names.results_bucket(),
-                "jetmesh results, plan counts and reports",
-                Duration::from_secs(m.results_ttl_secs),
-            ),
-        )
-        .await?;
-        let plans = ensure_kv(
-            &js,
-            bucket(
-                names.plans_bucket(),
-                "jetmesh plan definitions and state",
-                Duration::from_secs(m.plans_ttl_secs),
-            ),
-        )
-        .await?;
-        // The lease TTL is a safety margin shared by every holder: it is set
-        // when the bucket is created and never changed by a process connecting
-        // with another config (change it deliberately with `nats kv edit`).
-        let leases = match js.get_key_value(names.leases_bucket()).await {
-            Ok(store) => store,
-            Err(_) => {
-                ensure_kv(
-                    &js,
-                    bucket(
-                        names.leases_bucket(),
-                        "jetmesh leader leases",
-                        Duration::from_millis(config.leases.ttl_ms.max(1000)),
-                    ),
-                )
-                .await?
+        provision::provision(&js, &config, mode).await?;
+        let names = config.names();
+        let bucket = |name: String| {
+            let js = js.clone();
+            async move {
+                js.get_key_value(&name)
+                    .await
+                    .map_err(|e| Error::unavailable(&format!("cannot open bucket {name}"), e))
             }
         };
-        let health = ensure_kv(
-            &js,
-            bucket(
-                names.health_bucket(),
-                "jetmesh worker heartbeats",
-                Duration::from_millis(config.health.dead_after_ms.max(1000) * 3),
-            ),
-        )
-        .await?;
-        let scale = ensure_kv(
-            &js,
-            bucket(
-                names.scale_bucket(),
-                "jetmesh worker slots per pool",
-                Duration::ZERO,
-            ),
-        )
-        .await?;
-        // Like the lease TTL: set when the bucket is created, shared by all.
-        let coord = match js.get_key_value(names.coord_bucket()).await {
-            Ok(store) => store,
-            Err(_) => {
-                ensure_kv(
-                    &js,
-                    bucket(
-                        names.coord_bucket(),
-                        "jetmesh bead claims and file reservations",
-                        Duration::from_secs(config.coord.lease_ttl_secs.max(2)),
-                    ),
-                )
-                .await?
-            }
+        let (registry, results, plans, leases, health, scale, coord) = tokio::try_join!(
+            bucket(names.registry_bucket()),
+            bucket(names.results_bucket()),
+            bucket(names.plans_bucket()),
+            bucket(names.leases_bucket()),
+            bucket(names.health_bucket()),
+            bucket(names.scale_bucket()),
+            bucket(names.coord_bucket()),
+        )?;
+        let status = Status {
+            client: client.clone(),
+            names: names.clone(),
+            identity: identity.clone(),
+            degraded: Arc::default(),
         };
         Ok(Mesh {
             client,
             js,
             names,
             config: Arc::new(config),
+            identity,
+            connection,
+            status,
             registry,
             results,
             plans,
@@ -263,6 +323,36 @@ impl Mesh {
             scale,
             coord,
         })
+    }
+
+    /// Publishes this process's health event (`started`, `stopping`).
+    pub async fn publish_health(&self, state: &str) {
+        self.status.publish(state, None).await;
+    }
+
+    /// Raises an alert on `mesh.alerts.<scope>` (stored in `MESH_EVENTS`);
+    /// best effort, and logged either way.
+    pub async fn alert(&self, scope: &str, kind: &str, message: &str) {
+        metrics::counter!(crate::telemetry::ALERTS, "pool" => scope.to_string(), "kind" => kind.to_string()).increment(1);
+        tracing::warn!(scope, kind, message, "Alert.");
+        let alert = Alert {
+            pool: scope.to_string(),
+            kind: kind.to_string(),
+            message: message.to_string(),
+            instance: Some(self.identity.instance.clone()),
+            at: jiff::Timestamp::now(),
+        };
+        let Ok(body) = codec::to_json(&alert) else {
+            return;
+        };
+        let sent = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.client.publish(self.names.alerts(scope), body),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!(scope, kind, "Could not publish an alert.");
+        }
     }
 
     /// Publishes an event to `MESH_EVENTS`, de-duplicated per kind and plan, and
@@ -284,28 +374,6 @@ impl Mesh {
             .await
             .context("event not stored")?;
         Ok(())
-    }
-
-    /// Publishes a role's health event (best effort: a failure is logged).
-    pub async fn publish_health(&self, role: &str, instance: &str, state: &str) {
-        let event = HealthEvent {
-            role: role.into(),
-            instance: instance.into(),
-            state: state.into(),
-            at: jiff::Timestamp::now(),
-            pool: None,
-            detail: None,
-        };
-        let Ok(payload) = codec::to_json(&event) else {
-            return;
-        };
-        if let Err(error) = self
-            .client
-            .publish(self.names.health(role, instance), payload)
-            .await
-        {
-            tracing::warn!(%error, role, "Could not publish a health event.");
-        }
     }
 
     /// Reads and decodes a JSON KV value.
@@ -416,130 +484,28 @@ impl Mesh {
         }
     }
 
-    /// A durable consumer on one kind of event, from the start of `MESH_EVENTS`
-    /// (a role that starts late still sees what was published before it).
-    pub async fn event_consumer(
-        &self,
-        durable: &str,
-        kind: EventKind,
-    ) -> Result<consumer::Consumer<consumer::pull::Config>> {
-        self.durable_consumer(
-            &self.names.events_stream(),
-            durable,
-            &self.names.event_all(kind),
-        )
-        .await
-    }
-
-    /// A durable pull consumer with explicit acks, from the start of `stream`
-    /// (`filter` empty: every subject), created if absent.
-    pub async fn durable_consumer(
-        &self,
-        stream: &str,
-        durable: &str,
-        filter: &str,
-    ) -> Result<consumer::Consumer<consumer::pull::Config>> {
-        let stream = self
-            .js
-            .get_stream_no_info(stream)
-            .await
-            .context("cannot open a stream")?;
-        stream
-            .get_or_create_consumer(
-                durable,
-                consumer::pull::Config {
-                    durable_name: Some(durable.to_string()),
-                    filter_subject: filter.to_string(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: 20_000,
-                    num_replicas: self.config.mesh.replicas,
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("cannot create a durable consumer")
-    }
-
-    /// Follows every result of one plan — those already stored, then each new
-    /// one — calling `on_result(task_id, succeeded, stored_value)`, until `stop`. A watch that
-    /// ends (server restart, lost consumer) is started again; its replay is
-    /// harmless because the callers are idempotent. Per-plan watches mean
-    /// results of single tasks and of other plans cost nothing here.
-    pub fn follow_plan_results(
+    /// Follows every result of one plan (those already stored, then each
+    /// new one) through [`crate::follow`], calling `on_result(task_id,
+    /// stored_value)` until `stop`. A result read again after a watch
+    /// restarts is harmless: the callers keep the first result of a task.
+    pub async fn follow_plan_results(
         &self,
         plan_id: &str,
         stop: CancellationToken,
-        on_result: impl Fn(&str, bool, &bytes::Bytes) + Send + 'static,
-    ) -> tokio::task::JoinHandle<()> {
-        let results = self.results.clone();
-        let filter = self.names.task_key_plan(plan_id);
-        let plan_id = plan_id.to_string();
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let mut watch = match results.watch_with_history(&filter).await {
-                    Ok(w) => w,
-                    Err(error) => {
-                        tracing::warn!(%error, plan_id, "Cannot watch a plan's results; retrying.");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                };
-                loop {
-                    let next = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        n = watch.next() => n,
-                    };
-                    match next {
-                        Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
-                            if let Some((_, task)) = crate::names::parse_task_key(&entry.key) {
-                                let ok = codec::from_json::<ResultStatus>(&entry.value)
-                                    .is_ok_and(|r| r.status == TaskStatus::Success);
-                                on_result(task, ok, &entry.value);
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(error)) => {
-                            tracing::warn!(%error, plan_id, "A plan's result watch failed; it resumes.");
-                        }
-                        None => break,
-                    }
+        mut on_result: impl FnMut(&str, &bytes::Bytes) + Send + 'static,
+    ) -> Result<tokio::task::JoinHandle<()>> {
+        crate::follow::follow(
+            self.results.clone(),
+            self.names.task_key_plan(plan_id),
+            stop,
+            move |change| {
+                if let crate::follow::Change::Put(entry) = change
+                    && let Some((_, task)) = crate::names::parse_task_key(&entry.key)
+                {
+                    on_result(task, &entry.value);
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
+            },
+        )
+        .await
     }
-}
-
-async fn ensure_kv(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store> {
-    let name = cfg.bucket.clone();
-    retry(&format!("cannot create KV bucket {name}"), || {
-        js.create_or_update_key_value(cfg.clone())
-    })
-    .await
-}
-
-/// Roles that start together race to create the same streams: one's update can
-/// meet another's create. Creation is idempotent, so a few tries settle it.
-async fn retry<
-    T,
-    E: std::fmt::Display,
-    F: std::future::Future<Output = std::result::Result<T, E>>,
->(
-    what: &str,
-    mut op: impl FnMut() -> F,
-) -> Result<T> {
-    let mut delay = Duration::from_millis(50);
-    for attempt in 1.. {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < 6 => {
-                tracing::debug!(error = %e, attempt, "{what}; retrying.");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err(Error::unavailable(what, e)),
-        }
-    }
-    unreachable!("the loop returns")
 }

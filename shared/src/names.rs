@@ -35,6 +35,59 @@ impl EventKind {
     }
 }
 
+/// Every kind of process on the mesh. A role's name is its service name
+/// (`jetmesh-<role>`), the second token of its health subject and the
+/// first part of its instance ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Chief,
+    Planner,
+    Router,
+    Worker,
+    Aggregator,
+    Summary,
+    Autoscaler,
+    /// A person's or a script's connection (`jetmesh submit`, `caps`, …).
+    Client,
+}
+
+impl Role {
+    /// The roles `jetmesh up` runs, in start order (workers are per pool).
+    pub const SERVICES: [Role; 7] = [
+        Role::Chief,
+        Role::Planner,
+        Role::Router,
+        Role::Aggregator,
+        Role::Summary,
+        Role::Autoscaler,
+        Role::Worker,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Chief => "chief",
+            Role::Planner => "planner",
+            Role::Router => "router",
+            Role::Worker => "worker",
+            Role::Aggregator => "aggregator",
+            Role::Summary => "summary",
+            Role::Autoscaler => "autoscaler",
+            Role::Client => "cli",
+        }
+    }
+
+    /// `jetmesh-<role>`: the role's name in the NATS service API.
+    pub fn service_name(self) -> String {
+        format!("jetmesh-{}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Builds names for one mesh (one prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
@@ -133,13 +186,14 @@ impl Names {
     }
 
     /// `mesh.health.<role>.<instance>`: the seed's `agent_health` channel.
-    pub fn health(&self, role: &str, instance: &str) -> String {
+    pub fn health(&self, role: Role, instance: &str) -> String {
         self.subject(&format!("health.{role}.{instance}"))
     }
 
-    /// `mesh.alerts.<pool>`.
-    pub fn alerts(&self, pool: &str) -> String {
-        self.subject(&format!("alerts.{pool}"))
+    /// `mesh.alerts.<scope>`: a pool's alerts, or a part of the mesh's
+    /// (`results`, `coord`, `registry`).
+    pub fn alerts(&self, scope: &str) -> String {
+        self.subject(&format!("alerts.{scope}"))
     }
 
     // --- queues ---
@@ -240,14 +294,11 @@ impl Names {
         format!("replay.{dlq_seq}.{}", crate::ids::generate())
     }
 
-    /// The lease key of the active chief in `mesh_leases`.
-    pub fn chief_lease(&self) -> String {
-        "chief".to_string()
-    }
-
-    /// The lease key of the active autoscaler (and health monitor).
-    pub fn autoscaler_lease(&self) -> String {
-        "autoscaler".to_string()
+    /// The lease key of a singleton role in `mesh_leases`: `chief` (the
+    /// active chief) and `autoscaler` (the active autoscaler and health
+    /// monitor).
+    pub fn lease_key(&self, role: Role) -> String {
+        role.as_str().to_string()
     }
 
     /// The pool a `pool_<pool>` consumer belongs to.
@@ -402,6 +453,11 @@ impl Names {
         format!("worker.{pool}.{instance}")
     }
 
+    /// Every heartbeat key of one pool's workers.
+    pub fn pool_health_keys(&self, pool: &str) -> String {
+        format!("worker.{pool}.*")
+    }
+
     /// Every worker heartbeat key.
     pub fn worker_health_all(&self) -> String {
         "worker.>".to_string()
@@ -520,6 +576,25 @@ pub fn parse_cap_key(key: &str) -> Option<&str> {
 pub fn parse_cap_pool_key(key: &str) -> Option<(&str, &str)> {
     let (cap, pool) = key.strip_prefix("cap.")?.split_once('.')?;
     (!cap.is_empty() && !pool.is_empty() && !pool.contains('.')).then_some((cap, pool))
+}
+
+/// Splits a worker heartbeat key `worker.<pool>.<instance>`.
+pub fn parse_worker_health_key(key: &str) -> Option<(&str, &str)> {
+    let (pool, instance) = key.strip_prefix("worker.")?.split_once('.')?;
+    (!pool.is_empty() && !instance.is_empty() && !instance.contains('.'))
+        .then_some((pool, instance))
+}
+
+/// Whether `key` is a router heartbeat key `router.<instance>`.
+pub fn is_router_health_key(key: &str) -> bool {
+    key.strip_prefix("router.")
+        .is_some_and(|i| !i.is_empty() && !i.contains('.'))
+}
+
+/// Splits `status.<pool>` (a pool's status in `mesh_scale`).
+pub fn parse_status_key(key: &str) -> Option<&str> {
+    key.strip_prefix("status.")
+        .filter(|p| !p.is_empty() && !p.contains('.'))
 }
 
 /// Splits `plan.<plan_id>`.

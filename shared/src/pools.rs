@@ -1,15 +1,15 @@
 //! What the mesh knows about its pools: the JetStream figures of a pool's
 //! queue ([`queue_stats`]), whether anything serves it ([`QueueStats::live`]),
 //! and a live view of the status the autoscaler writes to `mesh_scale`
-//! (`status.<pool>`, [`PoolView`]) that routers and planners read for
-//! backpressure and liveness without asking the server each time.
+//! (`status.<pool>`) and of worker heartbeats ([`PoolView`], kept by
+//! [`crate::follow`]) that routers and planners read for backpressure and
+//! liveness without asking the server each time.
 
 use crate::codec;
 use crate::error::{Context, Result};
+use crate::follow::{Change, follow};
 use crate::mesh::Mesh;
 use crate::wire::{CapabilityEntry, PoolStatus};
-use async_nats::jetstream::kv::Operation;
-use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -132,56 +132,57 @@ impl PoolView {
             beats: Arc::default(),
         };
         let this = view.clone();
-        watch(
+        follow(
             mesh.health.clone(),
             mesh.names.worker_health_all(),
             shutdown.clone(),
-            move |e| this.apply_beat(&e),
+            move |c| this.apply_beat(c),
         )
-        .await
-        .context("cannot watch worker heartbeats")?;
+        .await?;
         let this = view.clone();
-        watch(
+        follow(
             mesh.scale.clone(),
             mesh.names.status_all(),
             shutdown,
-            move |e| this.apply(e),
+            move |c| this.apply(c),
         )
-        .await
-        .context("cannot watch pool status")?;
+        .await?;
         Ok(view)
     }
 
-    fn apply_beat(&self, entry: &async_nats::jetstream::kv::Entry) {
-        let Some((pool, instance)) = entry
-            .key
-            .strip_prefix("worker.")
-            .and_then(|k| k.split_once('.'))
-        else {
+    fn apply_beat(&self, change: Change) {
+        let mut beats = self.beats.write().expect("pool view lock");
+        let (key, put) = match &change {
+            Change::Reset => return beats.clear(),
+            Change::Put(e) => (e.key.as_str(), true),
+            Change::Delete { key, .. } => (key.as_str(), false),
+        };
+        let Some((pool, instance)) = crate::names::parse_worker_health_key(key) else {
             return;
         };
-        let mut beats = self.beats.write().expect("pool view lock");
         let set = beats.entry(pool.to_string()).or_default();
-        if entry.operation == Operation::Put {
+        if put {
             set.insert(instance.to_string());
         } else {
             set.remove(instance);
         }
     }
 
-    fn apply(&self, entry: async_nats::jetstream::kv::Entry) {
-        let Some(pool) = entry.key.strip_prefix("status.") else {
-            return;
-        };
+    fn apply(&self, change: Change) {
         let mut statuses = self.statuses.write().expect("pool view lock");
-        match entry.operation {
-            Operation::Put => {
-                if let Ok(s) = codec::from_json::<PoolStatus>(&entry.value) {
+        match change {
+            Change::Reset => statuses.clear(),
+            Change::Put(e) => {
+                if let Some(pool) = crate::names::parse_status_key(&e.key)
+                    && let Ok(s) = codec::from_json::<PoolStatus>(&e.value)
+                {
                     statuses.insert(pool.to_string(), s);
                 }
             }
-            Operation::Delete | Operation::Purge => {
-                statuses.remove(pool);
+            Change::Delete { key, .. } => {
+                if let Some(pool) = crate::names::parse_status_key(&key) {
+                    statuses.remove(pool);
+                }
             }
         }
     }
@@ -262,40 +263,6 @@ impl PoolView {
             .insert(entry.pool.clone(), (live, tokio::time::Instant::now()));
         live
     }
-}
-
-/// Follows `filter` in `store` (current values, then changes) until
-/// `shutdown`; a watch that ends is opened again. Fails if the first watch
-/// cannot be opened.
-async fn watch(
-    store: async_nats::jetstream::kv::Store,
-    filter: String,
-    shutdown: CancellationToken,
-    on_entry: impl Fn(async_nats::jetstream::kv::Entry) + Send + 'static,
-) -> std::result::Result<(), async_nats::jetstream::kv::WatchError> {
-    let mut watch = store.watch_with_history(&filter).await?;
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                n = watch.next() => n,
-            };
-            match next {
-                Some(Ok(entry)) => on_entry(entry),
-                Some(Err(error)) => {
-                    tracing::debug!(%error, filter, "A KV watch failed; it resumes.")
-                }
-                None => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    match store.watch_with_history(&filter).await {
-                        Ok(w) => watch = w,
-                        Err(error) => tracing::debug!(%error, filter, "Cannot re-open a KV watch."),
-                    }
-                }
-            }
-        }
-    });
-    Ok(())
 }
 
 /// Whether new work for `capability` can be taken: some pool serving it is

@@ -1,24 +1,33 @@
 //! A live view of the capability registry (`mesh_registry`, keys `cap.*`). A pool
-//! registers a capability by putting its key; this view follows the bucket with
-//! a KV watch, so the router and planner see a new capability the moment it is
-//! written, with no restart and no code change. A miss falls back to a direct
-//! read, which covers the instant between a registration and its watch delivery.
+//! registers a capability by putting its key; this view follows the bucket
+//! ([`crate::follow`]), so the router and planner see a new capability the
+//! moment it is written, with no restart and no code change. A miss falls back
+//! to a direct read, which covers the instant between a registration and its
+//! arrival here.
 //!
 //! Several pools may serve one capability: each writes `cap.<capability>.<pool>`,
 //! and `cap.<capability>` (the v1 key) keeps naming the first. The router picks
 //! among them with the capability's routing strategy.
+//!
+//! A registry entry is outside input: anyone who may write the bucket can
+//! put anything there. Every entry is checked when it is read ([`check`]):
+//! ids, pool, actions, and that it matches its key. An invalid one is ignored,
+//! with a warning and an alert on `mesh.alerts.registry`, and its capability
+//! is then unknown; it never reaches a subject.
 
 use crate::codec;
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, ErrorCode, Result};
+use crate::follow::{Change, follow};
+use crate::ids;
 use crate::mesh::Mesh;
 
 use crate::wire::CapabilityEntry;
-use async_nats::jetstream::kv::Operation;
-use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The most actions one capability may register.
+pub const MAX_ACTIONS: usize = 256;
 
 #[derive(Clone)]
 pub struct Registry {
@@ -32,6 +41,49 @@ pub struct Registry {
 /// The pools offering one capability, by pool name.
 type Offers = BTreeMap<String, Arc<CapabilityEntry>>;
 
+/// Reads the registry entry stored under `key` and checks it: valid ids, a
+/// pool that is one subject token, at least one action and at most
+/// [`MAX_ACTIONS`], each a valid id, and the capability (and pool, for
+/// `cap.<capability>.<pool>`) its key names. Errors: `bad_registration`,
+/// naming what is wrong.
+pub fn check(key: &str, value: &[u8]) -> Result<CapabilityEntry> {
+    let bad = |why: String| Error::new(ErrorCode::BadRegistration, format!("{key}: {why}"));
+    let entry: CapabilityEntry = codec::from_json(value).map_err(|e| bad(e.message))?;
+    ids::validate("capability", &entry.capability).map_err(|e| bad(e.message))?;
+    ids::validate("pool", &entry.pool).map_err(|e| bad(e.message))?;
+    if entry.actions.is_empty() || entry.actions.len() > MAX_ACTIONS {
+        return Err(bad(format!(
+            "a capability has 1 to {MAX_ACTIONS} actions; this one has {}",
+            entry.actions.len()
+        )));
+    }
+    for a in &entry.actions {
+        ids::validate("action", a).map_err(|e| bad(e.message))?;
+    }
+    let (cap, pool) = match crate::names::parse_cap_pool_key(key) {
+        Some((cap, pool)) => (cap, Some(pool)),
+        None => match crate::names::parse_cap_key(key) {
+            Some(cap) => (cap, None),
+            None => return Err(bad("not a registry key".into())),
+        },
+    };
+    if entry.capability != cap {
+        return Err(bad(format!(
+            "the entry names capability {:?}, the key {cap:?}",
+            entry.capability
+        )));
+    }
+    if let Some(pool) = pool
+        && entry.pool != pool
+    {
+        return Err(bad(format!(
+            "the entry names pool {:?}, the key {pool:?}",
+            entry.pool
+        )));
+    }
+    Ok(entry)
+}
+
 impl Registry {
     /// Starts following the registry until `shutdown`.
     pub async fn follow(mesh: Mesh, shutdown: CancellationToken) -> Result<Registry> {
@@ -40,83 +92,84 @@ impl Registry {
             caps: Arc::default(),
             offers: Arc::default(),
         };
-        let watch = mesh
-            .registry
-            .watch_with_history(mesh.names.cap_keys_all())
-            .await
-            .context("cannot watch the registry")?;
         let this = registry.clone();
-        tokio::spawn(async move { this.run(watch, shutdown).await });
+        let (bad_tx, mut bad_rx) = tokio::sync::mpsc::unbounded_channel::<Error>();
+        follow(
+            mesh.registry.clone(),
+            mesh.names.cap_keys_all(),
+            shutdown.clone(),
+            move |change| {
+                if let Err(e) = this.apply(change) {
+                    let _ = bad_tx.send(e);
+                }
+            },
+        )
+        .await?;
+        // Alerts are published outside the follower's callback.
+        tokio::spawn(async move {
+            while let Some(Some(e)) = shutdown.run_until_cancelled(bad_rx.recv()).await {
+                mesh.alert("registry", "bad_registration", &e.message).await;
+            }
+        });
         Ok(registry)
     }
 
-    async fn run(self, mut watch: async_nats::jetstream::kv::Watch, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = watch.next() => match next {
-                    Some(Ok(entry)) => self.apply(entry),
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "The registry watch failed; it resumes.");
-                    }
-                    None => {
-                        // The watch ended (server restart, consumer gone): start a new one.
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        match self.mesh.registry.watch_with_history(self.mesh.names.cap_keys_all()).await {
-                            Ok(w) => watch = w,
-                            Err(error) => tracing::warn!(%error, "Cannot re-watch the registry."),
-                        }
-                    }
+    fn apply(&self, change: Change) -> Result<()> {
+        let (key, value) = match change {
+            Change::Reset => {
+                self.caps.write().expect("registry lock").clear();
+                self.offers.write().expect("registry lock").clear();
+                return Ok(());
+            }
+            Change::Put(entry) => (entry.key, Some(entry.value)),
+            Change::Delete { key, .. } => (key, None),
+        };
+        let checked = value.map(|v| check(&key, &v));
+        if let Some((cap, pool)) = crate::names::parse_cap_pool_key(&key) {
+            let mut offers = self.offers.write().expect("registry lock");
+            match checked {
+                Some(Ok(e)) => {
+                    offers
+                        .entry(cap.to_string())
+                        .or_default()
+                        .insert(pool.to_string(), Arc::new(e));
                 }
+                // Deleted, or replaced by something invalid: gone.
+                gone => {
+                    if let Some(o) = offers.get_mut(cap) {
+                        o.remove(pool);
+                    }
+                    return gone.map_or(Ok(()), |r| r.map(|_| ())).inspect_err(|e| self.ignored(e));
+                }
+            }
+            return Ok(());
+        }
+        let Some(cap) = crate::names::parse_cap_key(&key) else {
+            return Ok(());
+        };
+        let mut caps = self.caps.write().expect("registry lock");
+        match checked {
+            Some(Ok(e)) => {
+                tracing::info!(capability = cap, pool = %e.pool, actions = ?e.actions, "A capability is registered.");
+                caps.insert(cap.to_string(), Arc::new(e));
+                Ok(())
+            }
+            None => {
+                tracing::info!(capability = cap, "A capability is unregistered.");
+                caps.remove(cap);
+                Ok(())
+            }
+            Some(Err(e)) => {
+                caps.remove(cap);
+                self.ignored(&e);
+                Err(e)
             }
         }
     }
 
-    fn apply(&self, entry: async_nats::jetstream::kv::Entry) {
-        if let Some((cap, pool)) = crate::names::parse_cap_pool_key(&entry.key) {
-            let mut offers = self.offers.write().expect("registry lock");
-            match entry.operation {
-                Operation::Put => match codec::from_json::<CapabilityEntry>(&entry.value) {
-                    Ok(e) if e.capability == cap && e.pool == pool => {
-                        offers
-                            .entry(cap.to_string())
-                            .or_default()
-                            .insert(pool.to_string(), Arc::new(e));
-                    }
-                    _ => {
-                        tracing::warn!(key = %entry.key, "A registry offer does not match its key; ignored.")
-                    }
-                },
-                Operation::Delete | Operation::Purge => {
-                    if let Some(o) = offers.get_mut(cap) {
-                        o.remove(pool);
-                    }
-                }
-            }
-            return;
-        }
-        let Some(cap) = crate::names::parse_cap_key(&entry.key) else {
-            return;
-        };
-        let mut caps = self.caps.write().expect("registry lock");
-        match entry.operation {
-            Operation::Put => match codec::from_json::<CapabilityEntry>(&entry.value) {
-                Ok(e) if e.capability == cap => {
-                    tracing::info!(capability = cap, pool = %e.pool, actions = ?e.actions, "A capability is registered.");
-                    caps.insert(cap.to_string(), Arc::new(e));
-                }
-                Ok(e) => {
-                    tracing::warn!(key = %entry.key, capability = %e.capability, "A registry entry names another capability than its key; ignored.")
-                }
-                Err(error) => {
-                    tracing::warn!(key = %entry.key, %error, "A registry entry cannot be read; ignored.")
-                }
-            },
-            Operation::Delete | Operation::Purge => {
-                tracing::info!(capability = cap, "A capability is unregistered.");
-                caps.remove(cap);
-            }
-        }
+    fn ignored(&self, e: &Error) {
+        metrics::counter!(crate::telemetry::REGISTRY_INVALID).increment(1);
+        tracing::warn!(error = %e, "A registry entry is invalid; it is ignored until it is fixed.");
     }
 
     /// The capability, from the view or, on a miss, straight from the bucket.
@@ -127,11 +180,23 @@ impl Registry {
         if !crate::ids::is_valid(capability) {
             return Ok(None);
         }
-        let entry: Option<CapabilityEntry> = self
+        let key = self.mesh.names.cap_key(capability);
+        let Some(value) = self
             .mesh
-            .get_json(&self.mesh.registry, &self.mesh.names.cap_key(capability))
-            .await?;
-        let entry = entry.map(Arc::new);
+            .registry
+            .get(&key)
+            .await
+            .map_err(|e| Error::unavailable("cannot read the registry", e))?
+        else {
+            return Ok(None);
+        };
+        let entry = match check(&key, &value) {
+            Ok(e) => Some(Arc::new(e)),
+            Err(e) => {
+                self.ignored(&e);
+                None
+            }
+        };
         if let Some(e) = &entry {
             self.caps
                 .write()
@@ -196,7 +261,14 @@ pub async fn register(mesh: &Mesh, entry: &CapabilityEntry) -> Result<()> {
         .await
         .context("cannot register capability")?;
     let key = mesh.names.cap_key(&entry.capability);
-    let first: Option<CapabilityEntry> = mesh.get_json(&mesh.registry, &key).await?;
+    let first = mesh
+        .registry
+        .get(&key)
+        .await
+        .context("cannot read the registry")?;
+    // An invalid first entry (written by hand, or by a broken worker) is
+    // replaced: it serves nobody.
+    let first = first.and_then(|v| check(&key, &v).ok());
     if first.is_none_or(|f| f.pool == entry.pool) {
         mesh.registry
             .put(key, body)
@@ -206,20 +278,20 @@ pub async fn register(mesh: &Mesh, entry: &CapabilityEntry) -> Result<()> {
     Ok(())
 }
 
-/// Every registered capability, read once (for `jetmesh caps`).
-pub async fn list(mesh: &Mesh) -> Result<Vec<CapabilityEntry>> {
+/// Every registered capability, read once (for `jetmesh caps`), and the
+/// entries that are ignored because they are invalid ([`check`]).
+pub async fn list(mesh: &Mesh) -> Result<(Vec<CapabilityEntry>, Vec<Error>)> {
     let entries = mesh
         .scan(&mesh.registry, &mesh.names.cap_keys_all())
         .await?;
-    let mut out: Vec<CapabilityEntry> = entries
-        .iter()
-        .filter(|e| {
-            crate::names::parse_cap_key(&e.key).is_some()
-                || crate::names::parse_cap_pool_key(&e.key).is_some()
-        })
-        .filter_map(|e| codec::from_json(&e.value).ok())
-        .collect();
+    let (mut out, mut invalid) = (Vec::new(), Vec::new());
+    for e in &entries {
+        match check(&e.key, &e.value) {
+            Ok(entry) => out.push(entry),
+            Err(error) => invalid.push(error),
+        }
+    }
     out.sort_by(|a, b| (&a.capability, &a.pool).cmp(&(&b.capability, &b.pool)));
     out.dedup_by(|a, b| a.capability == b.capability && a.pool == b.pool);
-    Ok(out)
+    Ok((out, invalid))
 }

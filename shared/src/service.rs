@@ -11,16 +11,12 @@ use async_nats::service::{Service, ServiceExt};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 
-/// Registers `jetmesh-<role>` with the service API.
-pub async fn start(
-    client: &Client,
-    role: &str,
-    instance: &str,
-    description: &str,
-) -> Result<Service> {
+/// Registers this process as `jetmesh-<role>` with the service API.
+pub async fn start(mesh: &crate::Mesh, description: &str) -> Result<Service> {
+    let (client, role, instance) = (&mesh.client, mesh.identity.role, &mesh.identity.instance);
     let mut metadata = HashMap::new();
     metadata.insert("instance".to_string(), instance.to_string());
-    metadata.insert("role".to_string(), role.to_string());
+    metadata.insert("role".to_string(), role.as_str().to_string());
     metadata.insert("pid".to_string(), std::process::id().to_string());
     metadata.insert(
         "protocol".to_string(),
@@ -30,7 +26,7 @@ pub async fn start(
         .service_builder()
         .description(description)
         .metadata(metadata)
-        .start(format!("jetmesh-{role}"), env!("CARGO_PKG_VERSION"))
+        .start(role.service_name(), env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| Error::unavailable("cannot register with the service API", e))
 }
@@ -114,7 +110,7 @@ pub fn request_encoding(request: &async_nats::service::Request) -> Result<Encodi
 /// what is still missing.
 pub async fn wait_for_roles(
     client: &Client,
-    roles: &[&str],
+    roles: &[crate::Role],
     subjects: &[String],
     within: std::time::Duration,
 ) -> Result<()> {
@@ -147,7 +143,7 @@ pub async fn wait_for_roles(
         }
         let mut missing: Vec<String> = roles
             .iter()
-            .filter(|r| !names.contains(&format!("jetmesh-{r}")))
+            .filter(|r| !names.contains(&r.service_name()))
             .map(|r| format!("role {r}"))
             .collect();
         missing.extend(

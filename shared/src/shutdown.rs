@@ -1,23 +1,41 @@
-//! Graceful shutdown. One [`CancellationToken`] per process is cancelled on
-//! Ctrl-C or SIGTERM; each role stops taking new work when it fires, finishes
-//! what it holds (bounded by its drain timeout) and returns.
+//! Graceful shutdown, bounded. One [`CancellationToken`] per process is
+//! cancelled on the first Ctrl-C or SIGTERM; each role then stops taking new
+//! work, finishes what it holds within `runtime.drain_timeout_ms`, and
+//! returns. A second signal ends the process at once, and so does
+//! [`deadline`] if draining takes longer than the drain timeout plus a grace
+//! period (a server that does not answer must not keep a role alive).
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How long a role may take to drain in-flight work after shutdown is asked.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The exit code after a second signal: what shells use for SIGINT.
+pub const FORCED_EXIT: i32 = 130;
 
-/// A token cancelled on the first Ctrl-C or SIGTERM.
+/// A token cancelled on the first Ctrl-C or SIGTERM; the second one exits
+/// the process at once with [`FORCED_EXIT`].
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("Shutdown requested; draining in-flight work.");
+        tracing::info!("Shutdown requested; draining in-flight work (a second signal stops at once).");
         t.cancel();
+        wait_for_signal().await;
+        tracing::warn!("Second signal: exiting now.");
+        std::process::exit(FORCED_EXIT);
     });
     token
+}
+
+/// Once `shutdown` fires, exits the process with code 1 if it is still
+/// running `bound` later: the last guard of a bounded shutdown.
+pub fn deadline(shutdown: CancellationToken, bound: Duration) {
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(bound).await;
+        tracing::error!(?bound, "Shutdown did not finish in time; exiting.");
+        std::process::exit(1);
+    });
 }
 
 async fn wait_for_signal() {
@@ -25,8 +43,9 @@ async fn wait_for_signal() {
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
     }
@@ -34,10 +53,4 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// A short random instance id for a role process (`math-7f3a9c`).
-pub fn instance_id(role: &str) -> String {
-    let id = crate::ids::generate();
-    format!("{role}-{}", &id[..6])
 }

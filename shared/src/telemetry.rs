@@ -31,6 +31,10 @@ pub const POOL_BUSY: &str = "jetmesh_pool_busy";
 pub const SCALE_DECISIONS: &str = "jetmesh_scale_decisions_total";
 pub const ALERTS: &str = "jetmesh_alerts_total";
 pub const TASKS_HELD: &str = "jetmesh_tasks_held";
+pub const MESSAGES_HANDLED: &str = "jetmesh_messages_handled_total";
+pub const RESULTS_UNRECORDED: &str = "jetmesh_results_unrecorded_total";
+pub const DEGRADED: &str = "jetmesh_degraded";
+pub const REGISTRY_INVALID: &str = "jetmesh_registry_invalid_total";
 
 /// Installs the log subscriber (once per process) and, if configured, the
 /// Prometheus listener. A listener that cannot bind is a warning, not a failure:
