@@ -153,7 +153,7 @@ async fn poison(config: &Config, workers: usize) -> Result<Vec<Figure>> {
     ));
     jetmesh_shared::service::wait_for_roles(
         &mesh.client,
-        &["worker"],
+        &[jetmesh_shared::Role::Worker],
         &[],
         Duration::from_secs(30),
     )
@@ -287,7 +287,7 @@ async fn chief_failover(config: &Config) -> Result<Vec<Figure>> {
     // it); the second stands by.
     let leader = jetmesh(config, &["chief"], &ttl)?;
     let first = until(Duration::from_secs(30), "a chief leads", async || {
-        lease::holder(&mesh, &mesh.names.chief_lease())
+        lease::holder(&mesh, jetmesh_shared::Role::Chief)
             .await
             .ok()
             .flatten()
@@ -342,7 +342,7 @@ async fn chief_failover(config: &Config) -> Result<Vec<Figure>> {
     )
     .await?;
     let failover = killed.elapsed();
-    let second = lease::holder(&mesh, &mesh.names.chief_lease())
+    let second = lease::holder(&mesh, jetmesh_shared::Role::Chief)
         .await?
         .context("nobody leads")?;
     ensure!(second.holder != first.holder, "the dead chief still leads");

@@ -145,7 +145,9 @@ async fn measure(
     server_pid: Option<u32>,
 ) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
-    let client = jetmesh_shared::mesh::connect(&config.nats, "bench").await?;
+    let (client, _) =
+        jetmesh_shared::mesh::connect(&config.nats, &jetmesh_shared::Identity::from("bench"))
+            .await?;
 
     config
         .pools
@@ -296,6 +298,7 @@ async fn wait_for_math(mesh: &Mesh) -> Result<()> {
     for _ in 0..100 {
         if registry::list(mesh)
             .await?
+            .0
             .iter()
             .any(|c| c.capability == "math")
         {
@@ -335,7 +338,11 @@ async fn raw_loop_alone(nats: &NatsConfig, n: usize, workers: usize) -> Result<f
             .enable_all()
             .build()?
             .block_on(async {
-                let client = jetmesh_shared::mesh::connect(&nats, "bench-raw").await?;
+                let (client, _) = jetmesh_shared::mesh::connect(
+                    &nats,
+                    &jetmesh_shared::Identity::from("bench-raw"),
+                )
+                .await?;
                 raw_loop(&client, n, workers).await
             })
     })

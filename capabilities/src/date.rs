@@ -25,6 +25,9 @@
 use futures::future::BoxFuture;
 use jetmesh_shared::capability::Capability;
 use jetmesh_shared::{Error, ErrorCode};
+
+/// A date or a difference outside what the calendar covers.
+pub const OVERFLOW: ErrorCode = ErrorCode::capability("overflow");
 use jiff::civil;
 use jiff::fmt::strtime::{BrokenDownTime, Config, PosixCustom};
 use jiff::fmt::temporal::{Pieces, PiecesOffset};
@@ -229,7 +232,7 @@ fn diff(p: &Params) -> Result<Value, Error> {
     let per_unit = unit.nanos();
     if nanos % per_unit == 0 {
         let whole = i64::try_from(nanos / per_unit)
-            .map_err(|_| Error::new(ErrorCode::Overflow, "the difference is too large"))?;
+            .map_err(|_| Error::new(OVERFLOW, "the difference is too large"))?;
         Ok(Value::from(whole))
     } else {
         Ok(Value::from(nanos as f64 / per_unit as f64))

@@ -56,6 +56,15 @@ impl Policy {
         }
     }
 
+    /// The wait before attempt `n + 1` after `n` attempts (1-based), without
+    /// jitter: for waits someone else keeps (a nak's delay in JetStream).
+    pub fn nth(&self, n: u32) -> Duration {
+        let doubled = self
+            .min
+            .saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(30)));
+        doubled.min(self.max)
+    }
+
     /// The waits between attempts, in order; `None` once the policy is spent.
     /// Start a new one to reset it (after a success).
     pub fn delays(&self) -> Delays {
@@ -75,13 +84,17 @@ impl Policy {
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
-        op.retry(self.builder())
-            .sleep(tokio::time::sleep)
-            .when(retryable)
-            .notify(|error, after| {
-                tracing::debug!(%error, ?after, "{what} failed; retrying.");
-            })
-            .await
+        // Boxed: the retry's state holds the operation's future, and large
+        // futures on the stack of a debug build are what overflows it.
+        Box::pin(
+            op.retry(self.builder())
+                .sleep(tokio::time::sleep)
+                .when(retryable)
+                .notify(|error, after| {
+                    tracing::debug!(%error, ?after, "{what} failed; retrying.");
+                }),
+        )
+        .await
     }
 }
 

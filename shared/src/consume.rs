@@ -255,7 +255,29 @@ where
 
 /// Consumes messages from sources that `open` makes, with `handler`, until
 /// `shutdown` (see the module docs). `what` names the consumer in logs.
+///
+/// The loop's state lives on the heap: a role holds several of these, and
+/// inline they make a debug build's task frames large enough to overflow a
+/// worker thread's stack.
 pub async fn run<S, O, OF, H, F>(
+    mesh: &Mesh,
+    what: &str,
+    options: Options,
+    open: O,
+    shutdown: &CancellationToken,
+    handler: H,
+) -> Result<()>
+where
+    S: Source,
+    O: FnMut() -> OF + Send,
+    OF: Future<Output = Result<S>> + Send,
+    H: Fn(Message) -> F + Send + Sync + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    Box::pin(run_loop(mesh, what, options, open, shutdown, handler)).await
+}
+
+async fn run_loop<S, O, OF, H, F>(
     mesh: &Mesh,
     what: &str,
     options: Options,

@@ -153,12 +153,13 @@ impl Lease {
         // a key that expires leaves no delete marker.
         let released = Arc::new(tokio::sync::Notify::new());
         let wake = released.clone();
-        let follower = crate::follow::follow(store.clone(), key.clone(), shutdown.clone(), move |c| {
-            if let crate::follow::Change::Delete { .. } = c {
-                wake.notify_one();
-            }
-        })
-        .await;
+        let follower =
+            crate::follow::follow(store.clone(), key.clone(), shutdown.clone(), move |c| {
+                if let crate::follow::Change::Delete { .. } = c {
+                    wake.notify_one();
+                }
+            })
+            .await;
         if let Err(error) = follower {
             tracing::debug!(lease = %key, %error, "Cannot follow the lease key; polling only.");
         }
@@ -264,5 +265,6 @@ impl Lease {
 
 /// Who holds the lease of `role` now, if anyone.
 pub async fn holder(mesh: &Mesh, role: crate::Role) -> Result<Option<LeaseRecord>> {
-    mesh.get_json(&mesh.leases, &mesh.names.lease_key(role)).await
+    mesh.get_json(&mesh.leases, &mesh.names.lease_key(role))
+        .await
 }

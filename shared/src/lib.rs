@@ -9,8 +9,8 @@
 pub mod backoff;
 pub mod capability;
 pub mod codec;
-pub mod consume;
 pub mod config;
+pub mod consume;
 pub mod dlq;
 pub mod error;
 pub mod follow;

@@ -23,19 +23,34 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Everything a role needs to talk to the mesh. Cheap to clone.
+/// Everything a role needs to talk to the mesh, and who it is. Cheap to
+/// clone (two `Arc`s): the shared parts ([`Parts`]) are reached through
+/// `Deref`, as `mesh.results`.
 #[derive(Clone)]
 pub struct Mesh {
+    parts: Arc<Parts>,
+    /// Who this is on the mesh. Roles that share one connection (in one
+    /// process, in tests) each take their own ([`Mesh::as_role`]).
+    pub identity: Arc<Identity>,
+    /// What this role reports about its own health.
+    pub status: Status,
+}
+
+impl std::ops::Deref for Mesh {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.parts
+    }
+}
+
+/// What a [`Mesh`] holds: one connection and what comes with it.
+pub struct Parts {
     pub client: Client,
     pub js: jetstream::Context,
     pub names: Names,
     pub config: Arc<Config>,
-    /// Who this process is on the mesh.
-    pub identity: Identity,
     /// Whether the connection is up, and how many times it was made.
     pub connection: Connection,
-    /// What this process reports about its own health.
-    pub status: Status,
     /// `mesh_registry`: `cap.<capability>`.
     pub registry: kv::Store,
     /// `mesh_results`: `plan.*`, `task.*.*`, `report.*`.
@@ -127,21 +142,33 @@ impl Connection {
     }
 }
 
-/// What a process reports about its own health: the parts of it that are
+/// What a role reports about its own health: the parts of it that are
 /// degraded, and why. A change is published as a health event (`degraded`
 /// with the reason, or `recovered`) on `mesh.health.<role>.<instance>`.
 #[derive(Clone)]
-pub struct Status {
+pub struct Status(Arc<StatusInner>);
+
+struct StatusInner {
     client: Client,
-    names: Names,
+    subject: String,
     identity: Identity,
-    degraded: Arc<Mutex<BTreeMap<String, String>>>,
+    degraded: Mutex<BTreeMap<String, String>>,
 }
 
 impl Status {
+    fn new(client: &Client, names: &Names, identity: &Identity) -> Status {
+        Status(Arc::new(StatusInner {
+            client: client.clone(),
+            subject: names.health(identity.role, &identity.instance),
+            identity: identity.clone(),
+            degraded: Mutex::default(),
+        }))
+    }
+
     /// `part` (`results`, `registry`, …) is degraded because of `why`.
     pub async fn degrade(&self, part: &str, why: &str) {
         let new = self
+            .0
             .degraded
             .lock()
             .expect("status lock")
@@ -150,14 +177,15 @@ impl Status {
         if new {
             metrics::gauge!(crate::telemetry::DEGRADED, "part" => part.to_string()).set(1.0);
             tracing::warn!(part, reason = why, "This process is degraded.");
-            self.publish("degraded", Some(format!("{part}: {why}"))).await;
+            self.publish("degraded", Some(format!("{part}: {why}")))
+                .await;
         }
     }
 
     /// `part` works again.
     pub async fn clear(&self, part: &str) {
         let was = {
-            let mut d = self.degraded.lock().expect("status lock");
+            let mut d = self.0.degraded.lock().expect("status lock");
             if d.is_empty() {
                 return;
             }
@@ -172,14 +200,15 @@ impl Status {
 
     /// The degraded parts and why.
     pub fn degraded(&self) -> BTreeMap<String, String> {
-        self.degraded.lock().expect("status lock").clone()
+        self.0.degraded.lock().expect("status lock").clone()
     }
 
     /// Publishes a health event (`started`, `stopping`, …); best effort.
     pub async fn publish(&self, state: &str, detail: Option<String>) {
+        let me = &self.0;
         let event = HealthEvent {
-            role: self.identity.role.as_str().into(),
-            instance: self.identity.instance.clone(),
+            role: me.identity.role.as_str().into(),
+            instance: me.identity.instance.clone(),
             state: state.into(),
             at: jiff::Timestamp::now(),
             pool: None,
@@ -188,12 +217,11 @@ impl Status {
         let Ok(payload) = codec::to_json(&event) else {
             return;
         };
-        let subject = self.names.health(self.identity.role, &self.identity.instance);
         // Bounded: a health event must never hold a role up (at shutdown the
         // server may be gone).
         let sent = tokio::time::timeout(
             Duration::from_secs(2),
-            self.client.publish(subject, payload),
+            me.client.publish(me.subject.clone(), payload),
         )
         .await;
         if !matches!(sent, Ok(Ok(()))) {
@@ -301,28 +329,51 @@ impl Mesh {
             bucket(names.scale_bucket()),
             bucket(names.coord_bucket()),
         )?;
-        let status = Status {
-            client: client.clone(),
-            names: names.clone(),
-            identity: identity.clone(),
-            degraded: Arc::default(),
-        };
+        let status = Status::new(&client, &names, &identity);
         Ok(Mesh {
-            client,
-            js,
-            names,
-            config: Arc::new(config),
-            identity,
-            connection,
+            identity: Arc::new(identity),
             status,
-            registry,
-            results,
-            plans,
-            leases,
-            health,
-            scale,
-            coord,
+            parts: Arc::new(Parts {
+                client,
+                js,
+                names,
+                config: Arc::new(config),
+                connection,
+                registry,
+                results,
+                plans,
+                leases,
+                health,
+                scale,
+                coord,
+            }),
         })
+    }
+
+    /// This mesh as the role `role`: itself if it already is one, else the
+    /// same connection with a new identity (`<role>-<6 hex>`) and status.
+    pub fn as_role(&self, role: Role) -> Mesh {
+        if self.identity.role == role {
+            return self.clone();
+        }
+        self.as_identity(Identity::new(role))
+    }
+
+    /// This mesh as a worker of `pool`: itself if it already is a worker,
+    /// else the same connection as `<pool>-<6 hex>`.
+    pub fn as_worker(&self, pool: &str) -> Mesh {
+        if self.identity.role == Role::Worker {
+            return self.clone();
+        }
+        self.as_identity(Identity::named(Role::Worker, pool))
+    }
+
+    fn as_identity(&self, identity: Identity) -> Mesh {
+        Mesh {
+            parts: self.parts.clone(),
+            status: Status::new(&self.client, &self.names, &identity),
+            identity: Arc::new(identity),
+        }
     }
 
     /// Publishes this process's health event (`started`, `stopping`).

@@ -35,6 +35,7 @@ pub enum Mode {
 
 /// A stream or a bucket, as this config wants it.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a dozen of them, once per process
 pub enum Desired {
     Stream(stream::Config),
     Bucket(kv::Config),
@@ -254,7 +255,12 @@ impl Shape {
             retention: format!("{:?}", c.retention).to_lowercase(),
             max_age: c.max_age,
             duplicate_window: c.duplicate_window,
-            max_message_size: c.max_message_size,
+            // 0 and -1 both mean no limit.
+            max_message_size: if c.max_message_size <= 0 {
+                -1
+            } else {
+                c.max_message_size
+            },
             storage: format!("{:?}", c.storage).to_lowercase(),
             replicas: c.num_replicas.max(1),
             history: c.max_messages_per_subject,
@@ -301,11 +307,7 @@ fn compare(desired: &Desired, existing: &stream::Config) -> Vec<Difference> {
             });
         }
     };
-    differ(
-        "max_age",
-        secs(e.max_age),
-        secs(w.max_age),
-    );
+    differ("max_age", secs(e.max_age), secs(w.max_age));
     differ("storage", e.storage.clone(), w.storage.clone());
     differ("replicas", e.replicas.to_string(), w.replicas.to_string());
     match desired {
@@ -373,7 +375,11 @@ pub async fn inspect(js: &jetstream::Context, config: &Config) -> Result<Vec<Dri
 async fn create(js: &jetstream::Context, d: &Desired) -> Result<()> {
     let what = format!("cannot create {} {}", d.kind(), d.name());
     let created = match d {
-        Desired::Stream(c) => js.create_stream(c.clone()).await.map(|_| ()).map_err(|e| e.to_string()),
+        Desired::Stream(c) => js
+            .create_stream(c.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Desired::Bucket(c) => js
             .create_key_value(c.clone())
             .await
@@ -392,7 +398,11 @@ async fn create(js: &jetstream::Context, d: &Desired) -> Result<()> {
 async fn update(js: &jetstream::Context, d: &Desired) -> Result<()> {
     let what = format!("cannot update {} {}", d.kind(), d.name());
     match d {
-        Desired::Stream(c) => js.update_stream(c).await.map(|_| ()).map_err(|e| Error::unavailable(&what, e)),
+        Desired::Stream(c) => js
+            .update_stream(c)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::unavailable(&what, e)),
         Desired::Bucket(c) => js
             .create_or_update_key_value(c.clone())
             .await

@@ -139,7 +139,9 @@ impl Registry {
                     if let Some(o) = offers.get_mut(cap) {
                         o.remove(pool);
                     }
-                    return gone.map_or(Ok(()), |r| r.map(|_| ())).inspect_err(|e| self.ignored(e));
+                    return gone
+                        .map_or(Ok(()), |r| r.map(|_| ()))
+                        .inspect_err(|e| self.ignored(e));
                 }
             }
             return Ok(());

@@ -186,8 +186,18 @@ mod tests {
             b"",
         ] {
             let r = read(junk);
-            assert_eq!(r.status, TaskStatus::Error, "{}", String::from_utf8_lossy(junk));
-            assert_eq!(code(&r), Some("bad_result"), "{}", String::from_utf8_lossy(junk));
+            assert_eq!(
+                r.status,
+                TaskStatus::Error,
+                "{}",
+                String::from_utf8_lossy(junk)
+            );
+            assert_eq!(
+                code(&r),
+                Some("bad_result"),
+                "{}",
+                String::from_utf8_lossy(junk)
+            );
             assert!(!succeeded(junk));
         }
         assert!(succeeded(br#"{"status":"success","output":6}"#));

@@ -18,7 +18,9 @@ pub fn on_signal() -> CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("Shutdown requested; draining in-flight work (a second signal stops at once).");
+        tracing::info!(
+            "Shutdown requested; draining in-flight work (a second signal stops at once)."
+        );
         t.cancel();
         wait_for_signal().await;
         tracing::warn!("Second signal: exiting now.");

@@ -42,7 +42,9 @@ fn chief(url: &str) -> Proc {
 }
 
 async fn leader(mesh: &Mesh) -> Option<LeaseRecord> {
-    lease::holder(mesh, "chief").await.unwrap()
+    lease::holder(mesh, jetmesh_shared::Role::Chief)
+        .await
+        .unwrap()
 }
 
 /// Waits until the chief lease is held by someone other than `not`.
@@ -188,7 +190,13 @@ async fn a_new_leader_resumes_a_plan_stored_but_never_announced() {
     let mut roles = start_roles(&mesh, &stop);
     jetmesh_shared::service::wait_for_roles(
         &mesh.client,
-        &["planner", "router", "aggregator", "summary", "worker"],
+        &[
+            jetmesh_shared::Role::Planner,
+            jetmesh_shared::Role::Router,
+            jetmesh_shared::Role::Aggregator,
+            jetmesh_shared::Role::Summary,
+            jetmesh_shared::Role::Worker,
+        ],
         &[mesh.names.run_all()],
         Duration::from_secs(30),
     )

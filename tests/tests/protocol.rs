@@ -183,7 +183,7 @@ async fn unregistered_capabilities_disappear_without_stalling_reads() {
         .await
         .expect("a scan over a deleted key does not stall")
         .unwrap();
-    let names: Vec<_> = caps.iter().map(|c| c.capability.as_str()).collect();
+    let names: Vec<_> = caps.0.iter().map(|c| c.capability.as_str()).collect();
     assert_eq!(names, ["date", "math"]);
     mesh.stop().await;
 }

@@ -134,11 +134,7 @@ async fn two_workers() -> (
 async fn a_worker_killed_mid_task_hands_it_on_and_is_replaced() {
     let (_server, mesh, stop, _roles, mut workers) = two_workers().await;
 
-    let mut dead_events = mesh
-        .client
-        .subscribe(mesh.names.health("worker", "*"))
-        .await
-        .unwrap();
+    let mut dead_events = mesh.client.subscribe("mesh.health.worker.*").await.unwrap();
     let mut alerts = mesh
         .client
         .subscribe(mesh.names.alerts("slow"))
@@ -247,11 +243,7 @@ async fn a_worker_killed_mid_task_hands_it_on_and_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_task_is_kept_by_progress_acks_and_a_clean_stop_is_not_a_death() {
     let (_server, mesh, stop, _roles, mut workers) = two_workers().await;
-    let mut events = mesh
-        .client
-        .subscribe(mesh.names.health("worker", "*"))
-        .await
-        .unwrap();
+    let mut events = mesh.client.subscribe("mesh.health.worker.*").await.unwrap();
     mesh.client.flush().await.unwrap();
 
     // Twice the ack wait and more: without in-progress acks it would be

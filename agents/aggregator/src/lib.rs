@@ -17,19 +17,21 @@
 //! `timeout` result for each of them (a KV create, so a result that made it
 //! first stands and a late one is ignored); the plan then completes as usual.
 
-use async_nats::jetstream::kv;
 use futures::StreamExt;
+use jetmesh_shared::backoff::Policy;
 use jetmesh_shared::codec;
 use jetmesh_shared::error::Result;
+use jetmesh_shared::follow::{self, Change};
 use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::wire::{
     AggregationReady, PlanCounts, PlanOutline, PlanRecord, PlanStatus, ResultBundle, TaskResult,
 };
-use jetmesh_shared::{Mesh, service, shutdown, telemetry};
+use jetmesh_shared::{Mesh, results, service, telemetry};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A result of a followed plan: plan id, task id, success, the result as stored.
 type ResultNote = (String, String, bool, bytes::Bytes);
@@ -123,30 +125,37 @@ impl Budget {
 
 /// Runs the aggregator until `shutdown`.
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
-    let instance = shutdown::instance_id("aggregator");
-    let svc = service::start(&mesh.client, "aggregator", &instance, "jetmesh aggregator").await?;
-    let mut plans = mesh
-        .plans
-        .watch_with_history(mesh.names.plan_key_all())
-        .await
-        .map_err(|e| jetmesh_shared::Error::unavailable("cannot watch plans", e))?;
+    let mesh = mesh.as_role(jetmesh_shared::Role::Aggregator);
+    let svc = service::start(&mesh, "jetmesh aggregator").await?;
+    let (plans_tx, mut plans) = mpsc::unbounded_channel::<Change>();
+    follow::follow(
+        mesh.plans.clone(),
+        mesh.names.plan_key_all(),
+        shutdown.clone(),
+        move |c| {
+            let _ = plans_tx.send(c);
+        },
+    )
+    .await?;
     let (notes_tx, mut notes) = mpsc::unbounded_channel::<ResultNote>();
-    mesh.publish_health("aggregator", &instance, "started")
-        .await;
-    tracing::info!(instance = %instance, "The aggregator is counting.");
+    mesh.publish_health("started").await;
+    tracing::info!(instance = %mesh.identity.instance, "The aggregator is counting.");
 
     let mut tallies: HashMap<String, Tally> = HashMap::new();
     let mut budget = Budget {
         held: 0,
         max: mesh.config.aggregator.bundle_budget_bytes,
     };
+    // Completed plans being announced (a publish that keeps failing is
+    // retried there, never in this loop).
+    let announcing = TaskTracker::new();
     let mut flush = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = flush.tick() => {
                 flush_counts(&mesh, &mut tallies).await;
-                expire(&mesh, &mut tallies);
+                expire(&mesh, &mut tallies, &shutdown);
                 reread_stalled(&mesh, &mut tallies, &notes_tx);
             }
             Some((plan_id, task_id, ok, value)) = notes.recv() => {
@@ -159,16 +168,17 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
                 {
                     let bundle = tally.bundle.take();
                     budget.held -= bundle.as_ref().map_or(0, ResultBundle::size);
-                    finish(&mesh, tally, bundle, &plan_id).await;
+                    let (mesh, shutdown) = (mesh.clone(), shutdown.clone());
+                    announcing.spawn(async move { finish(&mesh, tally, bundle, &plan_id, &shutdown).await });
                 }
             }
-            entry = plans.next() => match entry {
-                Some(Ok(entry)) => {
+            Some(change) = plans.recv() => match change {
+                Change::Put(entry) => {
                     let Some(plan_id) = names::parse_plan_key(&entry.key) else { continue };
                     match codec::from_json::<PlanRecord<PlanOutline>>(&entry.value).ok() {
                         Some(r) if r.status == PlanStatus::Running => {
                             if !tallies.contains_key(plan_id) {
-                                let tally = follow(&mesh, r, shutdown.child_token(), notes_tx.clone());
+                                let tally = track(&mesh, r, shutdown.child_token(), notes_tx.clone());
                                 tallies.insert(plan_id.to_string(), tally);
                             }
                         }
@@ -180,35 +190,62 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
                         }
                     }
                 }
-                Some(Err(error)) => tracing::warn!(%error, "The plans watch failed; it resumes."),
-                None => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    if let Ok(w) = mesh.plans.watch_with_history(mesh.names.plan_key_all()).await {
-                        plans = w;
+                Change::Delete { key, .. } => {
+                    if let Some(plan_id) = names::parse_plan_key(&key)
+                        && let Some(mut t) = tallies.remove(plan_id)
+                    {
+                        t.stop.cancel();
+                        budget.release(&mut t);
                     }
                 }
+                // Plans are seen again from the start; tallies already
+                // kept go on counting.
+                Change::Reset => {}
             },
         }
     }
-    flush_counts(&mesh, &mut tallies).await;
-    mesh.publish_health("aggregator", &instance, "stopping")
-        .await;
+    // Bounded: the server may be gone.
+    let _ = tokio::time::timeout(Duration::from_secs(2), flush_counts(&mesh, &mut tallies)).await;
+    announcing.close();
+    let _ = tokio::time::timeout(mesh.config.runtime.drain_timeout(), announcing.wait()).await;
+    mesh.publish_health("stopping").await;
     let _ = svc.stop().await;
     Ok(())
 }
 
 /// Starts counting a running plan and following its results.
-fn follow(
+fn track(
     mesh: &Mesh,
     record: PlanRecord<PlanOutline>,
     stop: CancellationToken,
     notes: mpsc::UnboundedSender<ResultNote>,
 ) -> Tally {
     let plan_id = record.plan.plan_id.clone();
-    let id = plan_id.clone();
-    mesh.follow_plan_results(&plan_id, stop.clone(), move |task, ok, value| {
-        let _ = notes.send((id.clone(), task.to_string(), ok, value.clone()));
-    });
+    {
+        let (mesh, stop, plan_id) = (mesh.clone(), stop.clone(), plan_id.clone());
+        tokio::spawn(async move {
+            // Until the first watch opens; after that it resumes by itself.
+            let mut delays = Policy::RESTART.delays();
+            while !stop.is_cancelled() {
+                let notes = notes.clone();
+                let id = plan_id.clone();
+                let followed = mesh
+                    .follow_plan_results(&plan_id, stop.clone(), move |task, value| {
+                        let ok = results::succeeded(value);
+                        let _ = notes.send((id.clone(), task.to_string(), ok, value.clone()));
+                    })
+                    .await;
+                match followed {
+                    Ok(_) => return,
+                    Err(error) => {
+                        tracing::warn!(%error, plan_id, "Cannot follow a plan's results; retrying.");
+                        let delay = delays.next_or_max(&Policy::RESTART);
+                        let _ = stop.run_until_cancelled(tokio::time::sleep(delay)).await;
+                    }
+                }
+            }
+        });
+    }
     metrics::gauge!(telemetry::PLANS_TRACKED, "role" => "aggregator").increment(1.0);
     let deadline = jetmesh_shared::plan::deadline(record.created_at, record.plan.deadline_ms);
     Tally {
@@ -251,8 +288,7 @@ fn reread_stalled(
                 Ok(entries) => {
                     for e in entries {
                         if let Some((_, task)) = names::parse_task_key(&e.key) {
-                            let ok = codec::from_json::<TaskResult>(&e.value)
-                                .is_ok_and(|r| r.is_success());
+                            let ok = results::succeeded(&e.value);
                             let _ = notes.send((plan_id.clone(), task.to_string(), ok, e.value));
                         }
                     }
@@ -267,7 +303,7 @@ fn reread_stalled(
 
 /// Records `timeout` for the unfinished tasks of plans past their deadline.
 /// The results come back through the plan's follower like any other.
-fn expire(mesh: &Mesh, tallies: &mut HashMap<String, Tally>) {
+fn expire(mesh: &Mesh, tallies: &mut HashMap<String, Tally>, shutdown: &CancellationToken) {
     let now = jiff::Timestamp::now();
     for (plan_id, tally) in tallies.iter_mut() {
         if tally.expired || tally.deadline.is_none_or(|d| d > now) {
@@ -285,7 +321,7 @@ fn expire(mesh: &Mesh, tallies: &mut HashMap<String, Tally>) {
             tasks = late.len(),
             "The plan's deadline passed; its unfinished tasks time out."
         );
-        let (mesh, plan_id) = (mesh.clone(), plan_id.clone());
+        let (mesh, plan_id, shutdown) = (mesh.clone(), plan_id.clone(), shutdown.clone());
         tokio::spawn(async move {
             let error = jetmesh_shared::Error::new(
                 jetmesh_shared::ErrorCode::Timeout,
@@ -293,24 +329,14 @@ fn expire(mesh: &Mesh, tallies: &mut HashMap<String, Tally>) {
             );
             futures::stream::iter(late)
                 .for_each_concurrent(64, |task_id| {
-                    let (mesh, plan_id, error) = (&mesh, &plan_id, &error);
+                    let (mesh, plan_id, error, shutdown) = (&mesh, &plan_id, &error, &shutdown);
                     async move {
                         let result = TaskResult::failure(error).for_task(plan_id, &task_id);
-                        let Ok(body) = codec::to_json(&result) else { return };
-                        let key = mesh.names.task_key(plan_id, &task_id);
-                        let mut delay = Duration::from_millis(100);
-                        // Retried: a lost timeout would leave the plan open.
-                        loop {
-                            match mesh.results.create(&key, body.clone()).await {
-                                Ok(_) => return,
-                                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return,
-                                Err(error) => {
-                                    tracing::warn!(%error, plan_id, task_id, "Cannot record a timeout; retrying.");
-                                    tokio::time::sleep(delay).await;
-                                    delay = (delay * 2).min(Duration::from_secs(5));
-                                }
-                            }
-                        }
+                        // Kept going: a lost timeout would leave the plan open.
+                        let _ = results::record_until_stored(
+                            mesh, plan_id, &task_id, &result, shutdown,
+                        )
+                        .await;
                     }
                 })
                 .await;
@@ -320,7 +346,13 @@ fn expire(mesh: &Mesh, tallies: &mut HashMap<String, Tally>) {
 
 /// Stores the plan's result bundle, writes the final counts and publishes
 /// `aggregation_ready`.
-async fn finish(mesh: &Mesh, tally: Tally, bundle: Option<ResultBundle>, plan_id: &str) {
+async fn finish(
+    mesh: &Mesh,
+    tally: Tally,
+    bundle: Option<ResultBundle>,
+    plan_id: &str,
+    shutdown: &CancellationToken,
+) {
     tally.stop.cancel();
     let counts = tally.counts(plan_id, PlanStatus::Completed);
     let bundle_parts = match bundle {
@@ -336,16 +368,24 @@ async fn finish(mesh: &Mesh, tally: Tally, bundle: Option<ResultBundle>, plan_id
         bundle_parts,
     };
     // The final counts and the event go out at once. The event is retried
-    // until stored: losing it would leave the plan unreported.
+    // until stored or shutdown: losing it would leave the plan unreported. A
+    // plan left unannounced at shutdown is still running in `mesh_plans`, so
+    // the next aggregator counts it again and announces it.
     let announce = async {
-        let mut delay = Duration::from_millis(100);
+        let mut delays = Policy::RESTART.delays();
         while let Err(error) = mesh
             .publish_event(EventKind::AggregationReady, plan_id, &event)
             .await
         {
             tracing::warn!(%error, plan_id, "Cannot publish aggregation_ready; retrying.");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            let delay = delays.next_or_max(&Policy::RESTART);
+            if shutdown
+                .run_until_cancelled(tokio::time::sleep(delay))
+                .await
+                .is_none()
+            {
+                return;
+            }
         }
     };
     let (written, ()) = tokio::join!(write_counts(mesh, &counts), announce);

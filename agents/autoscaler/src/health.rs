@@ -16,15 +16,17 @@
 
 use crate::alerts::Alerter;
 use crate::scaler::Scaler;
-use futures::StreamExt;
-use jetmesh_shared::error::{Context, Result};
+use jetmesh_shared::error::Result;
+use jetmesh_shared::follow::{Change, follow};
 use jetmesh_shared::lease::Lease;
+use jetmesh_shared::names;
 use jetmesh_shared::registry::Registry;
 use jetmesh_shared::wire::{Alert, HealthEvent, RouterHeartbeat, ScaleDecision, WorkerHeartbeat};
-use jetmesh_shared::{Error, Mesh, codec, telemetry};
+use jetmesh_shared::{Error, Mesh, Role, codec, telemetry};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub struct Seen {
     pub beat: WorkerHeartbeat,
@@ -58,14 +60,14 @@ impl Monitor {
         }
     }
 
-    /// Watches heartbeats until the watch ends (an error: the caller restarts).
-    pub async fn run(mut self) -> Result<()> {
-        let mut watch = self
-            .mesh
-            .health
-            .watch_with_history(">")
-            .await
-            .context("cannot watch heartbeats")?;
+    /// Follows heartbeats ([`jetmesh_shared::follow`]) and applies the
+    /// rules until `stop`. Fails only if the heartbeats cannot be followed.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<()> {
+        let (tx, mut beats) = tokio::sync::mpsc::unbounded_channel();
+        follow(self.mesh.health.clone(), ">", stop.clone(), move |c| {
+            let _ = tx.send(c);
+        })
+        .await?;
         let mut sweep =
             tokio::time::interval((self.dead_after / 10).max(Duration::from_millis(50)));
         let mut rules = tokio::time::interval(Duration::from_millis(
@@ -74,34 +76,40 @@ impl Monitor {
         rules.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                entry = watch.next() => match entry {
-                    Some(Ok(entry)) => self.on_entry(entry),
-                    Some(Err(error)) => tracing::warn!(%error, "The heartbeat watch failed; it resumes."),
-                    None => return Err(Error::new(jetmesh_shared::ErrorCode::Unavailable, "the heartbeat watch ended")),
-                },
+                _ = stop.cancelled() => return Ok(()),
+                Some(change) = beats.recv() => self.on_change(change),
                 _ = sweep.tick() => self.sweep().await,
                 _ = rules.tick() => self.scaler.tick(&self.workers, &self.routers).await,
             }
         }
     }
 
-    fn on_entry(&mut self, entry: async_nats::jetstream::kv::Entry) {
-        use async_nats::jetstream::kv::Operation;
-        if entry.key.starts_with("router.") {
-            if entry.operation != Operation::Put {
-                self.routers.remove(&entry.key);
-            } else if let Ok(beat) = codec::from_json::<RouterHeartbeat>(&entry.value) {
+    fn on_change(&mut self, change: Change) {
+        let entry = match change {
+            Change::Reset => {
+                // Seen again from the start, with a new grace period.
+                self.workers.clear();
+                self.routers.clear();
+                return;
+            }
+            Change::Delete { key, .. } => {
+                // A clean stop.
+                self.routers.remove(&key);
+                self.workers.remove(&key);
+                return;
+            }
+            Change::Put(entry) => entry,
+        };
+        if names::is_router_health_key(&entry.key) {
+            if let Ok(beat) = codec::from_json::<RouterHeartbeat>(&entry.value) {
                 self.routers.insert(entry.key, beat);
             }
             return;
         }
-        if !entry.key.starts_with("worker.") {
+        if names::parse_worker_health_key(&entry.key).is_none() {
             return;
         }
-        if entry.operation != Operation::Put {
-            // A clean stop.
-            self.workers.remove(&entry.key);
-        } else if let Ok(beat) = codec::from_json::<WorkerHeartbeat>(&entry.value) {
+        if let Ok(beat) = codec::from_json::<WorkerHeartbeat>(&entry.value) {
             if !self.workers.contains_key(&entry.key) {
                 tracing::info!(pool = %beat.pool, instance = %beat.instance, slots = beat.slots, "A worker is alive.");
             }
@@ -159,14 +167,14 @@ impl Monitor {
             self.dead_after.as_millis()
         );
         let event = HealthEvent {
-            role: "worker".into(),
+            role: Role::Worker.as_str().into(),
             instance: beat.instance.clone(),
             state: "dead".into(),
             at: jiff::Timestamp::now(),
             pool: Some(beat.pool.clone()),
             detail: Some(detail.clone()),
         };
-        self.store(self.mesh.names.health("worker", &beat.instance), &event)
+        self.store(self.mesh.names.health(Role::Worker, &beat.instance), &event)
             .await;
         let host = beat
             .host

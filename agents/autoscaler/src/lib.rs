@@ -14,49 +14,52 @@ pub mod scaler;
 
 use jetmesh_shared::error::Result;
 use jetmesh_shared::lease::Lease;
-use jetmesh_shared::{Mesh, service, shutdown};
+use jetmesh_shared::{Mesh, Role, service};
 use tokio_util::sync::CancellationToken;
 
 /// Runs the autoscaler until `shutdown`.
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
-    let instance = shutdown::instance_id("autoscaler");
-    let svc = service::start(&mesh.client, "autoscaler", &instance, "jetmesh autoscaler").await?;
+    let mesh = mesh.as_role(jetmesh_shared::Role::Autoscaler);
+    let svc = service::start(&mesh, "jetmesh autoscaler").await?;
     let registry =
         jetmesh_shared::registry::Registry::follow(mesh.clone(), shutdown.clone()).await?;
-    let lease = Lease::campaign(
-        &mesh,
-        &mesh.names.autoscaler_lease(),
-        &instance,
-        shutdown.clone(),
-    );
-    mesh.publish_health("autoscaler", &instance, "started")
-        .await;
+    let lease = Lease::campaign(&mesh, Role::Autoscaler, shutdown.clone());
+    mesh.publish_health("started").await;
+    let instance = mesh.identity.instance.clone();
     tracing::info!(instance = %instance, "The autoscaler is up; it acts while it holds the lease.");
-    loop {
+    let result = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break Ok(()),
             _ = lease.acquired() => {}
         }
         tracing::info!(instance = %instance, "This autoscaler leads: it watches pools and worker health.");
+        let stop = shutdown.child_token();
         let monitor = health::Monitor::new(mesh.clone(), lease.clone(), registry.clone());
-        tokio::select! {
+        let monitoring = monitor.run(stop.clone());
+        tokio::pin!(monitoring);
+        let outcome = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => Ok(()),
             _ = lease.lost() => {
                 // Released by this very shutdown: not worth a warning.
-                if shutdown.is_cancelled() {
-                    break;
+                if !shutdown.is_cancelled() {
+                    tracing::warn!(instance = %instance, "The autoscaler lease was lost; standing by.");
                 }
-                tracing::warn!(instance = %instance, "The autoscaler lease was lost; standing by.");
+                Ok(())
             }
-            r = monitor.run() => if let Err(error) = r {
-                tracing::warn!(%error, "The health monitor stopped; it restarts.");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            },
+            r = &mut monitoring => r,
+        };
+        stop.cancel();
+        if let Err(e) = outcome {
+            // Heartbeats cannot be followed: an autoscaler that cannot see
+            // workers must not lead.
+            break Err(e);
         }
-    }
-    mesh.publish_health("autoscaler", &instance, "stopping")
-        .await;
+        if shutdown.is_cancelled() {
+            break Ok(());
+        }
+    };
+    mesh.publish_health("stopping").await;
     let _ = svc.stop().await;
-    Ok(())
+    result
 }

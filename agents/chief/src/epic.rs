@@ -16,8 +16,7 @@
 //!
 //! When the epic's final report is out it posts "EPIC COMPLETE" with a summary.
 
-use async_nats::jetstream::{AckKind, kv};
-use futures::StreamExt;
+use async_nats::jetstream::kv;
 use jetmesh_coord::epic::{self, Format};
 use jetmesh_coord::globs::{self, Glob};
 use jetmesh_coord::mail::{self, CHIEF, OPERATOR};
@@ -27,6 +26,7 @@ use jetmesh_coord::wire::{
     Mail, MailKind,
 };
 use jetmesh_shared::codec;
+use jetmesh_shared::consume::{self, Durable, Outcome};
 use jetmesh_shared::lease::Lease;
 use jetmesh_shared::names::Thread;
 use jetmesh_shared::wire::{Alert, Plan, Report, SubmitRequest, TaskStatus};
@@ -214,66 +214,49 @@ async fn post(mesh: &Mesh, mail: Mail) -> Result<u64> {
     Ok(mail::post(mesh, &mail).await?.seq)
 }
 
-/// Follows every epic thread while this chief leads.
-pub async fn orchestrate(mesh: Mesh, lease: Lease, stop: CancellationToken) {
+/// Follows every epic thread while this chief leads (durable consumer
+/// `chief_mail`, in order: one message at a time).
+pub async fn orchestrate(mesh: Mesh, lease: Lease, stop: CancellationToken) -> Result<()> {
     let escalations = tokio::spawn(escalate(mesh.clone(), lease.clone(), stop.clone()));
-    let durable = mesh.names.chief_mail_consumer();
-    while !stop.is_cancelled() {
-        let messages = match mesh
-            .durable_consumer(
-                &mesh.names.mail_stream(),
-                &durable,
-                &mesh.names.mail_epic_threads(),
-            )
-            .await
-        {
-            Ok(c) => c
-                .messages()
-                .await
-                .map_err(|e| Error::unavailable("cannot read epic threads", e)),
-            Err(e) => Err(e),
-        };
-        let messages = match messages {
-            Ok(m) => m,
-            Err(error) => {
-                tracing::warn!(%error, "Cannot follow epic threads; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut messages = std::pin::pin!(messages.take_until(stop.cancelled()));
-        while let Some(msg) = messages.next().await {
-            let Ok(msg) = msg else { continue };
-            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let Some((epic_id, _)) = mesh.names.parse_mail_subject(&msg.subject) else {
-                let _ = msg.ack().await;
-                continue;
-            };
-            let Ok(mut m) = codec::from_json::<Mail>(&msg.payload) else {
-                tracing::warn!(seq, "A message on an epic thread is not mail; skipped.");
-                let _ = msg.ack().await;
-                continue;
-            };
-            m.epic = epic_id;
-            m.seq = Some(seq);
-            match on_mail(&mesh, &lease, &m).await {
-                Ok(()) => {
-                    let _ = msg.ack().await;
-                }
-                Err(e) if e.code == ErrorCode::NotFound => {
-                    let _ = msg.ack().await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, seq, "Cannot handle epic mail; it will be retried.");
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let durable = Durable::new(
+        &mesh,
+        mesh.names.mail_stream(),
+        mesh.names.chief_mail_consumer(),
+        mesh.names.mail_epic_threads(),
+    );
+    let m = mesh.clone();
+    let consumed = consume::durable(&mesh, durable, 1, &stop, move |msg| {
+        let (mesh, lease) = (m.clone(), lease.clone());
+        async move { on_epic_message(&mesh, &lease, &msg).await }
+    })
+    .await;
     let _ = escalations.await;
+    consumed
+}
+
+async fn on_epic_message(
+    mesh: &Mesh,
+    lease: &Lease,
+    msg: &async_nats::jetstream::Message,
+) -> Outcome {
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let Some((epic_id, _)) = mesh.names.parse_mail_subject(&msg.subject) else {
+        return Outcome::Terminate("not an epic thread".into());
+    };
+    let Ok(mut m) = codec::from_json::<Mail>(&msg.payload) else {
+        tracing::warn!(seq, "A message on an epic thread is not mail; skipped.");
+        return Outcome::Terminate("not mail".into());
+    };
+    m.epic = epic_id;
+    m.seq = Some(seq);
+    match on_mail(mesh, lease, &m).await {
+        Ok(()) => Outcome::Ack,
+        Err(e) if e.code == ErrorCode::NotFound => Outcome::Ack,
+        Err(error) => {
+            tracing::warn!(%error, seq, "Cannot handle epic mail; it will be retried.");
+            Outcome::Retry(Duration::from_secs(1))
+        }
+    }
 }
 
 async fn on_mail(mesh: &Mesh, lease: &Lease, m: &Mail) -> Result<()> {

@@ -16,14 +16,16 @@ use async_nats::jetstream::kv;
 use async_nats::service::Request;
 use futures::StreamExt;
 use jetmesh_shared::codec::{self, Encoding};
+use jetmesh_shared::consume::{self, Durable, Outcome};
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::lease::Lease;
 use jetmesh_shared::names::{self, EventKind};
+use jetmesh_shared::supervise::Tasks;
 use jetmesh_shared::wire::{
     self, Plan, PlanCounts, PlanReady, PlanRecord, PlanStatus, PlanView, PlannerReply,
     PlannerRequest, Report, SubmitReply, SubmitRequest, TaskAvailable, TaskResult,
 };
-use jetmesh_shared::{Error, ErrorCode, Mesh, ids, service, shutdown, telemetry};
+use jetmesh_shared::{Error, ErrorCode, Mesh, Role, ids, service, telemetry};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -40,20 +42,17 @@ use tokio_util::task::TaskTracker;
 /// chief that does not lead relays what it receives to the leader's own
 /// subject `mesh.chief.<instance>.submit` and passes the answer back.
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
-    let instance = shutdown::instance_id("chief");
-    let svc = service::start(&mesh.client, "chief", &instance, "jetmesh chief").await?;
+    let mesh = mesh.as_role(jetmesh_shared::Role::Chief);
+    let mut tasks = Tasks::new(&shutdown);
+    let stop = tasks.stop().clone();
+    let svc = service::start(&mesh, "jetmesh chief").await?;
     let mut get = svc
         .endpoint(mesh.names.plans_get_all())
         .await
         .map_err(|e| Error::unavailable("cannot serve mesh.plans.get", e))?;
-    let lease = Lease::campaign(
-        &mesh,
-        &mesh.names.chief_lease(),
-        &instance,
-        shutdown.clone(),
-    );
-    mesh.publish_health("chief", &instance, "started").await;
-    tracing::info!(instance = %instance, "The chief is up; it takes plans while it holds the lease.");
+    let lease = Lease::campaign(&mesh, Role::Chief, stop.clone());
+    mesh.publish_health("started").await;
+    tracing::info!(instance = %mesh.identity.instance, "The chief is up; it takes plans while it holds the lease.");
 
     // Both subscriptions before the first campaign round can make us leader.
     let mut public = mesh
@@ -63,89 +62,121 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         .map_err(|e| Error::unavailable("cannot serve mesh.plans.submit", e))?;
     let mut own = mesh
         .client
-        .subscribe(mesh.names.chief_submit(&instance))
+        .subscribe(mesh.names.chief_submit(&mesh.identity.instance))
         .await
         .map_err(|e| Error::unavailable("cannot serve mesh.plans.submit", e))?;
     let inflight = TaskTracker::new();
-    let submits = {
-        let (mesh, lease, inflight) = (mesh.clone(), lease.clone(), inflight.clone());
-        // After shutdown the lease is released at once; keep relaying for a
-        // moment so that requests already routed here reach the next leader.
-        let stop = {
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.cancelled().await;
+    {
+        let (mesh, lease, inflight, stop) =
+            (mesh.clone(), lease.clone(), inflight.clone(), stop.clone());
+        tasks.spawn("mesh.plans.submit", async move {
+            // After shutdown the lease is released at once; keep relaying for
+            // a moment so that requests already routed here reach the next
+            // leader.
+            let after = async {
+                stop.cancelled().await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        };
-        async move {
-            tokio::pin!(stop);
-            loop {
+            };
+            tokio::pin!(after);
+            let ended = loop {
                 let msg = tokio::select! {
-                    _ = &mut stop => break,
-                    Some(m) = public.next() => m,
-                    Some(m) = own.next() => m,
+                    _ = &mut after => break Ok(()),
+                    m = public.next() => m,
+                    m = own.next() => m,
+                };
+                let Some(msg) = msg else {
+                    break Err(Error::new(
+                        ErrorCode::Unavailable,
+                        "a submit subscription closed",
+                    ));
                 };
                 if lease.is_leader() {
                     inflight.spawn(on_submit(mesh.clone(), lease.clone(), msg));
                 } else {
                     inflight.spawn(relay(mesh.clone(), lease.clone(), msg));
                 }
-            }
-            let _ = public.drain().await;
-            let _ = own.drain().await;
-        }
-    };
-    let reads = {
-        let (mesh, inflight, shutdown) = (mesh.clone(), inflight.clone(), shutdown.clone());
-        async move {
-            while let Some(Some(request)) = shutdown.run_until_cancelled(get.next()).await {
-                inflight.spawn(on_get(mesh.clone(), request));
-            }
-        }
-    };
-    let mailbox = mailbox::serve(mesh.clone(), &svc, inflight.clone(), shutdown.clone());
-    let leading = async {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = lease.acquired() => {}
-            }
-            lead(&mesh, &lease, &shutdown).await?;
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-        }
-    };
-    let (_, _, led, served) = tokio::join!(reads, submits, leading, mailbox);
-    if let Err(error) = served {
-        tracing::error!(%error, "The mailbox endpoints stopped.");
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), public.drain()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), own.drain()).await;
+            ended
+        });
     }
+    {
+        let (mesh, inflight, stop) = (mesh.clone(), inflight.clone(), stop.clone());
+        tasks.spawn("mesh.plans.get", async move {
+            loop {
+                match stop.run_until_cancelled(get.next()).await {
+                    None => return Ok(()),
+                    Some(None) => {
+                        return Err(Error::new(
+                            ErrorCode::Unavailable,
+                            "the mesh.plans.get endpoint closed",
+                        ));
+                    }
+                    Some(Some(request)) => {
+                        inflight.spawn(on_get(mesh.clone(), request));
+                    }
+                }
+            }
+        });
+    }
+    tasks.spawn(
+        "mailbox",
+        mailbox::serve(mesh.clone(), &svc, inflight.clone(), stop.clone()).await?,
+    );
+    {
+        let (mesh, lease, stop) = (mesh.clone(), lease.clone(), stop.clone());
+        tasks.spawn("leading", async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = lease.acquired() => {}
+                }
+                lead(&mesh, &lease, &stop).await?;
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+            }
+        });
+    }
+    let result = tasks.join().await;
     // Waiting submitters keep their plans; they are answered or time out.
     inflight.close();
-    let _ = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, inflight.wait()).await;
-    mesh.publish_health("chief", &instance, "stopping").await;
+    let _ = tokio::time::timeout(mesh.config.runtime.drain_timeout(), inflight.wait()).await;
+    mesh.publish_health("stopping").await;
     let _ = svc.stop().await;
-    led
+    result
 }
 
-/// Serves as the active chief until the lease is lost or shutdown.
+/// Serves as the active chief until the lease is lost or shutdown. Its
+/// consumers (final reports, epic threads) failing for good stops the chief.
 async fn lead(mesh: &Mesh, lease: &Lease, shutdown: &CancellationToken) -> Result<()> {
-    let stop = shutdown.child_token();
-    let reports = tokio::spawn(follow_reports(mesh.clone(), lease.clone(), stop.clone()));
-    let epics = tokio::spawn(epic::orchestrate(mesh.clone(), lease.clone(), stop.clone()));
+    let mut tasks = Tasks::new(shutdown);
+    let stop = tasks.stop().clone();
+    tasks.spawn(
+        "final reports",
+        follow_reports(mesh.clone(), lease.clone(), stop.clone()),
+    );
+    tasks.spawn(
+        "epic threads",
+        epic::orchestrate(mesh.clone(), lease.clone(), stop.clone()),
+    );
     resume_plans(mesh, lease).await;
-    tokio::select! {
-        biased;
-        _ = stop.cancelled() => {}
-        _ = lease.lost() => if !stop.is_cancelled() {
-            tracing::warn!("The chief lost its lease; it relays plans to the next leader.");
-        },
+    {
+        let (lease, stop) = (lease.clone(), stop.clone());
+        tasks.spawn("lease", async move {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {}
+                _ = lease.lost() => if !stop.is_cancelled() {
+                    tracing::warn!("The chief lost its lease; it relays plans to the next leader.");
+                    stop.cancel();
+                },
+            }
+            Ok(())
+        });
     }
-    stop.cancel();
-    let _ = reports.await;
-    let _ = epics.await;
-    Ok(())
+    tasks.join().await
 }
 
 /// How many times a submit may be relayed between chiefs (the lease can move
@@ -165,7 +196,7 @@ async fn relay(mesh: Mesh, lease: Lease, msg: async_nats::Message) {
         .and_then(|v| v.as_str().parse().ok())
         .unwrap_or(0);
     let refuse = |why: &str| -> Result<()> { Err(Error::new(ErrorCode::Unavailable, why)) };
-    let leader = match jetmesh_shared::lease::holder(&mesh, &mesh.names.chief_lease()).await {
+    let leader = match jetmesh_shared::lease::holder(&mesh, Role::Chief).await {
         Ok(Some(l)) if l.holder != lease.holder() && hops < MAX_HOPS => l.holder,
         Ok(_) | Err(_) => {
             let no = refuse(
@@ -266,7 +297,7 @@ async fn on_submit(mesh: Mesh, lease: Lease, request: async_nats::Message) {
             service::reply_json_bytes(&mesh.client, &request, enc, report).await
         }
         Err((error, plan_id)) => {
-            metrics::counter!(telemetry::PLANS_REJECTED, "code" => error.code.as_str())
+            metrics::counter!(telemetry::PLANS_REJECTED, "code" => error.code.to_string())
                 .increment(1);
             let mut reply = wire::ErrorReply::new(&error);
             reply.plan_id = plan_id;
@@ -569,56 +600,40 @@ pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
     })
 }
 
-/// Marks plans `reported` in `mesh_plans` as their final reports come out.
-/// The pull stream is reopened if it ends (server restart, consumer lost).
-async fn follow_reports(mesh: Mesh, lease: Lease, shutdown: CancellationToken) {
-    let durable = mesh.names.chief_reports_consumer();
-    while !shutdown.is_cancelled() {
-        let messages = match mesh.event_consumer(&durable, EventKind::FinalReport).await {
-            Ok(c) => c
-                .messages()
-                .await
-                .map_err(|e| Error::unavailable("cannot read reports", e)),
-            Err(e) => Err(e),
-        };
-        let messages = match messages {
-            Ok(m) => m,
-            Err(error) => {
-                tracing::warn!(%error, "Cannot follow final reports; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut messages = std::pin::pin!(messages.take_until(shutdown.cancelled()));
-        while let Some(msg) = messages.next().await {
-            let Ok(msg) = msg else { continue };
+/// Marks plans `reported` in `mesh_plans` as their final reports come out
+/// (durable consumer `chief_reports`).
+async fn follow_reports(mesh: Mesh, lease: Lease, stop: CancellationToken) -> Result<()> {
+    let durable = Durable::events(
+        &mesh,
+        mesh.names.chief_reports_consumer(),
+        EventKind::FinalReport,
+    );
+    let m = mesh.clone();
+    let s = stop.clone();
+    consume::durable(&mesh, durable, 16, &stop, move |msg| {
+        let (mesh, lease, stop) = (m.clone(), lease.clone(), s.clone());
+        async move {
             let plan_id = names::last_token(&msg.subject).to_string();
             let closed = match close_plan(&mesh, &lease, &plan_id).await {
                 Ok(()) => epic::finish(&mesh, &lease, &plan_id).await,
                 Err(e) => Err(e),
             };
             match closed {
-                Ok(()) => {
-                    let _ = msg.ack().await;
-                }
+                Ok(()) => Outcome::Ack,
                 Err(error) => {
                     // At shutdown the lease is already given up: the next
                     // leader marks it, which is no news.
-                    if shutdown.is_cancelled() {
+                    if stop.is_cancelled() {
                         tracing::debug!(%error, plan_id, "A plan is left for the next leader to mark reported.");
                     } else {
                         tracing::warn!(%error, plan_id, "Cannot mark a plan reported; it will be retried.");
                     }
-                    let _ = msg
-                        .ack_with(async_nats::jetstream::AckKind::Nak(Some(
-                            Duration::from_secs(1),
-                        )))
-                        .await;
+                    Outcome::Retry(Duration::from_secs(1))
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 async fn close_plan(mesh: &Mesh, lease: &Lease, plan_id: &str) -> Result<()> {

@@ -23,13 +23,14 @@ use jetmesh_shared::{Error, ErrorCode, Mesh, Result, ids, service};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Serves the endpoints on `svc` until `shutdown`.
+/// Adds the endpoints to `svc`; the returned future serves them until
+/// `shutdown` (an error if they close before).
 pub async fn serve(
     mesh: Mesh,
     svc: &async_nats::service::Service,
     inflight: TaskTracker,
     shutdown: CancellationToken,
-) -> Result<()> {
+) -> Result<impl std::future::Future<Output = Result<()>> + Send + 'static> {
     let mut endpoints = Vec::new();
     for subject in [
         mesh.names.mailbox("send"),
@@ -45,11 +46,23 @@ pub async fn serve(
         endpoints.push(ep);
     }
     let mut all = futures::stream::select_all(endpoints);
-    while let Some(Some(request)) = shutdown.run_until_cancelled(all.next()).await {
-        let mesh = mesh.clone();
-        inflight.spawn(async move { handle(&mesh, request).await });
-    }
-    Ok(())
+    Ok(async move {
+        loop {
+            match shutdown.run_until_cancelled(all.next()).await {
+                None => return Ok(()),
+                Some(None) => {
+                    return Err(Error::new(
+                        ErrorCode::Unavailable,
+                        "the mailbox endpoints closed",
+                    ));
+                }
+                Some(Some(request)) => {
+                    let mesh = mesh.clone();
+                    inflight.spawn(async move { handle(&mesh, request).await });
+                }
+            }
+        }
+    })
 }
 
 async fn handle(mesh: &Mesh, request: Request) {

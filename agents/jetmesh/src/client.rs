@@ -2,14 +2,16 @@
 //! the public protocol, exactly what a `nats` CLI user could do by hand.
 
 use anyhow::{Context, Result, bail};
+use comfy_table::{ContentArrangement, Table};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::names::EventKind;
+use jetmesh_shared::provision::Mode;
 use jetmesh_shared::wire::{
     self, PlanView, PoolStatus, Report, SubmitReply, SubmitRequest, TaskResult, WorkerHeartbeat,
 };
-use jetmesh_shared::{Config, Mesh, ids, mesh, registry};
+use jetmesh_shared::{Config, Identity, Mesh, Role, ids, mesh, registry};
 use serde_json::{Map, Value};
 use std::io::Read;
 use std::path::PathBuf;
@@ -66,8 +68,25 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// A plain connection for a command that only makes requests.
 pub(crate) async fn client(config: &Config) -> Result<async_nats::Client> {
-    Ok(mesh::connect(&config.nats, "cli").await?)
+    Ok(mesh::connect(&config.nats, &Identity::from("cli")).await?.0)
+}
+
+/// The mesh as it is on the server, for a command: nothing is created or
+/// changed ([`Mode::Existing`]); a server without the mesh is an error that
+/// says so.
+pub(crate) async fn open(config: Config) -> Result<Mesh> {
+    Ok(Mesh::open(config, Identity::from("cli"), Mode::Existing).await?)
+}
+
+/// A table for people: no borders, a header, columns as wide as they need.
+pub(crate) fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.iter().copied());
+    t
 }
 
 fn json_or_string(s: &str) -> Value {
@@ -129,40 +148,41 @@ pub async fn run(config: Config, args: RunArgs) -> Result<i32> {
 }
 
 pub async fn caps(config: Config, json: bool) -> Result<i32> {
-    let mesh = Mesh::ensure(client(&config).await?, config).await?;
-    let caps = registry::list(&mesh).await?;
+    let mesh = open(config).await?;
+    let (caps, invalid) = registry::list(&mesh).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&caps)?);
+        let invalid: Vec<&jetmesh_shared::Error> = invalid.iter().collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"capabilities": caps, "invalid": invalid})
+            )?
+        );
         return Ok(0);
     }
     if caps.is_empty() {
         println!("No capability is registered. Start a pool: jetmesh worker --pool math");
-        return Ok(0);
+    } else {
+        let mut t = table(&["CAPABILITY", "POOL", "ENCODING", "ACTIONS"]);
+        for c in caps {
+            let enc = if c.encoding == Encoding::Json {
+                "json"
+            } else {
+                "msgpack"
+            };
+            t.add_row(vec![c.capability, c.pool, enc.into(), c.actions.join(", ")]);
+        }
+        println!("{t}");
     }
-    println!(
-        "{:<12} {:<12} {:<8} ACTIONS",
-        "CAPABILITY", "POOL", "ENCODING"
-    );
-    for c in caps {
-        let enc = if c.encoding == Encoding::Json {
-            "json"
-        } else {
-            "msgpack"
-        };
-        println!(
-            "{:<12} {:<12} {:<8} {}",
-            c.capability,
-            c.pool,
-            enc,
-            c.actions.join(", ")
-        );
+    for e in &invalid {
+        println!("ignored: {}", e.message);
     }
     Ok(0)
 }
 
 /// The pool table, once or every `watch` seconds.
 pub async fn pools(config: Config, watch: Option<u64>, json: bool) -> Result<i32> {
-    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    let mesh = open(config).await?;
     loop {
         let statuses = pool_statuses(&mesh).await?;
         if json {
@@ -201,16 +221,14 @@ pub async fn pool_statuses(mesh: &Mesh) -> Result<Vec<PoolStatus>> {
 /// The seed's "Current State" table, with busy slots, held tasks and the
 /// oldest wait added.
 pub fn pools_table(statuses: &[PoolStatus]) -> String {
-    use std::fmt::Write;
     if statuses.is_empty() {
         return "No pool status yet: the autoscaler writes it every second \
                 (is one running? jetmesh autoscaler, or jetmesh up).\n"
             .into();
     }
-    let mut out = format!(
-        "{:<12} {:>4} {:>4} {:>8} {:>5} {:>6} {:>5} {:>9}  {}\n",
-        "POOL", "MIN", "MAX", "CURRENT", "BUSY", "QUEUE", "HELD", "OLDEST", "ACTION"
-    );
+    let mut t = table(&[
+        "POOL", "MIN", "MAX", "CURRENT", "BUSY", "QUEUE", "HELD", "OLDEST", "ACTION",
+    ]);
     for s in statuses {
         let stale = jiff::Timestamp::now().duration_since(s.at).as_secs_f64() > 10.0;
         let mut action = s.action.to_uppercase();
@@ -230,21 +248,32 @@ pub fn pools_table(statuses: &[PoolStatus]) -> String {
             .oldest_wait_ms
             .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
-        let _ = writeln!(
-            out,
-            "{:<12} {:>4} {:>4} {:>8} {:>5} {:>6} {:>5} {:>9}  {action}",
-            s.pool, s.min, s.max, s.workers, s.busy, s.queue_depth, s.held, oldest
-        );
+        t.add_row(vec![
+            s.pool.clone(),
+            s.min.to_string(),
+            s.max.to_string(),
+            s.workers.to_string(),
+            s.busy.to_string(),
+            s.queue_depth.to_string(),
+            s.held.to_string(),
+            oldest,
+            action,
+        ]);
     }
-    out
+    for c in 1..8 {
+        if let Some(col) = t.column_mut(c) {
+            col.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    format!("{t}\n")
 }
 
 /// Who holds each leader lease, and what the registry holds.
 pub async fn mesh_status(config: Config, json: bool) -> Result<i32> {
-    let mesh = Mesh::ensure(client(&config).await?, config).await?;
-    let chief = jetmesh_shared::lease::holder(&mesh, &mesh.names.chief_lease()).await?;
-    let autoscaler = jetmesh_shared::lease::holder(&mesh, &mesh.names.autoscaler_lease()).await?;
-    let caps = registry::list(&mesh).await?;
+    let mesh = open(config).await?;
+    let chief = jetmesh_shared::lease::holder(&mesh, Role::Chief).await?;
+    let autoscaler = jetmesh_shared::lease::holder(&mesh, Role::Autoscaler).await?;
+    let (caps, _) = registry::list(&mesh).await?;
     let mut workers: Vec<WorkerHeartbeat> = mesh
         .scan(&mesh.health, &mesh.names.worker_health_all())
         .await?
@@ -317,6 +346,7 @@ pub async fn status(config: Config, plan_id: &str, json: bool) -> Result<i32> {
         view.failed,
         view.pending
     );
+    let mut t = table(&["TASK", "STATUS", "RESULT"]);
     for (id, v) in &view.tasks {
         let status = v.get("status").and_then(Value::as_str).unwrap_or("?");
         let detail = match (v.get("output"), v.get("error")) {
@@ -329,8 +359,9 @@ pub async fn status(config: Config, plan_id: &str, json: bool) -> Result<i32> {
             ),
             _ => String::new(),
         };
-        println!("  {id:<16} {status:<8} {detail}");
+        t.add_row(vec![id.clone(), status.to_string(), detail]);
     }
+    println!("{t}");
     Ok(0)
 }
 
@@ -381,17 +412,27 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
     ids::validate("plan id", &request.plan.plan_id)?;
     request.wait = false;
     let plan_id = request.plan.plan_id.clone();
-    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    let mesh = open(config).await?;
 
     // Subscribe to the report and the results before submitting.
     let mut report_sub = mesh
         .client
         .subscribe(mesh.names.event(EventKind::FinalReport, &plan_id))
         .await?;
-    let mut progress = mesh
-        .results
-        .watch(mesh.names.task_key_plan(&plan_id))
-        .await?;
+    let (tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
+    let following = jetmesh_shared::CancellationToken::new();
+    let _stop_following = following.clone().drop_guard();
+    jetmesh_shared::follow::follow(
+        mesh.results.clone(),
+        mesh.names.task_key_plan(&plan_id),
+        following,
+        move |c| {
+            if let jetmesh_shared::follow::Change::Put(_) = c {
+                let _ = tx.send(());
+            }
+        },
+    )
+    .await?;
     let reply = mesh
         .client
         .request(mesh.names.plans_submit(), codec::to_json(&request)?)
@@ -427,7 +468,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
                 eprintln!("error: timeout: plan {plan_id} is still running; see `jetmesh status {plan_id}`");
                 return Ok(1);
             }
-            Some(_) = progress.next() => bar.inc(1),
+            Some(()) = progress.recv() => bar.inc(1),
             Some(msg) = report_sub.next() => break codec::from_json(&msg.payload)?,
             _ = poll.tick() => {
                 // In case the event was missed (reconnect): the stored report.
@@ -449,7 +490,7 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
 
 pub async fn dlq(config: Config, command: DlqCommand) -> Result<i32> {
     use jetmesh_shared::dlq;
-    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    let mesh = open(config).await?;
     match command {
         DlqCommand::Ls { json, limit } => {
             let entries = dlq::list(&mesh, limit).await?;
@@ -459,21 +500,23 @@ pub async fn dlq(config: Config, command: DlqCommand) -> Result<i32> {
             } else if entries.is_empty() {
                 println!("No dead letters.");
             } else {
-                println!(
-                    "{:<6} {:<20} {:<10} {:<15} {:<8} TASK",
-                    "ID", "AT", "POOL", "REASON", "ATTEMPTS"
-                );
+                let mut t = table(&["ID", "AT", "POOL", "REASON", "ATTEMPTS", "TASK"]);
                 for e in &entries {
                     let task = match (&e.letter.plan_id, &e.letter.task_id) {
                         (Some(p), Some(t)) => format!("{p}.{t}"),
                         _ => "-".into(),
                     };
                     let at = e.at.strftime("%Y-%m-%d %H:%M:%S").to_string();
-                    println!(
-                        "{:<6} {:<20} {:<10} {:<15} {:<8} {task}",
-                        e.seq, at, e.letter.pool, e.letter.reason, e.letter.attempts
-                    );
+                    t.add_row(vec![
+                        e.seq.to_string(),
+                        at,
+                        e.letter.pool.clone(),
+                        e.letter.reason.clone(),
+                        e.letter.attempts.to_string(),
+                        task,
+                    ]);
                 }
+                println!("{t}");
             }
         }
         DlqCommand::Show { id } => {

@@ -4,7 +4,6 @@
 //! `mesh.coord.*`), which check them; reads come straight from the stream
 //! and the buckets.
 
-use crate::client::client;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use jetmesh_coord::mail;
@@ -204,7 +203,7 @@ fn report<T>(r: std::result::Result<T, jetmesh_shared::Error>, ok: impl FnOnce(T
 }
 
 pub async fn mail_cmd(config: Config, cmd: MailCommand) -> Result<i32> {
-    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    let mesh = crate::client::open(config).await?;
     match cmd {
         MailCommand::Send {
             thread,
@@ -383,7 +382,7 @@ fn print_mail(m: &Mail, json: bool) -> Result<()> {
 
 pub async fn epic_cmd(config: Config, cmd: EpicCommand) -> Result<i32> {
     let EpicCommand::Status { epic: id, json } = cmd;
-    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    let mesh = crate::client::open(config).await?;
     let e = match state::load_epic(&mesh, &id).await {
         Ok(e) => e,
         Err(err) => {
@@ -435,6 +434,7 @@ pub async fn epic_cmd(config: Config, cmd: EpicCommand) -> Result<i32> {
             t.scope.join(", "),
             paused.map(|p| format!("  PAUSED: {p}")).unwrap_or_default()
         );
+        let mut beads = crate::client::table(&["BEAD", "STATUS", "TITLE"]);
         for b in &t.beads {
             let status = view
                 .as_ref()
@@ -447,25 +447,26 @@ pub async fn epic_cmd(config: Config, cmd: EpicCommand) -> Result<i32> {
                 .find(|c| c.bead == b.id)
                 .map(|c| format!("  claimed by {}", c.worker))
                 .unwrap_or_default();
-            println!(
-                "  {:<10} {:<8} {}{claim}",
-                b.id,
+            beads.add_row(vec![
+                b.id.clone(),
                 status,
-                b.title.as_deref().unwrap_or("")
-            );
+                format!("{}{claim}", b.title.as_deref().unwrap_or("")),
+            ]);
         }
+        println!("{beads}");
     }
     if !reservations.is_empty() {
         println!("\nReservations");
+        let mut t = crate::client::table(&["ID", "AGENT", "MODE", "PATTERNS"]);
         for r in &reservations {
-            println!(
-                "  {:<10} {} {} {}",
-                r.id,
-                r.agent,
-                if r.exclusive { "exclusive" } else { "shared" },
-                r.patterns.join(", ")
-            );
+            t.add_row(vec![
+                r.id.clone(),
+                r.agent.clone(),
+                if r.exclusive { "exclusive" } else { "shared" }.into(),
+                r.patterns.join(", "),
+            ]);
         }
+        println!("{t}");
     }
     if let Some(s) = &st {
         let open: Vec<_> = s
@@ -489,7 +490,7 @@ pub async fn epic_cmd(config: Config, cmd: EpicCommand) -> Result<i32> {
 }
 
 pub async fn reserve(config: Config, args: ReserveArgs) -> Result<i32> {
-    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    let mesh = crate::client::open(config).await?;
     let req = ReserveRequest {
         epic: args.epic,
         agent: args.agent,
@@ -513,7 +514,7 @@ pub async fn reserve(config: Config, args: ReserveArgs) -> Result<i32> {
 }
 
 pub async fn release(config: Config, epic: String, id: String) -> Result<i32> {
-    let mesh = Mesh::ensure(client(&config).await?, config).await?;
+    let mesh = crate::client::open(config).await?;
     let r: std::result::Result<serde_json::Value, _> = call(
         &mesh,
         mesh.names.coord("release"),

@@ -11,8 +11,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use jetmesh_capabilities::Builtin;
 use jetmesh_shared::capability::Catalog;
-use jetmesh_shared::{CancellationToken, Config, Mesh, shutdown, telemetry};
+use jetmesh_shared::{CancellationToken, Config, Identity, Mesh, Role, shutdown, telemetry};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -150,49 +151,54 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
         telemetry_config.log = "warn".into();
     }
     telemetry::init(&telemetry_config);
-    let role = |name: &'static str| {
+    let role = |identity: Identity| {
         let config = config.clone();
         async move {
             let shutdown = shutdown::on_signal();
-            let mesh = Mesh::connect(config, name).await?;
+            shutdown::deadline(shutdown.clone(), config.runtime.shutdown_bound());
+            let mesh = Mesh::connect(config, identity).await?;
             Ok::<_, anyhow::Error>((mesh, shutdown))
         }
     };
     match cli.command {
-        Command::Up(args) => up::up(config, args, shutdown::on_signal()).await.map(|_| 0),
+        Command::Up(args) => {
+            let shutdown = shutdown::on_signal();
+            shutdown::deadline(shutdown.clone(), config.runtime.shutdown_bound());
+            up::up(config, args, shutdown).await.map(|_| 0)
+        }
         Command::Demo(args) => up::demo(config, args).await,
         Command::Chief => {
-            let (mesh, s) = role("chief").await?;
+            let (mesh, s) = role(Role::Chief.into()).await?;
             jetmesh_chief::run(mesh, s).await?;
             Ok(0)
         }
         Command::Planner => {
-            let (mesh, s) = role("planner").await?;
+            let (mesh, s) = role(Role::Planner.into()).await?;
             jetmesh_planner::run(mesh, s).await?;
             Ok(0)
         }
         Command::Router => {
-            let (mesh, s) = role("router").await?;
+            let (mesh, s) = role(Role::Router.into()).await?;
             jetmesh_router::run(mesh, s).await?;
             Ok(0)
         }
         Command::Aggregator => {
-            let (mesh, s) = role("aggregator").await?;
+            let (mesh, s) = role(Role::Aggregator.into()).await?;
             jetmesh_aggregator::run(mesh, s).await?;
             Ok(0)
         }
         Command::Summary => {
-            let (mesh, s) = role("summary").await?;
+            let (mesh, s) = role(Role::Summary.into()).await?;
             jetmesh_summary::run(mesh, s).await?;
             Ok(0)
         }
         Command::Autoscaler => {
-            let (mesh, s) = role("autoscaler").await?;
+            let (mesh, s) = role(Role::Autoscaler.into()).await?;
             jetmesh_autoscaler::run(mesh, s).await?;
             Ok(0)
         }
         Command::Worker { pool, workers } => {
-            let (mesh, s) = role("worker").await?;
+            let (mesh, s) = role(Identity::named(Role::Worker, &pool)).await?;
             run_pool(mesh, &pool, workers, s).await?;
             Ok(0)
         }
@@ -229,18 +235,18 @@ pub async fn run_pool(
 }
 
 /// Runs `role` on a NATS connection of its own, flushed before it closes so
-/// the last acks and events are not lost.
+/// the last acks and events are not lost (bounded: the server may be gone).
 async fn on_own_connection<Fut>(
     config: &Config,
-    name: &str,
+    identity: Identity,
     role: impl FnOnce(Mesh) -> Fut,
 ) -> jetmesh_shared::Result<()>
 where
     Fut: std::future::Future<Output = jetmesh_shared::Result<()>>,
 {
-    let mesh = Mesh::connect(config.clone(), name).await?;
+    let mesh = Mesh::connect(config.clone(), identity).await?;
     let result = role(mesh.clone()).await;
-    let _ = mesh.client.flush().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), mesh.client.flush()).await;
     result
 }
 
@@ -251,19 +257,23 @@ where
 /// would as a separate process, so no role's traffic queues behind another's.
 pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     let mut set = tokio::task::JoinSet::new();
-    let roles: [(&str, RoleFn); 6] = [
-        ("chief", |m, s| Box::pin(jetmesh_chief::run(m, s))),
-        ("planner", |m, s| Box::pin(jetmesh_planner::run(m, s))),
-        ("router", |m, s| Box::pin(jetmesh_router::run(m, s))),
-        ("aggregator", |m, s| Box::pin(jetmesh_aggregator::run(m, s))),
-        ("summary", |m, s| Box::pin(jetmesh_summary::run(m, s))),
-        ("autoscaler", |m, s| Box::pin(jetmesh_autoscaler::run(m, s))),
+    let roles: [(Role, RoleFn); 6] = [
+        (Role::Chief, |m, s| Box::pin(jetmesh_chief::run(m, s))),
+        (Role::Planner, |m, s| Box::pin(jetmesh_planner::run(m, s))),
+        (Role::Router, |m, s| Box::pin(jetmesh_router::run(m, s))),
+        (Role::Aggregator, |m, s| {
+            Box::pin(jetmesh_aggregator::run(m, s))
+        }),
+        (Role::Summary, |m, s| Box::pin(jetmesh_summary::run(m, s))),
+        (Role::Autoscaler, |m, s| {
+            Box::pin(jetmesh_autoscaler::run(m, s))
+        }),
     ];
-    for (name, f) in roles {
+    for (role, f) in roles {
         let (config, s) = (mesh.config.clone(), shutdown.clone());
         set.spawn(async move {
-            let r = on_own_connection(&config, name, |m| f(m, s)).await;
-            (name.to_string(), r)
+            let r = on_own_connection(&config, role.into(), |m| f(m, s)).await;
+            (role.to_string(), r)
         });
     }
     for pool in mesh.config.pools.keys() {
@@ -277,12 +287,11 @@ pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()
         }
         let (config, s, p) = (mesh.config.clone(), shutdown.clone(), pool.clone());
         set.spawn(async move {
-            let name = format!("worker-{p}");
-            let r = on_own_connection(
-                &config,
-                &name,
-                |m| async move { run_pool(m, &p, None, s).await },
-            )
+            let name = format!("worker {p}");
+            let identity = Identity::named(Role::Worker, &p);
+            let r = on_own_connection(&config, identity, |m| async move {
+                run_pool(m, &p, None, s).await
+            })
             .await;
             (name, r)
         });

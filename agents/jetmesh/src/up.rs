@@ -3,8 +3,9 @@
 
 use crate::embedded::EmbeddedServer;
 use anyhow::{Context, Result};
+use jetmesh_shared::provision::Mode;
 use jetmesh_shared::wire::{SubmitRequest, TaskResult};
-use jetmesh_shared::{CancellationToken, Config, Mesh, codec, registry};
+use jetmesh_shared::{CancellationToken, Config, Identity, Mesh, Role, codec, registry};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,11 +36,24 @@ async fn server(mut config: Config, args: &UpArgs) -> Result<(Option<EmbeddedSer
     Ok((Some(server), config))
 }
 
+/// The mesh for `up` and `demo`: on its own embedded server it applies this
+/// config to the streams and buckets (it owns them); on a server it was
+/// pointed at, it is a role like any other (creates what is missing, changes
+/// nothing).
+async fn open(config: &Config, embedded: bool, name: &str) -> Result<Mesh> {
+    let mode = if embedded {
+        Mode::Apply
+    } else {
+        Mode::CreateMissing
+    };
+    Ok(Mesh::open(config.clone(), Identity::from(name), mode).await?)
+}
+
 /// Runs the mesh until `shutdown` (Ctrl-C / SIGTERM), then drains and stops.
 pub async fn up(config: Config, args: UpArgs, shutdown: CancellationToken) -> Result<()> {
     let (server, config) = server(config, &args).await?;
     let result = async {
-        let mesh = Mesh::connect(config.clone(), "up").await?;
+        let mesh = open(&config, server.is_some(), "up").await?;
         let mut roles = tokio::spawn(crate::run_all_roles(mesh.clone(), shutdown));
         // Announce only once every role answers, so the first request works;
         // a role that fails first ends `up` with its error at once.
@@ -79,7 +93,7 @@ pub async fn demo(config: Config, mut args: UpArgs) -> Result<i32> {
     let (server, config) = server(config, &args).await?;
     let shutdown = CancellationToken::new();
     let result = async {
-        let mesh = Mesh::connect(config.clone(), "demo").await?;
+        let mesh = open(&config, server.is_some(), "demo").await?;
         let roles = tokio::spawn(crate::run_all_roles(mesh.clone(), shutdown.clone()));
         let outcome = run_demo(&mesh).await;
         shutdown.cancel();
@@ -95,26 +109,18 @@ pub async fn demo(config: Config, mut args: UpArgs) -> Result<i32> {
 
 const DEMO_PLAN: &str = include_str!("../../../examples/plan.json");
 
-/// The roles a plan needs to run end to end, by service name.
-pub const FLOW_ROLES: [&str; 6] = [
-    "chief",
-    "planner",
-    "router",
-    "aggregator",
-    "summary",
-    "worker",
+/// The roles a plan needs to run end to end.
+pub const FLOW_ROLES: [Role; 6] = [
+    Role::Chief,
+    Role::Planner,
+    Role::Router,
+    Role::Aggregator,
+    Role::Summary,
+    Role::Worker,
 ];
 
 /// Every role `run_all_roles` starts: the flow, and the autoscaler.
-pub const ALL_ROLES: [&str; 7] = [
-    "chief",
-    "planner",
-    "router",
-    "aggregator",
-    "summary",
-    "worker",
-    "autoscaler",
-];
+pub const ALL_ROLES: [Role; 7] = Role::SERVICES;
 
 /// Waits until every role `run_all_roles` starts answers and the public
 /// endpoints are served (the chief's `mesh.plans.submit` only once one chief
@@ -126,7 +132,7 @@ pub async fn wait_ready(mesh: &Mesh, within: Duration) -> jetmesh_shared::Result
 /// [`wait_ready`] for the given roles.
 pub async fn wait_ready_roles(
     mesh: &Mesh,
-    roles: &[&str],
+    roles: &[Role],
     within: Duration,
 ) -> jetmesh_shared::Result<()> {
     let n = &mesh.names;
@@ -170,7 +176,7 @@ async fn run_demo(mesh: &Mesh) -> Result<i32> {
     // The roles start alongside: wait until each answers and the pools registered.
     wait_ready(mesh, Duration::from_secs(30)).await?;
     for _ in 0..100 {
-        let caps = registry::list(mesh).await?;
+        let (caps, _) = registry::list(mesh).await?;
         if ["math", "date"]
             .iter()
             .all(|c| caps.iter().any(|e| e.capability == *c))

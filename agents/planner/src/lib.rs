@@ -13,27 +13,35 @@ use jetmesh_shared::error::Result;
 use jetmesh_shared::pools::{self, PoolView};
 use jetmesh_shared::registry::Registry;
 use jetmesh_shared::wire::{Plan, PlannerReply, PlannerRequest};
-use jetmesh_shared::{Error, ErrorCode, Mesh, plan, service, shutdown, telemetry};
+use jetmesh_shared::{Error, ErrorCode, Mesh, plan, service, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Runs the planner until `shutdown`.
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
-    let instance = shutdown::instance_id("planner");
+    let mesh = mesh.as_role(jetmesh_shared::Role::Planner);
+    let instance = mesh.identity.instance.clone();
     let registry = Registry::follow(mesh.clone(), shutdown.clone()).await?;
     let view = PoolView::follow(mesh.clone(), shutdown.clone()).await?;
-    let svc = service::start(&mesh.client, "planner", &instance, "jetmesh planner").await?;
+    let svc = service::start(&mesh, "jetmesh planner").await?;
     let mut endpoint = svc
         .endpoint(mesh.names.planner_plan())
         .await
         .map_err(|e| Error::unavailable("cannot serve the planner endpoint", e))?;
-    mesh.publish_health("planner", &instance, "started").await;
+    mesh.publish_health("started").await;
     tracing::info!(instance = %instance, "The planner is planning.");
     loop {
         let request = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = endpoint.next() => r,
         };
-        let Some(request) = request else { break };
+        let Some(request) = request else {
+            // Not asked to stop: the endpoint is gone, and a planner that
+            // cannot plan must not look alive.
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                "the planner endpoint closed",
+            ));
+        };
         let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
         let result = async {
             let (req, _): (PlannerRequest, _) = codec::decode_message(
@@ -58,7 +66,7 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
             .increment(1);
         service::respond(&request, enc, &result).await;
     }
-    mesh.publish_health("planner", &instance, "stopping").await;
+    mesh.publish_health("stopping").await;
     let _ = svc.stop().await;
     Ok(())
 }

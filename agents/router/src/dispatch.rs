@@ -7,15 +7,19 @@
 use crate::pick::Picker;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
+use jetmesh_shared::backoff::Policy;
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::wire::{Subtask, TaskMessageRef, TaskResult};
-use jetmesh_shared::{Error, Mesh, codec, telemetry};
+use jetmesh_shared::{Error, Mesh, results, telemetry};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct Dispatcher {
     pub mesh: Mesh,
     pub picker: Picker,
+    /// The router's shutdown: retries end with it.
+    pub stop: CancellationToken,
 }
 
 impl Dispatcher {
@@ -61,48 +65,45 @@ impl Dispatcher {
         Ok(ack)
     }
 
-    /// Dispatches, retrying transient failures until stored or `give_up` passes.
-    /// A permanent failure (unknown capability or action) is recorded as the
-    /// task's result, so its plan still completes.
+    /// Dispatches, retrying transient failures ([`DISPATCH`]) until stored.
+    /// A permanent failure (unknown capability or action), or one that
+    /// outlasts the retries, is recorded as the task's result, so its plan
+    /// still completes.
     pub async fn dispatch(&self, plan_id: &str, task: &Subtask, deadline: Option<jiff::Timestamp>) {
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1..=20 {
-            let outcome = match self.send(plan_id, task, deadline, false).await {
-                Ok(ack) => ack.await.context("task not stored").map(|_| ()),
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(()) => return,
-                Err(e) if !e.code.is_retryable() => {
-                    tracing::info!(plan_id, task_id = %task.id, error = %e, "A task cannot be dispatched; it is recorded as failed.");
-                    self.record_failure(plan_id, &task.id, &e).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(plan_id, task_id = %task.id, attempt, error = %e, "Dispatch failed; retrying.");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
+        let sent = DISPATCH
+            .retry(
+                "dispatching a task",
+                || async {
+                    self.send(plan_id, task, deadline, false)
+                        .await?
+                        .await
+                        .context("task not stored")
+                },
+                |e: &Error| e.code.is_retryable() && !self.stop.is_cancelled(),
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::info!(plan_id, task_id = %task.id, error = %e, "A task cannot be dispatched; it is recorded as failed.");
+            self.record_failure(plan_id, &task.id, &e).await;
         }
-        let e = Error::new(
-            jetmesh_shared::ErrorCode::Unavailable,
-            "the task could not be queued",
-        );
-        self.record_failure(plan_id, &task.id, &e).await;
     }
 
-    /// Records an error result for a task that will not run. First result wins.
+    /// Records an error result for a task that will not run, kept up until
+    /// stored (first result wins; see [`results::record_until_stored`]).
     pub async fn record_failure(&self, plan_id: &str, task_id: &str, error: &Error) {
         let result = TaskResult::failure(error).for_task(plan_id, task_id);
-        let Ok(body) = codec::to_json(&result) else {
-            return;
-        };
-        let key = self.mesh.names.task_key(plan_id, task_id);
-        if let Err(e) = self.mesh.results.create(&key, body).await
-            && e.kind() != async_nats::jetstream::kv::CreateErrorKind::AlreadyExists
+        if let Err(e) =
+            results::record_until_stored(&self.mesh, plan_id, task_id, &result, &self.stop).await
         {
-            tracing::error!(error = %e, plan_id, task_id, "Cannot record a task failure.");
+            tracing::warn!(error = %e, plan_id, task_id, "A task failure was not recorded before shutdown; the next router records it.");
         }
     }
 }
+
+/// Retries of one dispatch: a queue that refuses for a moment (a leader
+/// election, the server's in-flight limit) gets about a minute.
+const DISPATCH: Policy = Policy {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+    attempts: Some(20),
+};

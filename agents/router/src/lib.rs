@@ -12,26 +12,29 @@ pub mod gate;
 pub mod pick;
 pub mod plans;
 
-use async_nats::jetstream::{AckKind, kv};
+use async_nats::jetstream::kv;
 use async_nats::service::Request;
 use dispatch::Dispatcher;
 use futures::StreamExt;
 use gate::Gate;
 use jetmesh_shared::codec::{self, Encoding};
+use jetmesh_shared::consume::{self, Durable, Outcome};
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::pools::PoolView;
 use jetmesh_shared::registry::Registry;
+use jetmesh_shared::supervise::Tasks;
 use jetmesh_shared::wire::{
-    PlanReady, PlanRecord, PlanStatus, RouterHeartbeat, SingleTask, Subtask, TaskResult,
+    ErrorBody, PlanReady, PlanRecord, PlanStatus, RouterHeartbeat, SingleTask, Subtask, TaskResult,
 };
-use jetmesh_shared::{Error, ErrorCode, Mesh, ids, service, shutdown, telemetry};
+use jetmesh_shared::{Error, ErrorCode, Mesh, ids, results, service, telemetry};
 use pick::Picker;
 use plans::{Action, PlanRun};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 #[derive(Clone)]
 struct Router {
@@ -39,55 +42,67 @@ struct Router {
     dispatcher: Dispatcher,
     /// Plans being dispatched, each with the token that stops its result follower.
     plans: Arc<Mutex<HashMap<String, (PlanRun, CancellationToken)>>>,
+    /// Dispatches under way, drained at shutdown.
+    dispatching: TaskTracker,
     shutdown: CancellationToken,
 }
 
-/// Runs the router until `shutdown`.
+/// Runs the router until `shutdown`, or until one of its loops fails for
+/// good (then the error says which, and no loop keeps serving alone).
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
-    let instance = shutdown::instance_id("router");
-    let registry = Registry::follow(mesh.clone(), shutdown.clone()).await?;
-    let view = PoolView::follow(mesh.clone(), shutdown.clone()).await?;
+    let mesh = mesh.as_role(jetmesh_shared::Role::Router);
+    let mut tasks = Tasks::new(&shutdown);
+    let stop = tasks.stop().clone();
+    let registry = Registry::follow(mesh.clone(), stop.clone()).await?;
+    let view = PoolView::follow(mesh.clone(), stop.clone()).await?;
     let gate = Gate::new(mesh.clone());
     let router = Router {
         dispatcher: Dispatcher {
             mesh: mesh.clone(),
             picker: Picker::new(mesh.clone(), registry, view, gate.clone()),
+            stop: stop.clone(),
         },
         mesh: mesh.clone(),
         plans: Arc::default(),
-        shutdown: shutdown.clone(),
+        dispatching: TaskTracker::new(),
+        shutdown: stop.clone(),
     };
     router.recover().await?;
 
-    let svc = service::start(&mesh.client, "router", &instance, "jetmesh router").await?;
+    let svc = service::start(&mesh, "jetmesh router").await?;
     let run_endpoint = svc
         .endpoint(mesh.names.run_all())
         .await
         .map_err(|e| Error::unavailable("cannot serve mesh.run", e))?;
-    let intake = router.intake_loop(shutdown.clone());
-    let dead = router.dead_letter_loop(shutdown.clone());
-    let plans = router.plans_loop(shutdown.clone());
-    let run = router.run_loop(run_endpoint, shutdown.clone());
-    let beat = heartbeat(mesh.clone(), instance.clone(), gate, shutdown.clone());
-    mesh.publish_health("router", &instance, "started").await;
-    tracing::info!(instance = %instance, "The router is routing.");
-    let (a, b, c, d) = tokio::join!(intake, plans, run, dead);
-    let _ = beat.await;
-    mesh.publish_health("router", &instance, "stopping").await;
+    let r = router.clone();
+    tasks.spawn("mesh.run", async move { r.run_loop(run_endpoint).await });
+    let r = router.clone();
+    tasks.spawn("intake", async move { r.intake_loop().await });
+    let r = router.clone();
+    tasks.spawn("plans", async move { r.plans_loop().await });
+    let r = router.clone();
+    tasks.spawn("dead letters", async move { r.dead_letter_loop().await });
+    tasks.spawn("heartbeat", heartbeat(mesh.clone(), gate, stop.clone()));
+    mesh.publish_health("started").await;
+    tracing::info!(instance = %mesh.identity.instance, "The router is routing.");
+    let result = tasks.join().await;
+    router.dispatching.close();
+    let _ = tokio::time::timeout(
+        mesh.config.runtime.drain_timeout(),
+        router.dispatching.wait(),
+    )
+    .await;
+    mesh.publish_health("stopping").await;
     let _ = svc.stop().await;
-    a.and(b).and(c).and(d)
+    result
 }
 
 /// Writes `router.<instance>` in `mesh_health` every `health.heartbeat_ms`
 /// with the tasks held per pool (the autoscaler counts them into each pool's
 /// backlog); deletes it on stop.
-fn heartbeat(
-    mesh: Mesh,
-    instance: String,
-    gate: Gate,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+async fn heartbeat(mesh: Mesh, gate: Gate, shutdown: CancellationToken) -> Result<()> {
+    let instance = mesh.identity.instance.clone();
+    {
         let key = mesh.names.router_health_key(&instance);
         let mut tick = tokio::time::interval(Duration::from_millis(
             mesh.config.health.heartbeat_ms.max(50),
@@ -104,8 +119,9 @@ fn heartbeat(
                 tracing::debug!(%error, "Cannot write the router heartbeat.");
             }
         }
-        let _ = mesh.health.delete(&key).await;
-    })
+        let _ = tokio::time::timeout(Duration::from_secs(2), mesh.health.delete(&key)).await;
+    }
+    Ok(())
 }
 
 impl Router {
@@ -156,22 +172,19 @@ impl Router {
         let deadline = jetmesh_shared::plan::deadline(record.created_at, record.plan.deadline_ms);
         let mut run = PlanRun::new(Arc::new(record.plan));
         run.deadline = deadline;
-        let mut results = Vec::new();
+        let mut stored = Vec::new();
         for e in &recorded {
             if let Some((_, task)) = names::parse_task_key(&e.key) {
-                let ok = codec::from_json::<TaskResult>(&e.value)
-                    .map(|r| r.is_success())
-                    .unwrap_or(false);
-                results.push((task.to_string(), ok));
+                stored.push((task.to_string(), results::read(&e.value).error));
             }
         }
         // Tasks with a result must not be dispatched again: apply results
         // before `start`, then drop dispatches for tasks already done.
         let done_ids: std::collections::HashSet<&str> =
-            results.iter().map(|(t, _)| t.as_str()).collect();
+            stored.iter().map(|(t, _)| t.as_str()).collect();
         let mut actions = Vec::new();
-        for (task, ok) in &results {
-            actions.extend(run.on_result(task, *ok));
+        for (task, failure) in &stored {
+            actions.extend(run.on_result(task, failure.as_ref()));
         }
         actions.extend(run.start());
         actions.retain(|a| match a {
@@ -181,7 +194,7 @@ impl Router {
         if !run.has_waiting() {
             // Everything is dispatched (or done): no dependents to release, so
             // there is nothing to follow.
-            self.perform(&plan_id, deadline, actions).await;
+            self.perform(&plan_id, deadline, actions);
             return Ok(());
         }
         metrics::gauge!(telemetry::PLANS_TRACKED).increment(1.0);
@@ -192,89 +205,80 @@ impl Router {
             .insert(plan_id.clone(), (run, stop.clone()));
         let this = self.clone();
         let id = plan_id.clone();
-        self.mesh
-            .follow_plan_results(&plan_id, stop, move |task, ok, _| {
-                this.on_result(&id, task, ok)
-            });
-        self.perform(&plan_id, deadline, actions).await;
+        let followed = self
+            .mesh
+            .follow_plan_results(&plan_id, stop.clone(), move |task, value| {
+                let failure = (!results::succeeded(value)).then(|| results::read(value).error);
+                this.on_result(&id, task, failure.flatten().as_ref())
+            })
+            .await;
+        if let Err(e) = followed {
+            // Not followed, not tracked: the plan_ready event comes again.
+            stop.cancel();
+            self.plans.lock().expect("plans lock").remove(&plan_id);
+            metrics::gauge!(telemetry::PLANS_TRACKED).decrement(1.0);
+            return Err(e);
+        }
+        self.perform(&plan_id, deadline, actions);
         Ok(())
     }
 
-    async fn perform(
-        &self,
-        plan_id: &str,
-        deadline: Option<jiff::Timestamp>,
-        actions: Vec<Action>,
-    ) {
+    /// Dispatches or fails the tasks `actions` name, in the background: one
+    /// plan's dispatches (and their retries) never hold up another plan.
+    fn perform(&self, plan_id: &str, deadline: Option<jiff::Timestamp>, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let (dispatcher, plan_id) = (self.dispatcher.clone(), plan_id.to_string());
         // Unbounded here: JetStream's in-flight limit bounds the publishes, and
         // the queue window holds what is beyond it, highest priority first.
-        futures::stream::iter(actions)
-            .for_each_concurrent(None, |action| async move {
-                match action {
-                    Action::Dispatch(task) => {
-                        self.dispatcher.dispatch(plan_id, &task, deadline).await
+        self.dispatching.spawn(async move {
+            let (dispatcher, plan_id) = (&dispatcher, plan_id.as_str());
+            futures::stream::iter(actions)
+                .for_each_concurrent(None, |action| async move {
+                    match action {
+                        Action::Dispatch(task) => {
+                            dispatcher.dispatch(plan_id, &task, deadline).await
+                        }
+                        Action::Fail { task_id, error } => {
+                            dispatcher.record_failure(plan_id, &task_id, &error).await
+                        }
                     }
-                    Action::Fail { task_id, error } => {
-                        self.dispatcher
-                            .record_failure(plan_id, &task_id, &error)
-                            .await
-                    }
-                }
-            })
-            .await;
+                })
+                .await;
+        });
     }
 
-    async fn plans_loop(&self, shutdown: CancellationToken) -> Result<()> {
-        let consumer = self
-            .mesh
-            .event_consumer(
-                &self.mesh.names.router_plans_consumer(),
-                EventKind::PlanReady,
-            )
-            .await?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .context("cannot read plan_ready events")?;
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                m = messages.next() => m,
-            };
-            let Some(msg) = msg else {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                messages = consumer
-                    .messages()
-                    .await
-                    .context("cannot read plan_ready events")?;
-                continue;
-            };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(error) => {
-                    tracing::warn!(%error, "Reading plan_ready events failed.");
-                    continue;
-                }
-            };
-            let outcome = match codec::from_json::<PlanReady>(&msg.payload) {
-                Ok(event) => self.on_plan_ready(&event.plan_id).await,
-                Err(error) => {
-                    tracing::error!(%error, subject = %msg.subject, "A plan_ready event cannot be read; skipped.");
-                    Ok(())
-                }
-            };
-            match outcome {
-                Ok(()) => {
-                    let _ = msg.ack().await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "A plan could not be started; it will be retried.");
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+    /// Takes `plan_ready` events (durable consumer `router_plans`). Plans
+    /// are started concurrently; each is acked once it is tracked and its
+    /// first dispatches are under way.
+    async fn plans_loop(&self) -> Result<()> {
+        let durable = Durable::events(
+            &self.mesh,
+            self.mesh.names.router_plans_consumer(),
+            EventKind::PlanReady,
+        );
+        let this = self.clone();
+        consume::durable(&self.mesh, durable, 64, &self.shutdown, move |msg| {
+            let this = this.clone();
+            async move {
+                let event = match codec::from_json::<PlanReady>(&msg.payload) {
+                    Ok(e) => e,
+                    Err(error) => {
+                        tracing::error!(%error, subject = %msg.subject, "A plan_ready event cannot be read; skipped.");
+                        return Outcome::Terminate(error.to_string());
+                    }
+                };
+                match this.on_plan_ready(&event.plan_id).await {
+                    Ok(()) => Outcome::Ack,
+                    Err(error) => {
+                        tracing::warn!(%error, plan_id = %event.plan_id, "A plan could not be started; it will be retried.");
+                        Outcome::Retry(Duration::from_secs(1))
+                    }
                 }
             }
-        }
+        })
+        .await
     }
 
     async fn on_plan_ready(&self, plan_id: &str) -> Result<()> {
@@ -301,13 +305,13 @@ impl Router {
     }
 
     /// A result of a tracked plan arrived: release or fail its dependents.
-    fn on_result(&self, plan_id: &str, task_id: &str, ok: bool) {
+    fn on_result(&self, plan_id: &str, task_id: &str, failure: Option<&ErrorBody>) {
         let actions = {
             let mut plans = self.plans.lock().expect("plans lock");
             let Some((run, stop)) = plans.get_mut(plan_id) else {
                 return;
             };
-            let actions = (run.on_result(task_id, ok), run.deadline);
+            let actions = (run.on_result(task_id, failure), run.deadline);
             if !run.has_waiting() {
                 stop.cancel();
                 plans.remove(plan_id);
@@ -316,11 +320,7 @@ impl Router {
             actions
         };
         let (actions, deadline) = actions;
-        if !actions.is_empty() {
-            let this = self.clone();
-            let plan_id = plan_id.to_string();
-            tokio::spawn(async move { this.perform(&plan_id, deadline, actions).await });
-        }
+        self.perform(plan_id, deadline, actions);
     }
 
     // ----- dead letters -----
@@ -328,46 +328,33 @@ impl Router {
     /// Turns max-deliveries advisories of the queue stream into dead letters:
     /// the message goes to `MESH_DLQ`, its task is marked failed, and it leaves
     /// the queue.
-    async fn dead_letter_loop(&self, shutdown: CancellationToken) -> Result<()> {
-        let consumer = self
-            .mesh
-            .durable_consumer(
-                &self.mesh.names.events_stream(),
-                &self.mesh.names.router_dlq_consumer(),
-                &self.mesh.names.max_deliveries_advisories(),
-            )
-            .await?;
+    async fn dead_letter_loop(&self) -> Result<()> {
+        let durable = Durable::new(
+            &self.mesh,
+            self.mesh.names.events_stream(),
+            self.mesh.names.router_dlq_consumer(),
+            self.mesh.names.max_deliveries_advisories(),
+        );
         let queues = self
             .mesh
             .js
             .get_stream_no_info(self.mesh.names.queues_stream())
             .await
             .context("cannot open the queue stream")?;
-        while !shutdown.is_cancelled() {
-            let mut messages = match consumer.messages().await {
-                Ok(m) => m,
-                Err(error) => {
-                    tracing::warn!(%error, "Cannot read advisories; retrying.");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            while let Some(Some(msg)) = shutdown.run_until_cancelled(messages.next()).await {
-                let Ok(msg) = msg else { continue };
-                match self.on_max_deliveries(&queues, &msg.payload).await {
-                    Ok(()) => {
-                        let _ = msg.ack().await;
-                    }
+        let this = self.clone();
+        consume::durable(&self.mesh, durable, 16, &self.shutdown, move |msg| {
+            let (this, queues) = (this.clone(), queues.clone());
+            async move {
+                match this.on_max_deliveries(&queues, &msg.payload).await {
+                    Ok(()) => Outcome::Ack,
                     Err(error) => {
                         tracing::warn!(%error, "Cannot dead-letter a task; it will be retried.");
-                        let _ = msg
-                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                            .await;
+                        Outcome::Retry(Duration::from_secs(1))
                     }
                 }
             }
-        }
-        Ok(())
+        })
+        .await
     }
 
     async fn on_max_deliveries(
@@ -432,40 +419,23 @@ impl Router {
 
     // ----- single tasks: mesh.tasks (durable) -----
 
-    async fn intake_loop(&self, shutdown: CancellationToken) -> Result<()> {
-        let consumer = self
-            .mesh
-            .durable_consumer(
-                &self.mesh.names.intake_stream(),
-                &self.mesh.names.router_intake_consumer(),
-                "",
-            )
-            .await?;
+    async fn intake_loop(&self) -> Result<()> {
+        let durable = Durable::new(
+            &self.mesh,
+            self.mesh.names.intake_stream(),
+            self.mesh.names.router_intake_consumer(),
+            String::new(),
+        );
         let limit = self.mesh.config.router.max_inflight.max(1);
-        loop {
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(limit.min(512))
-                .messages()
-                .await
-                .context("cannot read the intake stream")?;
-            messages
-                .take_until(shutdown.cancelled())
-                .for_each_concurrent(limit, |msg| async move {
-                    match msg {
-                        Ok(msg) => self.on_intake(msg).await,
-                        Err(error) => tracing::warn!(%error, "Reading the intake stream failed."),
-                    }
-                })
-                .await;
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        let this = self.clone();
+        consume::durable(&self.mesh, durable, limit, &self.shutdown, move |msg| {
+            let this = this.clone();
+            async move { this.on_intake(msg).await }
+        })
+        .await
     }
 
-    async fn on_intake(&self, msg: async_nats::jetstream::Message) {
+    async fn on_intake(&self, msg: async_nats::jetstream::Message) -> Outcome {
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
         let fallback = format!("tasks-{seq}");
         let parsed = self.parse_single(&msg.subject, msg.headers.as_ref(), &msg.payload, &fallback);
@@ -477,26 +447,26 @@ impl Router {
             Err(e) => Err(e.clone()),
         };
         match outcome {
-            Ok(()) => {
-                let _ = msg.ack().await;
-            }
+            Ok(()) => Outcome::Ack,
             // Refused for load: the error (with its retry hint) is the result.
             Err(e) if e.code.is_retryable() && e.code != ErrorCode::Overloaded => {
                 tracing::warn!(error = %e, "A submitted task could not be queued; retrying.");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                Outcome::Retry(Duration::from_secs(1))
             }
             Err(e) => {
-                metrics::counter!(telemetry::TASKS_REJECTED, "code" => e.code.as_str())
+                metrics::counter!(telemetry::TASKS_REJECTED, "code" => e.code.to_string())
                     .increment(1);
                 let (plan_id, task_id) = match &parsed {
                     Ok((p, t)) => (p.clone(), t.id.clone()),
                     Err(_) => (fallback.clone(), fallback.clone()),
                 };
                 tracing::info!(plan_id = %plan_id, task_id = %task_id, error = %e, "A submitted task was refused; its error is its result.");
-                self.dispatcher.record_failure(&plan_id, &task_id, &e).await;
-                let _ = msg.ack().await;
+                let result = TaskResult::failure(&e).for_task(&plan_id, &task_id);
+                match results::record(&self.mesh, &plan_id, &task_id, &result).await {
+                    Ok(_) => Outcome::Ack,
+                    // Not recorded: take it again in a moment.
+                    Err(_) => Outcome::Retry(Duration::from_secs(1)),
+                }
             }
         }
     }
@@ -559,24 +529,26 @@ impl Router {
 
     // ----- single tasks: mesh.run (request/reply) -----
 
-    async fn run_loop(
-        &self,
-        mut endpoint: async_nats::service::endpoint::Endpoint,
-        shutdown: CancellationToken,
-    ) -> Result<()> {
-        let inflight = tokio_util::task::TaskTracker::new();
-        loop {
+    async fn run_loop(&self, mut endpoint: async_nats::service::endpoint::Endpoint) -> Result<()> {
+        let inflight = TaskTracker::new();
+        let ended = loop {
             let request = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = self.shutdown.cancelled() => break Ok(()),
                 r = endpoint.next() => r,
             };
-            let Some(request) = request else { break };
+            let Some(request) = request else {
+                break Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "the mesh.run endpoint closed",
+                ));
+            };
             let this = self.clone();
             inflight.spawn(async move { this.on_run(request).await });
-        }
+        };
         inflight.close();
-        let _ = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, inflight.wait()).await;
-        Ok(())
+        let _ =
+            tokio::time::timeout(self.mesh.config.runtime.drain_timeout(), inflight.wait()).await;
+        ended
     }
 
     async fn on_run(&self, request: Request) {

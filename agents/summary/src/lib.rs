@@ -11,76 +11,58 @@
 
 pub mod render;
 
-use async_nats::jetstream::AckKind;
-use futures::StreamExt;
 use jetmesh_shared::codec;
+use jetmesh_shared::consume::{self, Durable, Outcome};
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::wire::{
     AggregationReady, PlanOutline, PlanRecord, Report, ResultBundle, TaskResult,
 };
-use jetmesh_shared::{Error, ErrorCode, Mesh, service, shutdown, telemetry};
+use jetmesh_shared::{Error, ErrorCode, Mesh, service, telemetry};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the summary role until `shutdown`.
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
-    let instance = shutdown::instance_id("summary");
-    let svc = service::start(&mesh.client, "summary", &instance, "jetmesh summary").await?;
-    let consumer = mesh
-        .event_consumer(&mesh.names.summary_consumer(), EventKind::AggregationReady)
-        .await?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .context("cannot read aggregation_ready")?;
-    mesh.publish_health("summary", &instance, "started").await;
-    tracing::info!(instance = %instance, "The summary agent is writing reports.");
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = messages.next() => m,
-        };
-        let msg = match msg {
-            Some(Ok(m)) => m,
-            Some(Err(error)) => {
-                tracing::warn!(%error, "Reading aggregation_ready failed.");
-                continue;
-            }
-            None => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                messages = consumer
-                    .messages()
-                    .await
-                    .context("cannot read aggregation_ready")?;
-                continue;
-            }
-        };
-        let plan_id = names::last_token(&msg.subject).to_string();
-        let outcome = match codec::from_json::<AggregationReady>(&msg.payload) {
-            Ok(event) => summarize(&mesh, &plan_id, event.bundle_parts).await,
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(()) => {
-                let _ = msg.ack().await;
-            }
-            Err(e) if e.code == ErrorCode::NotFound || e.code == ErrorCode::BadRequest => {
-                tracing::error!(error = %e, plan_id, "No report can be written for this event; skipped.");
-                let _ = msg.ack().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, plan_id, "Writing a report failed; it will be retried.");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
+    let mesh = mesh.as_role(jetmesh_shared::Role::Summary);
+    let svc = service::start(&mesh, "jetmesh summary").await?;
+    mesh.publish_health("started").await;
+    tracing::info!(instance = %mesh.identity.instance, "The summary agent is writing reports.");
+    let durable = Durable::events(
+        &mesh,
+        mesh.names.summary_consumer(),
+        EventKind::AggregationReady,
+    );
+    let m = mesh.clone();
+    let consumed = consume::durable(&mesh, durable, 1, &shutdown, move |msg| {
+        let mesh = m.clone();
+        async move { on_aggregation_ready(&mesh, &msg).await }
+    })
+    .await;
+    mesh.publish_health("stopping").await;
+    let _ = svc.stop().await;
+    consumed
+}
+
+/// Writes the report an `aggregation_ready` event asks for.
+async fn on_aggregation_ready(mesh: &Mesh, msg: &async_nats::jetstream::Message) -> Outcome {
+    let plan_id = names::last_token(&msg.subject).to_string();
+    let outcome = match codec::from_json::<AggregationReady>(&msg.payload) {
+        Ok(event) => summarize(mesh, &plan_id, event.bundle_parts).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => Outcome::Ack,
+        Err(e) if e.code == ErrorCode::NotFound || e.code == ErrorCode::BadRequest => {
+            tracing::error!(error = %e, plan_id, "No report can be written for this event; skipped.");
+            Outcome::Terminate(e.to_string())
+        }
+        Err(error) => {
+            tracing::warn!(%error, plan_id, "Writing a report failed; it will be retried.");
+            Outcome::Retry(Duration::from_secs(1))
         }
     }
-    mesh.publish_health("summary", &instance, "stopping").await;
-    let _ = svc.stop().await;
-    Ok(())
 }
 
 /// Per task id, its stored result (`None` when it does not decode).
@@ -171,7 +153,7 @@ async fn read_bundle(mesh: &Mesh, plan_id: &str, parts: u32) -> Result<Results> 
     let mut results = HashMap::new();
     for body in &bodies {
         for (task, value) in ResultBundle::decode(body)? {
-            results.insert(task.to_string(), codec::from_json::<TaskResult>(value).ok());
+            results.insert(task.to_string(), Some(jetmesh_shared::results::read(value)));
         }
     }
     Ok(results)
@@ -188,7 +170,7 @@ async fn scan_results(mesh: &Mesh, plan_id: &str) -> Result<Results> {
             let (_, task) = names::parse_task_key(&e.key)?;
             Some((
                 task.to_string(),
-                codec::from_json::<TaskResult>(&e.value).ok(),
+                Some(jetmesh_shared::results::read(&e.value)),
             ))
         })
         .collect())

@@ -159,7 +159,7 @@ mod tests {
         results.insert(
             "t2".to_string(),
             TaskResult::failure(&Error::new(
-                ErrorCode::DivisionByZero,
+                ErrorCode::capability("division_by_zero"),
                 "cannot divide | by zero",
             )),
         );

@@ -3,7 +3,7 @@
 //! in `mesh_health` (`worker.<pool>.<instance>`: slots, busy, pid), and the
 //! slot assignments the autoscaler writes to `mesh_scale` (`pool.<pool>`).
 
-use futures::StreamExt;
+use jetmesh_shared::follow::{Change, follow};
 use jetmesh_shared::wire::{ScaleDecision, WorkerHeartbeat};
 use jetmesh_shared::{Mesh, codec};
 use std::sync::Arc;
@@ -127,45 +127,36 @@ pub fn heartbeat(
                 tracing::warn!(%error, pool, "Cannot write the heartbeat.");
             }
         }
-        if let Err(error) = mesh.health.delete(&key).await {
-            tracing::debug!(%error, pool, "Cannot remove the heartbeat; it expires.");
+        // Bounded: at shutdown the server may be gone, and the key expires.
+        match tokio::time::timeout(Duration::from_secs(2), mesh.health.delete(&key)).await {
+            Ok(Ok(())) => {}
+            _ => tracing::debug!(pool, "Cannot remove the heartbeat; it expires."),
         }
     })
 }
 
-/// Follows `pool.<pool>` in `mesh_scale` and applies this process's slot
-/// count whenever the autoscaler assigns one.
-pub fn follow_scale(
+/// Follows `pool.<pool>` in `mesh_scale` ([`jetmesh_shared::follow`]) and
+/// applies this process's slot count whenever the autoscaler assigns one.
+pub async fn follow_scale(
     mesh: Mesh,
     pool: String,
     instance: String,
     slots: Arc<Slots>,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let key = mesh.names.scale_key(&pool);
-        while !shutdown.is_cancelled() {
-            let mut watch = match mesh.scale.watch_with_history(&key).await {
-                Ok(w) => w,
-                Err(error) => {
-                    tracing::warn!(%error, pool, "Cannot follow slot assignments; retrying.");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            while let Some(Some(entry)) = shutdown.run_until_cancelled(watch.next()).await {
-                let Ok(entry) = entry else { continue };
-                let Ok(decision) = codec::from_json::<ScaleDecision>(&entry.value) else {
-                    continue;
-                };
-                if let Some(&n) = decision.slots.get(&instance)
-                    && n != slots.count()
-                {
-                    tracing::info!(pool, from = slots.count(), to = n, reason = %decision.reason, "The pool's slots were reassigned.");
-                    slots.set(n);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+) -> jetmesh_shared::Result<()> {
+    let key = mesh.names.scale_key(&pool);
+    follow(mesh.scale.clone(), key, shutdown, move |change| {
+        let Change::Put(entry) = change else { return };
+        let Ok(decision) = codec::from_json::<ScaleDecision>(&entry.value) else {
+            return;
+        };
+        if let Some(&n) = decision.slots.get(&instance)
+            && n != slots.count()
+        {
+            tracing::info!(pool, from = slots.count(), to = n, reason = %decision.reason, "The pool's slots were reassigned.");
+            slots.set(n);
         }
     })
+    .await?;
+    Ok(())
 }

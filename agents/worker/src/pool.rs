@@ -7,20 +7,22 @@
 //! a backoff; permanent ones are recorded and acked. On shutdown it stops pulling,
 //! hands back what was still arriving, and finishes what it runs.
 
-use crate::liveness::{self, Slots};
+use crate::liveness::{self, Slot, Slots};
 use crate::pull::Puller;
-use async_nats::jetstream::{AckKind, Message, kv};
+use async_nats::jetstream::{AckKind, Message};
+use jetmesh_shared::backoff::Policy;
 use jetmesh_shared::capability::{Capability, Catalog};
 use jetmesh_shared::codec::Encoding;
+use jetmesh_shared::consume::{self, Outcome, Source};
 use jetmesh_shared::error::{Error, ErrorCode, Result};
+use jetmesh_shared::results::{self, Recorded};
 use jetmesh_shared::wire::{CapabilityEntry, DeadLetter, TaskMessage, TaskResult};
-use jetmesh_shared::{Mesh, codec, dlq, ids, registry, service, shutdown, telemetry};
+use jetmesh_shared::{Mesh, dlq, ids, registry, service, telemetry};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// A running pool: its name, capabilities and identity.
 struct Pool {
@@ -54,9 +56,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     ids::validate("pool", pool)?;
+    let mesh = mesh.as_worker(pool);
     let config = mesh.config.pool(pool).clone();
     let workers = workers.unwrap_or(config.workers).max(1);
-    let instance = shutdown::instance_id(pool);
+    let instance = mesh.identity.instance.clone();
     let mut caps = Vec::new();
     for name in mesh.config.pool_capabilities(pool) {
         let cap = catalog.build(&name, &mesh, &instance).ok_or_else(|| {
@@ -68,7 +71,8 @@ pub async fn run(
         })?;
         caps.push(cap);
     }
-    let consumer = mesh.pool_consumer(pool).await?;
+    // Created here if absent, with the documented config.
+    mesh.pool_consumer(pool).await?;
     for cap in &caps {
         registry::register(
             &mesh,
@@ -83,14 +87,8 @@ pub async fn run(
         )
         .await?;
     }
-    let svc = service::start(
-        &mesh.client,
-        "worker",
-        &instance,
-        &format!("jetmesh worker pool {pool}"),
-    )
-    .await?;
-    mesh.publish_health("worker", &instance, "started").await;
+    let svc = service::start(&mesh, &format!("jetmesh worker pool {pool}")).await?;
+    mesh.publish_health("started").await;
     tracing::info!(pool, instance = %instance, workers, "The pool is taking tasks.");
 
     let pool = Arc::new(Pool {
@@ -103,6 +101,7 @@ pub async fn run(
         task_us: AtomicU64::new(u64::MAX),
     });
     let slots = Slots::new(workers);
+    // Heartbeats go on while the pool drains: a draining worker is alive.
     let beating = CancellationToken::new();
     let heart = liveness::heartbeat(
         mesh.clone(),
@@ -111,68 +110,86 @@ pub async fn run(
         slots.clone(),
         beating.clone(),
     );
-    let scale = liveness::follow_scale(
+    liveness::follow_scale(
         mesh.clone(),
         pool.name.clone(),
         instance.clone(),
         slots.clone(),
         shutdown.clone(),
-    );
-    let tracker = TaskTracker::new();
-    let mut puller = Puller::open(&mesh.js, consumer.clone(), pool.ack_wait).await?;
-    loop {
-        let pulled = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = puller.next(&slots, pool.prefetch(&slots)) => p,
-        };
-        match pulled {
-            Ok((msg, mut slot)) => {
-                slot.begin();
-                let pool = pool.clone();
-                tracker.spawn(async move {
-                    pool.handle(msg).await;
-                    drop(slot);
-                });
-            }
-            // A refused request (the consumer deleted, a limit) or a lost
-            // subscription: start over with a fresh subscription and, if it
-            // is gone, a fresh consumer.
-            Err(error) => {
-                tracing::warn!(%error, pool = %pool.name, "Pulling tasks failed; starting the pull again.");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-                let reopened = match mesh.pool_consumer(&pool.name).await {
-                    Ok(c) => Puller::open(&mesh.js, c, pool.ack_wait).await,
-                    Err(e) => Err(e),
-                };
-                match reopened {
-                    Ok(p) => {
-                        puller.close().await;
-                        puller = p;
-                    }
-                    Err(error) => tracing::warn!(%error, "Cannot start the pull again."),
-                }
-            }
+    )
+    .await?;
+    // The pool's consumer, pulled on credit ([`crate::pull`]): a refused
+    // pull request (the consumer deleted, a limit) or a lost subscription
+    // opens it again, the consumer created again if it is gone.
+    let consumer_name = mesh.names.pool_consumer(&pool.name);
+    let open = || {
+        let (mesh, pool, slots) = (mesh.clone(), pool.clone(), slots.clone());
+        async move {
+            let consumer = mesh.pool_consumer(&pool.name).await?;
+            let puller = Puller::open(&mesh, consumer, pool.ack_wait).await?;
+            Ok(Credit {
+                puller,
+                slots,
+                pool,
+            })
         }
-    }
-
-    // Hand back what was held or still arrives, so another worker takes it
-    // now rather than after the ack wait.
-    let handed_back = puller.close().await;
-    tracker.close();
-    let drained = tokio::time::timeout(shutdown::DRAIN_TIMEOUT, tracker.wait())
-        .await
-        .is_ok();
-    tracing::info!(pool = %pool.name, handed_back, drained, "The pool stopped.");
+    };
+    let p = pool.clone();
+    let consumed = consume::run(
+        &mesh,
+        &consumer_name,
+        consume::Options::new(&mesh, "pool"),
+        open,
+        &shutdown,
+        move |msg| {
+            let pool = p.clone();
+            async move { pool.handle(msg).await }
+        },
+    )
+    .await;
     beating.cancel();
     let _ = heart.await;
-    let _ = scale.await;
-    mesh.publish_health("worker", &instance, "stopping").await;
+    mesh.publish_health("stopping").await;
     let _ = svc.stop().await;
-    Ok(())
+    tracing::info!(pool = %pool.name, "The pool stopped.");
+    consumed
 }
+
+/// The pool's [`Source`]: its consumer pulled on credit, each task handed
+/// out with the slot it runs in.
+struct Credit {
+    puller: Puller,
+    slots: Arc<Slots>,
+    pool: Arc<Pool>,
+}
+
+impl Source for Credit {
+    type Permit = Slot;
+
+    async fn next(&mut self) -> Result<(Message, Slot)> {
+        let prefetch = self.pool.prefetch(&self.slots);
+        let (msg, mut slot) = self.puller.next(&self.slots, prefetch).await?;
+        slot.begin();
+        Ok((msg, slot))
+    }
+
+    /// Hands back what was held or still arrives, so another worker takes
+    /// it now rather than after the ack wait.
+    async fn close(self) {
+        let handed_back = self.puller.close().await;
+        if handed_back > 0 {
+            tracing::info!(pool = %self.pool.name, handed_back, "Tasks held here were handed back.");
+        }
+    }
+}
+
+/// When a retryable failure is tried again: 1 s after the first attempt,
+/// doubling to 32 s (JetStream holds the task meanwhile).
+const TASK_RETRY: Policy = Policy {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(32),
+    attempts: None,
+};
 
 impl Pool {
     /// How many tasks to hold beyond the free slots: [`PREFETCH`] per slot
@@ -201,7 +218,7 @@ impl Pool {
             });
     }
 
-    async fn handle(&self, msg: Message) {
+    async fn handle(&self, msg: Message) -> Outcome {
         let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
         let enc = match Encoding::from_headers(msg.headers.as_ref()) {
             Ok(enc) => enc,
@@ -236,10 +253,9 @@ impl Pool {
             && attempt <= retries
             && attempt < self.max_deliver
         {
-            let delay = Duration::from_millis(500 * 2u64.pow(attempt.min(6)));
+            let delay = TASK_RETRY.nth(attempt);
             tracing::info!(plan_id = %task.plan_id, task_id = %task.task.id, attempt, error = %e, ?delay, "The task failed and will be retried.");
-            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-            return;
+            return Outcome::Retry(delay);
         }
         let status = if outcome.is_ok() { "success" } else { "error" };
         metrics::counter!(telemetry::TASKS_EXECUTED, "pool" => self.name.clone(), "capability" => task.task.capability.clone(), "status" => status).increment(1);
@@ -256,8 +272,7 @@ impl Pool {
         if let Err(error) = &outcome {
             tracing::debug!(plan_id = %task.plan_id, task_id = %task.task.id, %error, "The task failed.");
         }
-        self.record(&msg, &task.plan_id, &task.task.id, &result)
-            .await;
+        self.record(&task.plan_id, &task.task.id, &result).await
     }
 
     /// Executes the action, bounded by the task's timeout, with in-progress acks
@@ -336,62 +351,32 @@ impl Pool {
         }
     }
 
-    /// Writes the result (first terminal result wins), then acks.
-    async fn record(&self, msg: &Message, plan_id: &str, task_id: &str, result: &TaskResult) {
-        let key = self.mesh.names.task_key(plan_id, task_id);
-        let body = match codec::to_json(result) {
-            Ok(b) => b,
-            Err(error) => {
-                tracing::error!(%error, "Cannot encode a result.");
-                let _ = msg.ack_with(AckKind::Term).await;
-                return;
-            }
-        };
-        // A store that fails now may work in a moment (leader election, a
-        // reconnect): retry here before giving the task back to JetStream,
-        // whose redeliveries are limited.
-        let mut outcome = self.mesh.results.create(&key, body.clone()).await;
-        let mut delay = Duration::from_millis(100);
-        for _ in 0..5 {
-            match &outcome {
-                Err(e) if e.kind() != kv::CreateErrorKind::AlreadyExists => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    outcome = self.mesh.results.create(&key, body.clone()).await;
-                }
-                _ => break,
-            }
-        }
-        match outcome {
-            Ok(_) => {}
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                metrics::counter!(telemetry::RESULTS_DUPLICATE, "pool" => self.name.clone())
-                    .increment(1);
+    /// Records the result ([`results::record`]: the first terminal result
+    /// wins), then acks; a result that could not be stored gives the task
+    /// back to JetStream.
+    async fn record(&self, plan_id: &str, task_id: &str, result: &TaskResult) -> Outcome {
+        match results::record(&self.mesh, plan_id, task_id, result).await {
+            Ok(Recorded::Stored) => Outcome::Ack,
+            Ok(Recorded::Duplicate) => {
                 tracing::debug!(
                     plan_id,
                     task_id,
                     "A result was already recorded; this one is ignored."
                 );
+                Outcome::Ack
             }
             Err(error) => {
-                // Not recorded: let JetStream deliver the task again.
                 tracing::warn!(%error, plan_id, task_id, "Cannot record a result; the task will be redelivered.");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-                return;
+                Outcome::Retry(Duration::from_secs(1))
             }
-        }
-        if let Err(error) = msg.ack().await {
-            tracing::warn!(%error, plan_id, task_id, "Cannot ack a task (it may run again; its result is kept).");
         }
     }
 
     /// A message that can never run (it cannot be decoded): dead-letter it
     /// with the reason, mark its task failed when its ids are readable (so its
     /// plan still completes), and take it off the queue.
-    async fn poison(&self, msg: &Message, value: Option<&Value>, error: &Error) {
-        metrics::counter!(telemetry::TASKS_REJECTED, "pool" => self.name.clone(), "code" => error.code.as_str()).increment(1);
+    async fn poison(&self, msg: &Message, value: Option<&Value>, error: &Error) -> Outcome {
+        metrics::counter!(telemetry::TASKS_REJECTED, "pool" => self.name.clone(), "code" => error.code.to_string()).increment(1);
         let ids = value.and_then(|v| {
             let plan = v.get("plan_id")?.as_str()?;
             let task = v.get("id")?.as_str()?;
@@ -430,14 +415,10 @@ impl Pool {
         });
         match stored {
             // In the dead-letter queue now: off the work queue.
-            Ok(()) => {
-                let _ = msg.ack().await;
-            }
+            Ok(()) => Outcome::Ack,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot dead-letter a task; it will be redelivered.");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                Outcome::Retry(Duration::from_secs(1))
             }
         }
     }

@@ -13,8 +13,9 @@
 //! so credit lost with a request comes back:
 //! - a request the server ends (expired, or cut short by a new stream
 //!   leader) says so with a 408 or 409 status;
-//! - every request dies with the connection: after a reconnect, once the
-//!   consumer answers again (JetStream may still be recovering), all are
+//! - every request dies with the connection: after a reconnect (the
+//!   client's connection events, [`jetmesh_shared::mesh::Connection`]), once
+//!   the consumer answers again (JetStream may still be recovering), all are
 //!   asked again;
 //! - a request that is neither filled nor ended by the server a moment after
 //!   it expired, and all of them when neither a task nor an idle heartbeat
@@ -27,10 +28,11 @@ use async_nats::jetstream::consumer::{Consumer, pull};
 use async_nats::jetstream::{self, AckKind, Message};
 use async_nats::{StatusCode, Subject, Subscriber};
 use futures::StreamExt;
+use jetmesh_shared::Mesh;
 use jetmesh_shared::error::{Context, Error, ErrorCode, Result};
+use jetmesh_shared::mesh::Connection;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -38,8 +40,6 @@ use tokio::time::Instant;
 const EXPIRES: Duration = Duration::from_secs(10);
 /// How often the server says an open request is still there.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How often the connection's state is looked at.
-const STATE_CHECK: Duration = Duration::from_millis(100);
 /// How long after its expiry a request the server did not end is taken as lost.
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -66,18 +66,18 @@ pub struct Puller {
     heard: Instant,
     /// A held task gets an in-progress ack this often.
     keep_alive: Duration,
-    client: async_nats::Client,
-    /// Connections made so far (a reconnect adds one).
+    connection: Connection,
+    /// Connections made when the requests in `open` were asked.
     connects: u64,
-    next_state_check: Instant,
 }
 
 impl Puller {
     pub async fn open(
-        js: &jetstream::Context,
+        mesh: &Mesh,
         consumer: Consumer<pull::Config>,
         ack_wait: Duration,
     ) -> Result<Self> {
+        let js = &mesh.js;
         let client = js.client();
         let inbox = Subject::from(client.new_inbox());
         let sub = client
@@ -94,9 +94,8 @@ impl Puller {
             open: VecDeque::new(),
             heard: Instant::now(),
             keep_alive: ack_wait / 2,
-            connects: client.statistics().connects.load(Ordering::Relaxed),
-            client,
-            next_state_check: Instant::now() + STATE_CHECK,
+            connects: mesh.connection.connects(),
+            connection: mesh.connection.clone(),
         })
     }
 
@@ -149,9 +148,8 @@ impl Puller {
                 _ = tokio::time::sleep_until(lost.unwrap_or_else(Instant::now)), if lost.is_some() => {
                     self.drop_lost();
                 }
-                _ = tokio::time::sleep_until(self.next_state_check) => {
-                    self.next_state_check = Instant::now() + STATE_CHECK;
-                    self.check_connection().await;
+                _ = self.connection.reconnected_after(self.connects) => {
+                    self.on_reconnect().await;
                 }
             }
         }
@@ -179,14 +177,8 @@ impl Puller {
     /// After a reconnect, waits (a few seconds at most) until the consumer
     /// answers, then asks for everything again: the requests made before are
     /// gone with the old connection, or with the restarted server.
-    async fn check_connection(&mut self) {
-        let connects = self.client.statistics().connects.load(Ordering::Relaxed);
-        if connects == self.connects
-            || self.client.connection_state() != async_nats::connection::State::Connected
-        {
-            return;
-        }
-        self.connects = connects;
+    async fn on_reconnect(&mut self) {
+        self.connects = self.connection.connects();
         let mut delay = Duration::from_millis(50);
         while self.consumer.get_info().await.is_err() && delay < Duration::from_secs(3) {
             tokio::time::sleep(delay).await;
