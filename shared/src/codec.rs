@@ -69,15 +69,87 @@ impl Encoding {
         }
     }
 
-    /// Decodes a payload; every failure is `bad_request` with the decoder's reason.
-    pub fn decode<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T> {
+    /// Whether the payload holds a map (a JSON object), by its first byte.
+    pub fn is_map(self, payload: &[u8]) -> bool {
         match self {
-            Encoding::Json => serde_json::from_slice(payload)
-                .map_err(|e| Error::bad_request(format!("malformed JSON body: {e}"))),
-            Encoding::Msgpack => rmp_serde::from_slice(payload)
-                .map_err(|e| Error::bad_request(format!("malformed MessagePack body: {e}"))),
+            Encoding::Json => payload
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|b| *b == b'{'),
+            Encoding::Msgpack => {
+                matches!(payload.first(), Some(0x80..=0x8f | 0xde | 0xdf))
+            }
         }
     }
+
+    /// Decodes a payload nested at most [`MAX_DEPTH`] deep, in either
+    /// encoding; every failure is `bad_request` with the decoder's reason
+    /// (`invalid_id` when an id breaks the id rule).
+    pub fn decode<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T> {
+        let decoded = match self {
+            Encoding::Json => {
+                if !json_depth_within(payload, MAX_DEPTH) {
+                    return Err(too_deep());
+                }
+                serde_json::from_slice(payload).map_err(|e| format!("malformed JSON body: {e}"))
+            }
+            Encoding::Msgpack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(payload);
+                de.set_max_depth(MAX_DEPTH);
+                match T::deserialize(&mut de) {
+                    Ok(v) => Ok(v),
+                    Err(rmp_serde::decode::Error::DepthLimitExceeded) => return Err(too_deep()),
+                    Err(e) => Err(format!("malformed MessagePack body: {e}")),
+                }
+            }
+        };
+        decoded.map_err(|message| {
+            let code = if message.contains(crate::ids::RULE) {
+                ErrorCode::InvalidId
+            } else {
+                ErrorCode::BadRequest
+            };
+            Error::new(code, message)
+        })
+    }
+}
+
+/// How deep a body may nest (objects and arrays), whatever its encoding.
+/// Deeper bodies are refused at the edge with `bad_request`, so that nothing
+/// accepted in one encoding fails to decode in another further on.
+pub const MAX_DEPTH: usize = 64;
+
+fn too_deep() -> Error {
+    Error::bad_request(format!("the body is nested deeper than {MAX_DEPTH} levels"))
+}
+
+/// Whether JSON text nests objects and arrays at most `max` deep (a scan
+/// that skips strings; the decoder finds any other fault).
+fn json_depth_within(text: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Decodes a message body by its headers, refusing bodies over `max_bytes`.
@@ -114,6 +186,34 @@ pub fn from_json<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn bodies_nested_too_deep_are_refused_in_either_encoding() {
+        let deep = |n: usize| {
+            let mut v = serde_json::json!(1);
+            for _ in 0..n {
+                v = serde_json::json!({ "a": [v] });
+            }
+            v
+        };
+        for enc in [Encoding::Json, Encoding::Msgpack] {
+            let ok = enc.encode(&deep(MAX_DEPTH / 2 - 1)).unwrap();
+            assert!(enc.decode::<serde_json::Value>(&ok).is_ok(), "{enc:?}");
+            for n in [MAX_DEPTH / 2 + 1, 127, 1000] {
+                let body = enc.encode(&deep(n)).unwrap();
+                let e = enc.decode::<serde_json::Value>(&body).unwrap_err();
+                assert_eq!(e.code, ErrorCode::BadRequest, "{enc:?} {n}");
+                assert!(e.message.contains("deeper than"), "{enc:?} {n}: {e}");
+            }
+        }
+        // Brackets inside strings do not count.
+        let text = format!("{{\"a\":\"{}\"}}", "[".repeat(500));
+        assert!(
+            Encoding::Json
+                .decode::<serde_json::Value>(text.as_bytes())
+                .is_ok()
+        );
+    }
 
     #[test]
     fn no_header_is_json() {

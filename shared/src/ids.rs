@@ -5,6 +5,9 @@ use crate::error::{Error, ErrorCode, Result};
 
 pub const MAX_ID_LEN: usize = 64;
 
+/// The id rule, as error messages state it.
+pub const RULE: &str = "must match [A-Za-z0-9_-]{1,64}";
+
 /// Whether `id` matches `[A-Za-z0-9_-]{1,64}`.
 pub fn is_valid(id: &str) -> bool {
     !id.is_empty()
@@ -22,7 +25,7 @@ pub fn validate(what: impl std::fmt::Display, id: &str) -> Result<()> {
         let shown: String = id.chars().take(80).collect();
         Err(Error::new(
             ErrorCode::InvalidId,
-            format!("{what} {shown:?} must match [A-Za-z0-9_-]{{1,64}}"),
+            format!("{what} {shown:?} {RULE}"),
         ))
     }
 }

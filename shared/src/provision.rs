@@ -75,9 +75,10 @@ pub fn desired(config: &Config) -> Vec<Desired> {
         Storage::Memory => stream::StorageType::Memory,
     };
     let dedupe = Duration::from_secs(m.dedupe_window_secs);
-    // Intake and mail take what clients send: twice the request limit, so
-    // an oversized request is stored and answered with an error rather
-    // than refused by the server without one.
+    // Mail is capped at twice the request limit. The intake is not capped at
+    // all (the server's max_payload is its limit): a task too large for
+    // the mesh is stored and answered with a `payload_too_large` result,
+    // rather than dropped by the stream with nothing to show for it.
     let msg_size = i32::try_from(m.max_request_bytes.max(64 * 1024) * 2).unwrap_or(i32::MAX);
     let streams = [
         stream::Config {
@@ -94,7 +95,6 @@ pub fn desired(config: &Config) -> Vec<Desired> {
             subjects: vec![names.tasks_all()],
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: dedupe,
-            max_message_size: msg_size,
             ..Default::default()
         },
         stream::Config {

@@ -175,6 +175,7 @@ impl Registry {
     }
 
     /// The capability, from the view or, on a miss, straight from the bucket.
+    /// Errors: `bad_registration` when its entry is there but invalid.
     pub async fn resolve(&self, capability: &str) -> Result<Option<Arc<CapabilityEntry>>> {
         if let Some(e) = self.get(capability) {
             return Ok(Some(e));
@@ -192,20 +193,14 @@ impl Registry {
         else {
             return Ok(None);
         };
-        let entry = match check(&key, &value) {
-            Ok(e) => Some(Arc::new(e)),
-            Err(e) => {
-                self.ignored(&e);
-                None
-            }
-        };
-        if let Some(e) = &entry {
-            self.caps
-                .write()
-                .expect("registry lock")
-                .insert(capability.to_string(), e.clone());
-        }
-        Ok(entry)
+        // Invalid: the caller says so (`bad_registration`), rather than
+        // `unknown_capability` or a decoding error that blames the request.
+        let entry = Arc::new(check(&key, &value)?);
+        self.caps
+            .write()
+            .expect("registry lock")
+            .insert(capability.to_string(), entry.clone());
+        Ok(Some(entry))
     }
 
     pub fn get(&self, capability: &str) -> Option<Arc<CapabilityEntry>> {
@@ -235,7 +230,11 @@ impl Registry {
     /// first, then the other offers by pool name. Empty when unknown (after
     /// a direct read of `cap.<capability>`).
     pub async fn candidates(&self, capability: &str) -> Result<Vec<Arc<CapabilityEntry>>> {
-        let primary = self.resolve(capability).await?;
+        let (primary, invalid) = match self.resolve(capability).await {
+            Ok(p) => (p, None),
+            Err(e) if e.code == ErrorCode::BadRegistration => (None, Some(e)),
+            Err(e) => return Err(e),
+        };
         let mut out: Vec<Arc<CapabilityEntry>> = primary.into_iter().collect();
         if let Some(offers) = self.offers.read().expect("registry lock").get(capability) {
             for e in offers.values() {
@@ -244,7 +243,10 @@ impl Registry {
                 }
             }
         }
-        Ok(out)
+        match invalid {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 }
 

@@ -96,6 +96,16 @@ pub async fn record_until_stored(
     }
 }
 
+/// The stored result of a task, read with [`read`]; `None` when it has none.
+pub async fn get(mesh: &Mesh, plan_id: &str, task_id: &str) -> Result<Option<TaskResult>> {
+    let stored = mesh
+        .results
+        .get(mesh.names.task_key(plan_id, task_id))
+        .await
+        .map_err(|e| Error::unavailable("cannot read a result", e))?;
+    Ok(stored.map(|v| read(&v)))
+}
+
 /// Reads a stored result as a well-formed [`TaskResult`] (see the module
 /// docs). Never fails: what cannot be read is a `bad_result` error.
 pub fn read(stored: &[u8]) -> TaskResult {

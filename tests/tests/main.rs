@@ -11,6 +11,7 @@ mod epics;
 mod failover;
 mod flow;
 mod foreign_worker;
+mod hostile;
 mod k8s_manifests;
 mod late_roles;
 mod overload;

@@ -27,6 +27,7 @@ use jetmesh_shared::wire::{
 };
 use jetmesh_shared::{Error, ErrorCode, Mesh, Role, ids, service, telemetry};
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -534,19 +535,16 @@ pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
     let entries = mesh
         .scan(&mesh.results, &mesh.names.task_key_plan(plan_id))
         .await?;
-    let mut results: Map<String, Value> = Map::new();
-    let (mut completed, mut failed) = (0, 0);
-    for e in &entries {
-        let Some((_, task)) = names::parse_task_key(&e.key) else {
-            continue;
-        };
-        let value: Value = codec::from_json(&e.value).unwrap_or(Value::Null);
-        match serde_json::from_value::<TaskResult>(value.clone()) {
-            Ok(r) if r.is_success() => completed += 1,
-            _ => failed += 1,
-        }
-        results.insert(task.to_string(), value);
-    }
+    // Every stored result read as a result object (`bad_result` when a
+    // worker stored junk), so counts always add up.
+    let mut results: HashMap<String, TaskResult> = entries
+        .iter()
+        .filter_map(|e| {
+            let (_, task) = names::parse_task_key(&e.key)?;
+            Some((task.to_string(), jetmesh_shared::results::read(&e.value)))
+        })
+        .collect();
+    let view = |r: &TaskResult| serde_json::to_value(r).unwrap_or(Value::Null);
     let Some(record) = record else {
         if results.is_empty() {
             return Err(Error::new(
@@ -554,28 +552,43 @@ pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
                 format!("no plan or task has id {plan_id}"),
             ));
         }
-        let total = results.len();
+        let completed = results.values().filter(|r| r.is_success()).count();
+        let mut tasks: Vec<(&String, &TaskResult)> = results.iter().collect();
+        tasks.sort_by_key(|(id, _)| *id);
         return Ok(PlanView {
             plan_id: plan_id.to_string(),
             status: PlanStatus::Completed,
-            total_tasks: total,
+            total_tasks: results.len(),
             completed,
-            failed,
+            failed: results.len() - completed,
             pending: 0,
-            tasks: results,
+            tasks: tasks
+                .into_iter()
+                .map(|(id, r)| (id.clone(), view(r)))
+                .collect(),
             goal: None,
             report: None,
         });
     };
+    // Only the plan's own tasks count; a result under another id is not one.
+    let (mut completed, mut failed) = (0, 0);
     let mut tasks = Map::new();
     for t in &record.plan.subtasks {
-        let v = results
-            .remove(&t.id)
-            .unwrap_or_else(|| json!({"status": "pending"}));
+        let v = match results.remove(&t.id) {
+            Some(r) => {
+                if r.is_success() {
+                    completed += 1;
+                } else {
+                    failed += 1;
+                }
+                view(&r)
+            }
+            None => json!({"status": "pending"}),
+        };
         tasks.insert(t.id.clone(), v);
     }
     let total = record.plan.subtasks.len();
-    let pending = total.saturating_sub(completed + failed);
+    let pending = total - completed - failed;
     let report: Option<Report> = mesh
         .get_json(&mesh.results, &mesh.names.report_key(plan_id))
         .await?;

@@ -17,6 +17,7 @@ use async_nats::service::Request;
 use dispatch::Dispatcher;
 use futures::StreamExt;
 use gate::Gate;
+use jetmesh_shared::backoff::Policy;
 use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::consume::{self, Durable, Outcome};
 use jetmesh_shared::error::{Context, Result};
@@ -35,6 +36,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How `mesh.run` reads again a result it was told about but cannot read
+/// yet: 1 ms doubling to 100 ms, for 2 s at most.
+const STORED: Policy = Policy {
+    min: Duration::from_millis(1),
+    max: Duration::from_millis(100),
+    attempts: None,
+};
 
 #[derive(Clone)]
 struct Router {
@@ -493,14 +502,15 @@ impl Router {
         let body: SingleTask = if payload.iter().all(u8::is_ascii_whitespace) {
             SingleTask::default()
         } else {
-            let value: serde_json::Value = enc.decode(payload)?;
-            if !value.is_object() {
+            // Decoded straight from the body, in its own encoding: a detour
+            // through JSON values would turn a MessagePack NaN into null.
+            if !enc.is_map(payload) {
                 return Err(Error::bad_request(
                     "the body must be an object of the task's parameters, like {\"args\":[1,2,3]}",
                 ));
             }
-            serde_json::from_value(value)
-                .map_err(|e| Error::bad_request(format!("invalid task: {e}")))?
+            enc.decode(payload)
+                .map_err(|e| Error::new(e.code, format!("invalid task: {}", e.message)))?
         };
         let id = body
             .id
@@ -601,11 +611,7 @@ impl Router {
         if ack.duplicate {
             // Same ids inside the de-duplication window: answer with the result
             // already recorded, or wait for the one under way.
-            if let Ok(Some(existing)) = self
-                .mesh
-                .get_json::<TaskResult>(&self.mesh.results, &key)
-                .await
-            {
+            if let Ok(Some(existing)) = results::get(&self.mesh, &plan_id, &task.id).await {
                 return Ok(existing.for_task(&plan_id, &task.id));
             }
         }
@@ -633,12 +639,10 @@ impl Router {
         let _ = sub.unsubscribe().await;
         // Core subscribers see a write as it is published, which can be a
         // moment before JetStream has stored it: read until it is there.
-        let mut delay = Duration::from_millis(1);
+        let mut delays = STORED.delays();
         let stored_by = Instant::now() + Duration::from_secs(2);
         loop {
-            if let Some(result) = self
-                .mesh
-                .get_json::<TaskResult>(&self.mesh.results, &key)
+            if let Some(result) = results::get(&self.mesh, &plan_id, &task.id)
                 .await
                 .map_err(with_ids)?
             {
@@ -649,8 +653,7 @@ impl Router {
                     "a result was announced but is not stored",
                 )));
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(100));
+            tokio::time::sleep(delays.next_or_max(&STORED)).await;
         }
     }
 }

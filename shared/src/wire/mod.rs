@@ -32,6 +32,20 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
+/// An id that may be left out, but when given follows the id rule: an
+/// empty string is not "no id".
+fn given_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let id = String::deserialize(d)?;
+    if id.is_empty() {
+        return Err(serde::de::Error::custom(format_args!(
+            "{:?} {}; leave the id out to get one",
+            id,
+            crate::ids::RULE
+        )));
+    }
+    Ok(id)
+}
+
 fn one() -> u32 {
     1
 }

@@ -7,8 +7,8 @@ use super::*;
 /// A plan: a goal, explicit subtasks, or both.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Plan {
-    /// Generated when absent.
-    #[serde(default)]
+    /// Generated when absent; when given, it follows the id rule.
+    #[serde(default, deserialize_with = "given_id")]
     pub plan_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goal: Option<String>,
@@ -70,7 +70,7 @@ pub struct SubmitRequest {
 /// thousands of subtasks is decoded in one pass (`flatten` would buffer it).
 #[derive(Deserialize)]
 struct SubmitRequestWire {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "given_id")]
     plan_id: String,
     #[serde(default)]
     goal: Option<String>,

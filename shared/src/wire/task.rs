@@ -4,15 +4,29 @@
 use super::*;
 
 /// Task priority; the queue subject ends with it (`mesh.queue.<pool>.high`).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+/// Read only from its name: MessagePack would otherwise take a number as a
+/// variant index, which JSON refuses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     High,
     #[default]
     Normal,
     Low,
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(d)?;
+        match name.as_ref() {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            other => Err(serde::de::Error::custom(format_args!(
+                "priority {other:?} is not one of high, normal, low"
+            ))),
+        }
+    }
 }
 
 impl Priority {
@@ -347,7 +361,16 @@ mod task_de {
             let mut params = Map::new();
             while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                 match key.as_ref() {
-                    "id" => set(&mut id, field(&mut map, "id")?, "id")?,
+                    "id" => {
+                        let value: String = field(&mut map, "id")?;
+                        if value.is_empty() {
+                            return Err(de::Error::custom(format_args!(
+                                "field id: \"\" {}; leave the id out to get one",
+                                crate::ids::RULE
+                            )));
+                        }
+                        set(&mut id, value, "id")?
+                    }
                     "type" => set(&mut capability, field(&mut map, "type")?, "type")?,
                     "action" => set(&mut action, field(&mut map, "action")?, "action")?,
                     "depends_on" => set(
