@@ -64,6 +64,8 @@ pub struct NatsServer {
     dir: TempDir,
     port: u16,
     conf: PathBuf,
+    /// The config file without the caller's part.
+    base: String,
 }
 
 impl NatsServer {
@@ -79,20 +81,18 @@ impl NatsServer {
             .expect("tempdir");
         let conf = dir.path().join("server.conf");
         let store = dir.path().join("js");
-        std::fs::write(
-            &conf,
-            format!(
-                "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n{extra}\n",
-                dir.path().display().to_string(),
-                store.display().to_string()
-            ),
-        )
-        .unwrap();
+        let base = format!(
+            "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n",
+            dir.path().display().to_string(),
+            store.display().to_string()
+        );
+        std::fs::write(&conf, format!("{base}{extra}\n")).unwrap();
         let mut server = NatsServer {
             child: None,
             dir,
             port: 0,
             conf,
+            base,
         };
         server.spawn(None).expect("nats-server starts");
         server
@@ -132,14 +132,33 @@ impl NatsServer {
     }
 
     fn read_port(&self) -> Option<u16> {
+        self.listening("nats")
+    }
+
+    /// The port the server listens on for `kind` (`nats`, `cluster`, …), as
+    /// its ports file says: the server picked it, so no other process can
+    /// take it between choosing and binding.
+    pub fn listening(&self, kind: &str) -> Option<u16> {
         let e = std::fs::read_dir(self.dir.path())
             .ok()?
             .flatten()
             .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
-        let url = v.get("nats")?.get(0)?.as_str()?;
+        let url = v.get(kind)?.get(0)?.as_str()?;
         url.rsplit(':').next()?.parse().ok()
+    }
+
+    /// Replaces the caller's part of the config and has the running server
+    /// reload it (SIGHUP).
+    pub fn reconfigure(&mut self, extra: &str) {
+        std::fs::write(&self.conf, format!("{}{extra}\n", self.base)).unwrap();
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+        }
     }
 
     pub fn url(&self) -> String {
@@ -175,30 +194,40 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts `n` nodes and waits until JetStream has a meta leader.
+    /// Starts `n` nodes and waits until JetStream has a meta leader. Every
+    /// port is picked by the servers themselves (no port is chosen here and
+    /// then bound by another process): the first node starts with a
+    /// placeholder route (clustered JetStream needs one), the others route to
+    /// its cluster port, and then each node's routes are set to all the
+    /// others' ports and reloaded.
     pub async fn start(n: usize) -> NatsCluster {
-        let ports: Vec<u16> = (0..n)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .expect("a free port")
-                    .port()
-            })
-            .collect();
-        let routes = ports
+        let node = |i: usize, routes: &str| {
+            format!(
+                "server_name: n{i}\ncluster {{ name: jetmesh-test, listen: \"127.0.0.1:-1\", routes: [{routes}] }}\n"
+            )
+        };
+        let route = |port: u16| format!("\"nats-route://127.0.0.1:{port}\"");
+        let first = NatsServer::with_config(&node(0, &route(1)));
+        let first_port = first
+            .listening("cluster")
+            .expect("the first node's cluster port");
+        let mut nodes = vec![first];
+        for i in 1..n {
+            nodes.push(NatsServer::with_config(&node(i, &route(first_port))));
+        }
+        let ports: Vec<u16> = nodes
             .iter()
-            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let nodes = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                NatsServer::with_config(&format!(
-                    "server_name: n{i}\ncluster {{ name: jetmesh-test, listen: \"127.0.0.1:{p}\", routes: [{routes}] }}\n"
-                ))
-            })
+            .map(|s| s.listening("cluster").expect("a cluster port"))
             .collect();
+        for (i, server) in nodes.iter_mut().enumerate() {
+            let others: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| route(*p))
+                .collect();
+            server.reconfigure(&node(i, &others.join(", ")));
+        }
         let cluster = NatsCluster { nodes };
         let urls: Vec<async_nats::ServerAddr> = cluster
             .nodes
@@ -483,6 +512,8 @@ pub async fn wait_for_capability(mesh: &Mesh, capability: &str) {
 pub struct Proc {
     pub child: Child,
     pub name: String,
+    /// Where a `jetmesh` process's stderr goes (shown if the test fails).
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl Proc {
@@ -494,6 +525,7 @@ impl Proc {
         Proc {
             child,
             name: name.to_string(),
+            log: None,
         }
     }
 
@@ -502,15 +534,30 @@ impl Proc {
         Proc::jetmesh_env(url, args, &[])
     }
 
-    /// `jetmesh <args>` against `url` with extra environment (config overrides).
+    /// `jetmesh <args>` against `url` with extra environment (config
+    /// overrides). Its stderr is kept ([`Proc::stderr`]) and shown if the
+    /// test fails.
     pub fn jetmesh_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let log = tempfile::NamedTempFile::new().expect("a log file");
         let mut cmd = Command::new(jetmesh_bin());
         cmd.args(args)
             .env("NATS_URL", url)
             .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
             .envs(env.iter().copied())
+            .stderr(log.reopen().expect("the log file"))
             .current_dir(root());
-        Proc::spawn(&format!("jetmesh {}", args.join(" ")), &mut cmd)
+        let mut p = Proc::spawn(&format!("jetmesh {}", args.join(" ")), &mut cmd);
+        p.log = Some(log);
+        p
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l.path()).ok())
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> i32 {
@@ -543,6 +590,9 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() && self.log.is_some() {
+            eprintln!("--- {} stderr ---\n{}", self.name, self.stderr());
+        }
     }
 }
 

@@ -17,6 +17,7 @@ mod late_roles;
 mod overload;
 mod processes;
 mod protocol;
+mod provisioning;
 mod runtime_pools;
 mod scaling;
 mod workers;

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use jetmesh_shared::codec::{self, Encoding};
 use jetmesh_shared::names::EventKind;
-use jetmesh_shared::provision::Mode;
+use jetmesh_shared::provision::{self, Mode, Status};
 use jetmesh_shared::wire::{
     self, PlanView, PoolStatus, Report, SubmitReply, SubmitRequest, TaskResult, WorkerHeartbeat,
 };
@@ -266,6 +266,86 @@ pub fn pools_table(statuses: &[PoolStatus]) -> String {
         }
     }
     format!("{t}\n")
+}
+
+/// `jetmesh init`: how the server's streams and buckets compare with this
+/// config, and, with `apply`, making them so.
+pub async fn init(config: Config, apply: bool, json: bool) -> Result<i32> {
+    let (client, _) = mesh::connect(&config.nats, &Identity::from("init")).await?;
+    let js = async_nats::jetstream::new(client);
+    let drift = provision::inspect(&js, &config).await?;
+    let pending = drift.iter().filter(|d| d.status != Status::Same).count();
+    if apply && pending > 0 {
+        provision::provision(&js, &config, Mode::Apply).await?;
+    }
+    if json {
+        let rows: Vec<Value> = drift
+            .iter()
+            .map(|d| {
+                let (status, fields) = match &d.status {
+                    Status::Same => ("same", vec![]),
+                    Status::Missing => ("missing", vec![]),
+                    Status::Differs(f) => ("differs", f.clone()),
+                };
+                serde_json::json!({
+                    "kind": d.desired.kind(),
+                    "name": d.desired.name(),
+                    "status": status,
+                    "differences": fields.iter().map(|f| serde_json::json!({
+                        "field": f.field, "server": f.existing, "config": f.desired,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"applied": apply && pending > 0, "resources": rows})
+            )?
+        );
+    } else {
+        let mut t = table(&["KIND", "NAME", "STATUS", "FIELD", "SERVER", "CONFIG"]);
+        for d in &drift {
+            let (kind, name) = (d.desired.kind().to_string(), d.desired.name().to_string());
+            match &d.status {
+                Status::Same => t.add_row(vec![kind, name, "as configured".into()]),
+                Status::Missing => t.add_row(vec![
+                    kind,
+                    name,
+                    if apply { "created" } else { "missing" }.into(),
+                ]),
+                Status::Differs(fields) => {
+                    for (i, f) in fields.iter().enumerate() {
+                        let (k, n, st) = if i == 0 {
+                            (
+                                kind.clone(),
+                                name.clone(),
+                                if apply { "updated" } else { "differs" },
+                            )
+                        } else {
+                            (String::new(), String::new(), "")
+                        };
+                        t.add_row(vec![
+                            k,
+                            n,
+                            st.into(),
+                            f.field.into(),
+                            f.existing.clone(),
+                            f.desired.clone(),
+                        ]);
+                    }
+                    &mut t
+                }
+            };
+        }
+        println!("{t}");
+        match (pending, apply) {
+            (0, _) => println!("Nothing to change."),
+            (n, true) => println!("{n} changed."),
+            (n, false) => println!("{n} to change; run `jetmesh init --apply` to change them."),
+        }
+    }
+    Ok(if pending > 0 && !apply { 2 } else { 0 })
 }
 
 /// Who holds each leader lease, and what the registry holds.

@@ -84,6 +84,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the server's streams and buckets with this config, field by
+    /// field; with --apply, create what is missing and update what differs.
+    /// Exits 2 when there are changes that were not applied.
+    Init {
+        /// Create and update; without it nothing changes.
+        #[arg(long)]
+        apply: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Browse, replay and clear dead letters (MESH_DLQ).
     Dlq {
         #[command(subcommand)]
@@ -220,6 +230,7 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
         Command::Reserve(args) => coordination::reserve(config, args).await,
         Command::Release { epic, id } => coordination::release(config, epic, id).await,
         Command::Dlq { command } => client::dlq(config, command).await,
+        Command::Init { apply, json } => client::init(config, apply, json).await,
     }
 }
 
