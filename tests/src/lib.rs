@@ -179,6 +179,14 @@ impl NatsServer {
         self.spawn(Some(self.port)).expect("nats-server restarts");
     }
 
+    /// Sends `sig` to the server (SIGSTOP pauses it: clients stay
+    /// connected and get no answer; SIGCONT resumes it).
+    pub fn signal(&self, sig: Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
