@@ -81,7 +81,7 @@ async fn a_consumer_that_cannot_recover_stops_its_role_with_a_failure_exit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_stops_within_its_bound_while_nats_does_not_answer() {
-    let mut server = NatsServer::start();
+    let server = NatsServer::start();
     let client = server.client().await;
     let drain = [("JETMESH_RUNTIME__DRAIN_TIMEOUT_MS", "2000")];
     let mut roles: Vec<(Proc, &str)> = [
@@ -119,7 +119,7 @@ async fn every_role_stops_within_its_bound_while_nats_does_not_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
-    let mut server = NatsServer::start();
+    let server = NatsServer::start();
     let client = server.client().await;
     let mut chief = Proc::jetmesh(&server.url(), &["chief"]);
     until_serving(&client, "jetmesh-chief").await;
