@@ -217,11 +217,32 @@ async fn a_new_leader_resumes_a_plan_stored_but_never_announced() {
         .create("plan.orphan", codec::to_json(&record).unwrap())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The mesh has seen the record (the aggregator counts it), and nothing
+    // runs it: no plan_ready was published, so the router has not queued it.
+    let seen = Instant::now();
+    while mesh.results.get("plan.orphan").await.unwrap().is_none() {
+        assert!(
+            seen.elapsed() < Duration::from_secs(10),
+            "the aggregator counts the plan"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
-        mesh.results.get("report.orphan").await.unwrap().is_none(),
+        mesh.scan(&mesh.results, "task.orphan.*")
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing runs it yet"
     );
+    let queued = mesh
+        .js
+        .get_stream("MESH_QUEUES")
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .messages;
+    assert_eq!(queued, 0, "nothing is queued for it");
 
     roles.spawn(jetmesh_chief::run(mesh.clone(), stop.clone()));
     wait_reports(&mesh, &["orphan".to_string()], Duration::from_secs(15)).await;

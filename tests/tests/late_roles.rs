@@ -112,6 +112,12 @@ async fn a_plan_announced_again_after_the_dedupe_window_does_not_rerun_finished_
         .await
         .unwrap();
     client.flush().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let last_queued = || async {
+        let mut q = js.get_stream("MESH_QUEUES").await.unwrap();
+        q.info().await.unwrap().state.last_sequence
+    };
+    let before = last_queued().await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // past the window
     // A resuming chief announces the plan again.
     m.publish_event(
@@ -121,8 +127,25 @@ async fn a_plan_announced_again_after_the_dedupe_window_does_not_rerun_finished_
     )
     .await
     .unwrap();
+    // The router handles it: it queues b again (b has no result, and the
+    // window is past), which shows the announcement was acted on ...
+    let started = std::time::Instant::now();
+    while last_queued().await == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "b is queued again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let q = js.get_stream("MESH_QUEUES").await.unwrap();
+    for seq in before + 1..=last_queued().await {
+        let msg = q.get_raw_message(seq).await.unwrap();
+        let task: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(task["id"], "b", "only b is queued again: {task}");
+    }
+    // ... and a, which has its result, is not run again.
     let rerun = tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_millis(500),
         futures::StreamExt::next(&mut writes),
     )
     .await;

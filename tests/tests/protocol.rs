@@ -148,16 +148,50 @@ async fn the_first_result_of_a_task_wins_and_is_what_mesh_run_answers() {
     config.mesh.dedupe_window_secs = 1;
     let mesh = InProcessMesh::start(config).await;
     let client = server.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let queued = || async {
+        let mut q = js.get_stream("MESH_QUEUES").await.unwrap();
+        q.info().await.unwrap().state.last_sequence
+    };
+    // Every write of the task's result, stored or refused, is seen here.
+    let mut writes = client
+        .subscribe("$KV.mesh_results.task.r1.r1")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
     let r = req(&client, "mesh.run.math.sum", r#"{"id":"r1","args":[1,2]}"#).await;
     assert_eq!(r["output"], 3);
-    // Inside the de-duplication window: the recorded result, not a new run.
+    let first: Value = serde_json::from_slice(&writes.next().await.unwrap().payload).unwrap();
+    assert_eq!(first["output"], 3);
+    let after_first = queued().await;
+    // Inside the de-duplication window: JetStream drops the queued copy, and
+    // the reply is the recorded result, not a new run.
     let r = req(&client, "mesh.run.math.sum", r#"{"id":"r1","args":[7,7]}"#).await;
     assert_eq!(r["output"], 3, "{r}");
-    // After the window the task runs again, but its result is not recorded
-    // over the first, and the reply is what the bucket holds.
+    assert_eq!(
+        queued().await,
+        after_first,
+        "the copy was a duplicate: not queued"
+    );
+    // After the window the task is queued and runs again; its result is not
+    // recorded over the first, and the reply is what the bucket holds.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = req(&client, "mesh.run.math.sum", r#"{"id":"r1","args":[7,7]}"#).await;
     assert_eq!(r["output"], 3, "{r}");
+    assert_eq!(
+        queued().await,
+        after_first + 1,
+        "queued again after the window"
+    );
+    let again = tokio::time::timeout(Duration::from_secs(5), writes.next())
+        .await
+        .expect("the task ran again and tried to record its result")
+        .unwrap();
+    let again: Value = serde_json::from_slice(&again.payload).unwrap();
+    assert_eq!(
+        again["output"], 14,
+        "the second run's result, refused by the bucket"
+    );
     let stored: TaskResult = mesh
         .mesh
         .get_json(&mesh.mesh.results, "task.r1.r1")

@@ -266,6 +266,12 @@ async fn a_long_task_is_kept_by_progress_acks_and_a_clean_stop_is_not_a_death() 
 
     // A worker stopped with SIGTERM removes its heartbeat and is not declared dead.
     let leaving = workers[0].pid() as u32;
+    let leaving_instance = heartbeats(&mesh)
+        .await
+        .into_values()
+        .find(|b| b.pid == Some(leaving))
+        .expect("the leaving worker heartbeats")
+        .instance;
     let status = workers[0].terminate(Duration::from_secs(20));
     assert!(status.success(), "{status}");
     until_beats(
@@ -275,13 +281,25 @@ async fn a_long_task_is_kept_by_progress_acks_and_a_clean_stop_is_not_a_death() 
         |b| b.len() == 1 && b.values().all(|w| w.pid != Some(leaving)),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(DEAD_AFTER_MS + 1000)).await;
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(10), events.next()).await {
+    // The monitor is watching, and has had the time to call the worker that
+    // left dead: it does call the other one dead once it is killed. Every
+    // event up to that one is looked at.
+    let staying = workers[1].pid() as u32;
+    workers[1].signal(jetmesh_tests::SIGKILL);
+    loop {
+        let m = tokio::time::timeout(Duration::from_millis(DEAD_AFTER_MS + 5000), events.next())
+            .await
+            .expect("the killed worker is declared dead")
+            .unwrap();
         let e: HealthEvent = codec::from_json(&m.payload).unwrap();
+        if e.state != "dead" {
+            continue;
+        }
         assert_ne!(
-            e.state, "dead",
-            "a clean stop was reported as a death: {e:?}"
+            e.instance, leaving_instance,
+            "a clean stop was reported as a death: {e:?} (the killed worker was pid {staying})"
         );
+        break;
     }
     stop.cancel();
 }
