@@ -210,7 +210,7 @@ async fn worker_kill(config: &Config) -> Result<Figure> {
         jetmesh(&config, &["worker", "--pool", "killbench"], &env)?,
     ];
     let beats = async |mesh: &Mesh| -> Vec<WorkerHeartbeat> {
-        mesh.scan(&mesh.health, "worker.killbench.*")
+        mesh.scan(&mesh.health, &mesh.names.pool_health_keys("killbench"))
             .await
             .unwrap_or_default()
             .iter()

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use jetmesh::embedded::EmbeddedServer;
 use jetmesh_shared::config::NatsConfig;
 use jetmesh_shared::wire::{Plan, SubmitRequest, Subtask};
-use jetmesh_shared::{CancellationToken, Config, EventKind, Mesh, registry};
+use jetmesh_shared::{CancellationToken, Config, EventKind, Mesh, Names, registry};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,11 @@ pub struct BenchArgs {
     /// interleaved; each figure is the median of its rounds.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Shapes of the raw loop to try, PULLERSxIN_FLIGHT, comma-separated;
+    /// the fastest is the baseline (1 x --workers, the pool's own shape, is
+    /// always tried).
+    #[arg(long, value_delimiter = ',', default_value = "2x16,4x16,4x32,8x16")]
+    pub raw_shapes: Vec<Shape>,
     /// Skip the idle-memory measurement.
     #[arg(long)]
     pub no_memory: bool,
@@ -165,9 +170,49 @@ async fn measure(
     // A small uncounted round first: the first plan of a fresh server pays for
     // its page cache and stream files (the first round ran up to 40 % slower).
     eprintln!("warm-up: 1000 raw messages, 1000 single tasks, a plan of 500 ...");
-    raw_loop_alone(&config.nats, 1000, args.workers).await?;
+    raw_loop_alone(
+        &config.nats,
+        1000,
+        Shape {
+            pullers: 1,
+            in_flight: args.workers,
+        },
+    )
+    .await?;
     single_tasks(&mesh, 1000).await?;
     big_plan(&mesh, 500).await?;
+
+    // The baseline is the best raw JetStream does here: every shape is
+    // measured once and the fastest is the one the rounds use.
+    let pool_shaped = Shape {
+        pullers: 1,
+        in_flight: args.workers,
+    };
+    let mut shapes = args.raw_shapes.clone();
+    if !shapes.contains(&pool_shaped) {
+        shapes.insert(0, pool_shaped);
+    }
+    let mut tried = Vec::new();
+    for shape in &shapes {
+        eprintln!("raw loop shape {shape}: {} messages ...", args.tasks);
+        let rate = raw_loop_alone(&config.nats, args.tasks, *shape).await?;
+        eprintln!("    {rate:.0} msg/s");
+        tried.push((*shape, rate));
+    }
+    let (best, _) = *tried
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("at least one shape");
+    figures.push(Figure {
+        name: "raw loop by shape, pullers x in flight (msg/s)",
+        value: tried
+            .iter()
+            .map(|(s, r)| format!("{s}: {r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        baseline: format!("best: {best}"),
+        ratio: "-".into(),
+    });
 
     // Rounds of (a), (b) single and (b) plan, interleaved, so that a slow
     // moment of the machine falls on both sides; each figure is the median.
@@ -176,11 +221,11 @@ async fn measure(
     let mut timeline = Vec::new();
     for round in 1..=args.rounds.max(1) {
         eprintln!(
-            "round {round}: (a) raw JetStream loop, {} messages, {} in flight ...",
-            args.tasks, args.workers
+            "round {round}: (a) raw JetStream loop, {} messages, shape {best} ...",
+            args.tasks
         );
         let meter = CpuMeter::start(server_pid);
-        raw.push(raw_loop_alone(&config.nats, args.tasks, args.workers).await?);
+        raw.push(raw_loop_alone(&config.nats, args.tasks, best).await?);
         cpu[0].push(meter.per_thousand(args.tasks));
         eprintln!("    {:.0} msg/s", raw.last().unwrap_or(&0.0));
 
@@ -226,13 +271,13 @@ async fn measure(
     figures.push(Figure {
         name: "single tasks end to end (tasks/s)",
         value: rounds(&single),
-        baseline: format!("{} (raw loop)", rounds(&raw)),
+        baseline: format!("{} (raw loop {best})", rounds(&raw)),
         ratio: ratios(&single),
     });
     figures.push(Figure {
         name: "one plan, thousands of subtasks (tasks/s)",
         value: rounds(&plan),
-        baseline: format!("{} (raw loop)", rounds(&raw)),
+        baseline: format!("{} (raw loop {best})", rounds(&raw)),
         ratio: ratios(&plan),
     });
     figures.push(Figure {
@@ -328,9 +373,42 @@ async fn publish_all(
     Ok(())
 }
 
+/// How the raw loop consumes: `pullers` pull streams on one durable
+/// consumer, each with `in_flight` messages handled at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub pullers: usize,
+    pub in_flight: usize,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Shape, String> {
+        let (p, f) = s
+            .split_once('x')
+            .ok_or_else(|| format!("{s:?}: a shape is PULLERSxIN_FLIGHT, like 4x16"))?;
+        let n = |v: &str| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{s:?}: {v:?} is not a positive number"))
+        };
+        Ok(Shape {
+            pullers: n(p)?,
+            in_flight: n(f)?,
+        })
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.pullers, self.in_flight)
+    }
+}
+
 /// (a) at its best: on its own connection and its own runtime with one
 /// thread per core, whatever the mesh's runtime has (`runtime.worker_threads`).
-async fn raw_loop_alone(nats: &NatsConfig, n: usize, workers: usize) -> Result<f64> {
+async fn raw_loop_alone(nats: &NatsConfig, n: usize, shape: Shape) -> Result<f64> {
     let nats = nats.clone();
     tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_multi_thread()
@@ -343,26 +421,28 @@ async fn raw_loop_alone(nats: &NatsConfig, n: usize, workers: usize) -> Result<f
                     &jetmesh_shared::Identity::from("bench-raw"),
                 )
                 .await?;
-                raw_loop(&client, n, workers).await
+                raw_loop(&client, n, shape).await
             })
     })
     .await?
 }
 
-/// (a): publish → pull → KV put → ack, `workers` messages at a time.
-async fn raw_loop(client: &async_nats::Client, n: usize, workers: usize) -> Result<f64> {
+/// (a): publish → pull → KV put → ack, with `shape.pullers` pull streams
+/// on one durable consumer, `shape.in_flight` messages at a time each.
+async fn raw_loop(client: &async_nats::Client, n: usize, shape: Shape) -> Result<f64> {
     let js = jetstream::new(client.clone());
+    let names = Names::default();
     let stream = js
         .create_stream(stream::Config {
-            name: "BENCH_RAW".into(),
-            subjects: vec!["bench.raw.>".into()],
+            name: names.bench_raw_stream(),
+            subjects: vec![names.bench_raw_subjects()],
             retention: stream::RetentionPolicy::WorkQueue,
             ..Default::default()
         })
         .await?;
     let store = js
         .create_key_value(kv::Config {
-            bucket: "bench_raw".into(),
+            bucket: names.bench_raw_bucket(),
             history: 1,
             ..Default::default()
         })
@@ -380,45 +460,64 @@ async fn raw_loop(client: &async_nats::Client, n: usize, workers: usize) -> Resu
         r#"{"plan_id":"p","id":"t","type":"math","action":"sum","args":[1,2,3],"attempt":1}"#,
     );
     let publisher = tokio::spawn({
-        let js = js.clone();
+        let (js, names) = (js.clone(), names.clone());
         async move {
             publish_all(
                 &js,
-                (0..n).map(move |i| (format!("bench.raw.{i}"), payload.clone())),
+                (0..n).map(move |i| (names.bench_raw_subject(i), payload.clone())),
             )
             .await
         }
     });
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(workers)
-        .messages()
-        .await?;
-    messages
-        .take(n)
-        .for_each_concurrent(workers, |m| {
-            let store = store.clone();
-            async move {
-                let m = m.expect("raw message");
-                let key = format!(
-                    "task.p.{}",
-                    m.subject.as_str().rsplit('.').next().unwrap_or("x")
-                );
-                store
-                    .put(
-                        key,
-                        bytes::Bytes::from_static(br#"{"status":"success","output":6}"#),
-                    )
-                    .await
-                    .expect("raw put");
-                m.ack().await.expect("raw ack");
-            }
-        })
-        .await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let all_done = CancellationToken::new();
+    let mut pullers = tokio::task::JoinSet::new();
+    for _ in 0..shape.pullers {
+        let (consumer, store, done, all_done, names) = (
+            consumer.clone(),
+            store.clone(),
+            done.clone(),
+            all_done.clone(),
+            names.clone(),
+        );
+        pullers.spawn(async move {
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(shape.in_flight)
+                .messages()
+                .await?;
+            messages
+                .take_until(all_done.clone().cancelled_owned())
+                .for_each_concurrent(shape.in_flight, |m| {
+                    let (store, done, all_done, names) =
+                        (store.clone(), done.clone(), all_done.clone(), names.clone());
+                    async move {
+                        let m = m.expect("raw message");
+                        let i = m.subject.as_str().rsplit('.').next().unwrap_or("x");
+                        store
+                            .put(
+                                names.task_key("p", i),
+                                bytes::Bytes::from_static(br#"{"status":"success","output":6}"#),
+                            )
+                            .await
+                            .expect("raw put");
+                        m.ack().await.expect("raw ack");
+                        if done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= n {
+                            all_done.cancel();
+                        }
+                    }
+                })
+                .await;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = pullers.join_next().await {
+        r??;
+    }
     publisher.await??;
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    js.delete_stream("BENCH_RAW").await?;
-    js.delete_key_value("bench_raw").await?;
+    js.delete_stream(names.bench_raw_stream()).await?;
+    js.delete_key_value(names.bench_raw_bucket()).await?;
     Ok(rate)
 }
 
@@ -547,29 +646,35 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    (at(0.50), at(0.99))
+/// p50 and p99 in ms of latencies recorded in µs.
+fn percentiles(samples: &hdrhistogram::Histogram<u64>) -> (f64, f64) {
+    let ms = |q: f64| samples.value_at_quantile(q) as f64 / 1000.0;
+    (ms(0.50), ms(0.99))
+}
+
+/// A histogram of latencies in µs, from 1 µs to 60 s, 3 significant digits.
+fn latencies() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
 async fn run_latency(mesh: &Mesh, n: usize) -> Result<(f64, f64)> {
     let subject = mesh.names.run("math", "sum");
-    let mut samples = Vec::with_capacity(n);
+    let mut samples = latencies();
     for i in 0..n + n / 10 {
         let t = Instant::now();
         mesh.client
             .request(subject.clone(), r#"{"args":[1,2,3]}"#.into())
             .await?;
         if i >= n / 10 {
-            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            samples.saturating_record(t.elapsed().as_micros() as u64);
         }
     }
-    Ok(percentiles(samples))
+    Ok(percentiles(&samples))
 }
 
 async fn core_latency(client: &async_nats::Client, n: usize) -> Result<(f64, f64)> {
-    let mut sub = client.subscribe("bench.echo").await?;
+    let echo_subject = Names::default().bench_echo();
+    let mut sub = client.subscribe(echo_subject.clone()).await?;
     let responder = client.clone();
     let echo = tokio::spawn(async move {
         while let Some(m) = sub.next().await {
@@ -579,18 +684,18 @@ async fn core_latency(client: &async_nats::Client, n: usize) -> Result<(f64, f64
         }
     });
     client.flush().await?;
-    let mut samples = Vec::with_capacity(n);
+    let mut samples = latencies();
     for i in 0..n + n / 10 {
         let t = Instant::now();
         client
-            .request("bench.echo", r#"{"args":[1,2,3]}"#.into())
+            .request(echo_subject.clone(), r#"{"args":[1,2,3]}"#.into())
             .await?;
         if i >= n / 10 {
-            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            samples.saturating_record(t.elapsed().as_micros() as u64);
         }
     }
     echo.abort();
-    Ok(percentiles(samples))
+    Ok(percentiles(&samples))
 }
 
 /// RSS of an idle `jetmesh up --nats-url URL` after it settled, in MB.

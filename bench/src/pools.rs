@@ -46,7 +46,9 @@ async fn with_mesh<T>(
 /// The live process of `pool` and its slots (waits for its heartbeat).
 async fn process(mesh: &Mesh, pool: &str) -> Result<WorkerHeartbeat> {
     for _ in 0..100 {
-        let beats = mesh.scan(&mesh.health, &format!("worker.{pool}.*")).await?;
+        let beats = mesh
+            .scan(&mesh.health, &mesh.names.pool_health_keys(pool))
+            .await?;
         if let Some(b) = beats
             .iter()
             .find_map(|e| codec::from_json::<WorkerHeartbeat>(&e.value).ok())

@@ -491,11 +491,21 @@ impl Names {
     /// The core-NATS subject a KV write to `key` in `bucket` is published on.
     /// Subscribing to it is the cheapest way to be told about one write.
     pub fn kv_subject(&self, bucket: &str, key: &str) -> String {
+        Names::kv_subject_of(bucket, key)
+    }
+
+    /// `$KV.<bucket>.<key>`, for any bucket (JetStream's naming, not the mesh's).
+    pub fn kv_subject_of(bucket: &str, key: &str) -> String {
         format!("$KV.{bucket}.{key}")
     }
 
     /// The stream behind a KV bucket.
     pub fn kv_stream(&self, bucket: &str) -> String {
+        Names::kv_stream_of(bucket)
+    }
+
+    /// `KV_<bucket>`: the stream behind any bucket.
+    pub fn kv_stream_of(bucket: &str) -> String {
         format!("KV_{bucket}")
     }
 
@@ -551,6 +561,32 @@ impl Names {
     /// Message id for JetStream de-duplication of an event (one per kind and plan).
     pub fn event_msg_id(&self, kind: EventKind, plan_id: &str) -> String {
         format!("{}.{plan_id}", kind.as_str())
+    }
+
+    // --- the benchmark's baseline, which runs outside the mesh on purpose ---
+
+    /// `BENCH_RAW`: the raw loop's stream (created and deleted by the bench).
+    pub fn bench_raw_stream(&self) -> String {
+        "BENCH_RAW".to_string()
+    }
+
+    pub fn bench_raw_subjects(&self) -> String {
+        "bench.raw.>".to_string()
+    }
+
+    /// `bench.raw.<n>`: the raw loop's `n`th message.
+    pub fn bench_raw_subject(&self, n: usize) -> String {
+        format!("bench.raw.{n}")
+    }
+
+    /// `bench_raw`: the raw loop's bucket.
+    pub fn bench_raw_bucket(&self) -> String {
+        "bench_raw".to_string()
+    }
+
+    /// `bench.echo`: the core request/reply the latency baseline uses.
+    pub fn bench_echo(&self) -> String {
+        "bench.echo".to_string()
     }
 
     /// Message id for JetStream de-duplication of a dispatched task.

@@ -17,6 +17,7 @@
 
 use crate::config::{Config, Storage};
 use crate::error::{Error, ErrorCode, Result};
+use crate::names::Names;
 use async_nats::jetstream::{self, kv, stream};
 use std::fmt;
 use std::time::Duration;
@@ -61,7 +62,7 @@ impl Desired {
     fn stream_name(&self) -> String {
         match self {
             Desired::Stream(c) => c.name.clone(),
-            Desired::Bucket(c) => format!("KV_{}", c.bucket),
+            Desired::Bucket(c) => Names::kv_stream_of(&c.bucket),
         }
     }
 }
@@ -271,7 +272,7 @@ impl Shape {
         match d {
             Desired::Stream(c) => Shape::of(c),
             Desired::Bucket(c) => Shape {
-                subjects: vec![format!("$KV.{}.>", c.bucket)],
+                subjects: vec![Names::kv_subject_of(&c.bucket, ">")],
                 retention: "limits".into(),
                 max_age: c.max_age,
                 duplicate_window: Duration::ZERO,
@@ -470,8 +471,8 @@ mod tests {
             let as_stream = match &d {
                 Desired::Stream(c) => c.clone(),
                 Desired::Bucket(c) => stream::Config {
-                    name: format!("KV_{}", c.bucket),
-                    subjects: vec![format!("$KV.{}.>", c.bucket)],
+                    name: Names::kv_stream_of(&c.bucket),
+                    subjects: vec![Names::kv_subject_of(&c.bucket, ">")],
                     max_messages_per_subject: c.history,
                     max_age: c.max_age,
                     storage: c.storage,

@@ -10,6 +10,7 @@ mod deadlines;
 mod epics;
 mod failover;
 mod flow;
+mod follow;
 mod foreign_worker;
 mod hostile;
 mod k8s_manifests;
