@@ -8,6 +8,9 @@
 //! the summary run an epic like any plan; what is particular to epics (claims,
 //! reservations, mail, blockers) lives in the `agent` capability and the chief.
 //!
+//! Markdown is read as CommonMark with GFM tables, so code blocks are not part
+//! of the plan and `\|` is a pipe inside a table cell.
+//!
 //! Every error names where the problem is: `line 12: …` for markdown, a field
 //! path (`tracks[1].scope[0]: …`) for JSON and YAML.
 
@@ -16,8 +19,10 @@ use crate::wire::{Bead, BeadTask, Epic, Track, TrackDependency};
 use jetmesh_shared::error::{Error, ErrorCode, Result};
 use jetmesh_shared::ids;
 use jetmesh_shared::wire::{Plan, SubmitRequest, Subtask};
+use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 /// The capability and action every bead runs as.
 pub const BEAD_CAPABILITY: &str = "agent";
@@ -106,18 +111,23 @@ pub fn format_of(content_type: Option<&str>, text: &str) -> Format {
     let start = text.trim_start();
     if start.starts_with('{') {
         Format::Json
-    } else if text.lines().any(|l| {
-        let l = plain(l);
-        let lower = l.to_ascii_lowercase();
-        // `Epic: E1` (markdown), not the YAML key `epic:` with a block under it.
-        lower
-            .strip_prefix("epic:")
-            .is_some_and(|v| !v.trim().is_empty() && !v.trim().starts_with('{'))
-            || matches!(heading(&l), Some((2, h)) if h.to_ascii_lowercase().starts_with("tracks"))
-    }) {
+    } else if blocks(text).iter().any(is_markdown_sign) {
         Format::Markdown
     } else {
         Format::Yaml
+    }
+}
+
+/// A `## Tracks` heading, or an `Epic: E1` line (not the YAML key `epic:`
+/// with a block under it).
+fn is_markdown_sign(block: &Block) -> bool {
+    match block {
+        Block::Heading { .. } => block.tracks_line().is_some(),
+        Block::Lines { lines, .. } => lines.iter().any(|(_, l)| match field(l) {
+            Some((key, value)) => key == "epic" && !value.is_empty() && !value.starts_with('{'),
+            None => false,
+        }),
+        _ => false,
     }
 }
 
@@ -176,21 +186,189 @@ pub fn validate(epic: &Epic) -> Result<()> {
     check(epic, &Origin::default())
 }
 
-/// Strips a list marker (`- `, `* `, `1. `, `- [ ] `) from a markdown line.
-fn plain(line: &str) -> String {
-    let mut s = line.trim();
-    for marker in ["- [ ] ", "- [x] ", "- [X] ", "* ", "- ", "+ "] {
-        if let Some(rest) = s.strip_prefix(marker) {
-            s = rest.trim_start();
-            break;
+/// A block of the markdown, in document order. Values are taken from the
+/// source text, not the rendered one: scopes and descriptions are not prose
+/// (`src/**/*.rs` would render as bold, and a description keeps its backticks).
+enum Block<'a> {
+    Heading {
+        level: usize,
+        text: &'a str,
+        line: usize,
+    },
+    /// A paragraph outside lists, or a list item's own text (a nested item
+    /// is a block of its own): its non-empty lines, trimmed, with their numbers.
+    Lines {
+        item: bool,
+        lines: Vec<(usize, &'a str)>,
+    },
+    Table {
+        line: usize,
+        head: Vec<String>,
+        rows: Vec<(usize, Vec<String>)>,
+    },
+}
+
+impl Block<'_> {
+    /// The line of a `## Tracks` heading.
+    fn tracks_line(&self) -> Option<usize> {
+        match self {
+            Block::Heading {
+                level: 2,
+                text,
+                line,
+            } if text.to_ascii_lowercase().starts_with("tracks") => Some(*line),
+            _ => None,
         }
     }
-    // `1. ` and `12) `
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    if digits > 0 && matches!(s.as_bytes().get(digits), Some(b'.') | Some(b')')) {
-        s = s[digits + 1..].trim_start();
+}
+
+/// The blocks of a markdown text; code blocks and HTML blocks are left out.
+fn blocks(text: &str) -> Vec<Block<'_>> {
+    let mut r = Reader {
+        text,
+        line_starts: std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
+        out: Vec::new(),
+        items: Vec::new(),
+        run: None,
+    };
+    let mut row = Vec::new();
+    let mut in_code = false;
+    let options = Options::ENABLE_TABLES | Options::ENABLE_TASKLISTS;
+    for (event, range) in Parser::new_ext(text, options).into_offset_iter() {
+        match event {
+            Event::Start(Tag::CodeBlock(_) | Tag::HtmlBlock) => {
+                r.end_run();
+                in_code = true;
+            }
+            Event::End(TagEnd::CodeBlock | TagEnd::HtmlBlock) => in_code = false,
+            _ if in_code => {}
+            Event::Text(_)
+            | Event::Code(_)
+            | Event::InlineMath(_)
+            | Event::DisplayMath(_)
+            | Event::InlineHtml(_)
+            | Event::FootnoteReference(_)
+            | Event::SoftBreak
+            | Event::HardBreak => r.extend_run(range),
+            Event::Start(ref tag) if is_inline(tag.to_end()) => r.extend_run(range),
+            Event::End(tag) if is_inline(tag) => {}
+            // `- [ ] bd-10: …`: the checkbox is not part of the item's text.
+            Event::TaskListMarker(_) => {}
+            Event::Start(Tag::Item) => {
+                r.end_run();
+                r.items.push(r.out.len());
+                r.out.push(Block::Lines {
+                    item: true,
+                    lines: Vec::new(),
+                });
+            }
+            Event::End(TagEnd::Item) => {
+                r.end_run();
+                r.items.pop();
+            }
+            Event::End(TagEnd::Heading(level)) => {
+                let heading = Block::Heading {
+                    level: level as usize,
+                    text: r.run.take().map_or("", |run| text[run].trim()),
+                    line: r.line(range.start),
+                };
+                r.out.push(heading);
+            }
+            Event::Start(Tag::Table(_)) => {
+                r.end_run();
+                let table = Block::Table {
+                    line: r.line(range.start),
+                    head: Vec::new(),
+                    rows: Vec::new(),
+                };
+                r.out.push(table);
+            }
+            // GFM: `\|` is a pipe inside the cell, code spans included.
+            Event::End(TagEnd::TableCell) => {
+                r.run = None;
+                row.push(text[range].trim().replace("\\|", "|"));
+            }
+            Event::End(TagEnd::TableHead) => {
+                if let Some(Block::Table { head, .. }) = r.out.last_mut() {
+                    *head = std::mem::take(&mut row);
+                }
+            }
+            Event::End(TagEnd::TableRow) => {
+                let line = r.line(range.start);
+                if let Some(Block::Table { rows, .. }) = r.out.last_mut() {
+                    rows.push((line, std::mem::take(&mut row)));
+                }
+            }
+            _ => r.end_run(),
+        }
     }
-    s.trim().to_string()
+    r.end_run();
+    r.out
+}
+
+struct Reader<'a> {
+    text: &'a str,
+    line_starts: Vec<usize>,
+    out: Vec<Block<'a>>,
+    /// Open list items, as indexes into `out`.
+    items: Vec<usize>,
+    /// The inline text read since the last block boundary.
+    run: Option<Range<usize>>,
+}
+
+impl<'a> Reader<'a> {
+    /// The 1-based line of a byte offset.
+    fn line(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&s| s <= offset)
+    }
+
+    fn extend_run(&mut self, range: Range<usize>) {
+        // An emphasis starts before, and ends after, the text inside it.
+        self.run = Some(match self.run.take() {
+            Some(run) => run.start..run.end.max(range.end),
+            None => range,
+        });
+    }
+
+    /// Adds the run's lines to the open list item, or as a paragraph.
+    fn end_run(&mut self) {
+        let Some(run) = self.run.take() else { return };
+        let first = self.line(run.start);
+        let lines = self.text[run]
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (first + i, l.trim()))
+            .filter(|(_, l)| !l.is_empty());
+        match self.items.last().map(|&i| &mut self.out[i]) {
+            Some(Block::Lines { lines: own, .. }) => own.extend(lines),
+            _ => self.out.push(Block::Lines {
+                item: false,
+                lines: lines.collect(),
+            }),
+        }
+    }
+}
+
+fn is_inline(tag: TagEnd) -> bool {
+    matches!(
+        tag,
+        TagEnd::Emphasis
+            | TagEnd::Strong
+            | TagEnd::Strikethrough
+            | TagEnd::Superscript
+            | TagEnd::Subscript
+            | TagEnd::Link
+            | TagEnd::Image
+    )
+}
+
+/// A `Key: value` line (`**Epic**: E1`), its key lowercased.
+fn field(line: &str) -> Option<(String, String)> {
+    let l = unmark(line);
+    let (key, value) = l.split_once(':')?;
+    Some((key.trim().to_ascii_lowercase(), value.trim().to_string()))
 }
 
 /// Drops code ticks and `**bold**` markers (not the `**` of a glob).
@@ -201,25 +379,6 @@ fn unmark(s: &str) -> String {
         Some(inner) if !inner.contains('*') => inner.to_string(),
         _ => t.replace("**:", ":").trim_start_matches("**").to_string(),
     }
-}
-
-fn heading(line: &str) -> Option<(usize, &str)> {
-    let t = line.trim_start();
-    let level = t.bytes().take_while(|b| *b == b'#').count();
-    (level > 0 && t.as_bytes().get(level) == Some(&b' ')).then(|| (level, t[level..].trim()))
-}
-
-fn split_row(line: &str) -> Vec<String> {
-    let t = line.trim();
-    let t = t.strip_prefix('|').unwrap_or(t);
-    let t = t.strip_suffix('|').unwrap_or(t);
-    t.split('|').map(|c| c.trim().to_string()).collect()
-}
-
-fn is_separator_row(cells: &[String]) -> bool {
-    cells
-        .iter()
-        .all(|c| !c.is_empty() && c.chars().all(|ch| matches!(ch, '-' | ':' | ' ')))
 }
 
 /// `Track 1`, `1`, `**Track 2**` → `1`, `2`.
@@ -234,57 +393,72 @@ fn track_id(cell: &str) -> String {
 }
 
 fn words(s: &str) -> Vec<String> {
-    s.split(|c: char| c.is_whitespace() || matches!(c, ',' | '→' | ';'))
-        .map(|w| {
-            unmark(w)
-                .trim_matches(|c: char| matches!(c, '(' | ')' | '.' | ':' | '"' | '\''))
-                .to_string()
-        })
-        .filter(|w| !w.is_empty() && w != "->" && w != ">" && w != "=>")
-        .collect()
+    // A separator inside `{…}` or `[…]` belongs to a glob (`src/{a,b}/**`).
+    let mut depth = 0usize;
+    s.split(|c: char| {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        depth == 0 && (c.is_whitespace() || matches!(c, ',' | '→' | ';'))
+    })
+    .map(|w| {
+        unmark(w)
+            .trim_matches(|c: char| matches!(c, '(' | ')' | '.' | ':' | '"' | '\''))
+            .to_string()
+    })
+    .filter(|w| !w.is_empty() && w != "->" && w != ">" && w != "=>")
+    .collect()
 }
 
 /// Reads the markdown `execution-plan.md` layout. The epic is not checked
 /// yet (see [`check`]); structural problems are reported with their line.
 pub fn parse_markdown(text: &str) -> Result<(Epic, Origin)> {
-    let lines: Vec<&str> = text.lines().collect();
+    let blocks = blocks(text);
     let mut epic = Epic::default();
     let mut origin = Origin::default();
     let bad = |n: usize, msg: String| at(ErrorCode::InvalidPlan, format!("line {n}"), msg);
 
     // Header fields, before the first section.
     let mut epic_line = 0;
-    let header_end = lines
+    for block in blocks
         .iter()
-        .position(|l| matches!(heading(l), Some((2, _))))
-        .unwrap_or(lines.len());
-    for (i, raw) in lines[..header_end].iter().enumerate() {
-        let n = i + 1;
-        if let Some((1, title)) = heading(raw)
-            && epic.title.is_none()
-        {
-            let title = title
-                .strip_prefix("Execution Plan:")
-                .or_else(|| title.strip_prefix("Execution plan:"))
-                .unwrap_or(title)
-                .trim();
-            epic.title = Some(title.to_string());
-            continue;
-        }
-        let l = unmark(&plain(raw));
-        let Some((key, value)) = l.split_once(':') else {
-            continue;
-        };
-        let value = value.trim().to_string();
-        match key.trim().to_ascii_lowercase().as_str() {
-            "epic" | "epic id" if epic_line == 0 => {
-                let id = value.split_whitespace().next().unwrap_or("").to_string();
-                ids::validate("epic id", &id).map_err(|e| bad(n, e.message))?;
-                epic.id = id;
-                epic_line = n;
+        .take_while(|b| !matches!(b, Block::Heading { level: 2, .. }))
+    {
+        match block {
+            Block::Heading {
+                level: 1, text: h, ..
+            } if epic.title.is_none() => {
+                let title = h
+                    .strip_prefix("Execution Plan:")
+                    .or_else(|| h.strip_prefix("Execution plan:"))
+                    .unwrap_or(h)
+                    .trim();
+                epic.title = Some(title.to_string());
             }
-            "workdir" | "working directory" if epic.workdir.is_none() => epic.workdir = Some(value),
-            "command" | "agent command" if epic.command.is_none() => epic.command = Some(value),
+            Block::Lines { lines, .. } => {
+                for &(n, line) in lines {
+                    let Some((key, value)) = field(line) else {
+                        continue;
+                    };
+                    match key.as_str() {
+                        "epic" | "epic id" if epic_line == 0 => {
+                            let id = value.split_whitespace().next().unwrap_or("").to_string();
+                            ids::validate("epic id", &id).map_err(|e| bad(n, e.message))?;
+                            epic.id = id;
+                            epic_line = n;
+                        }
+                        "workdir" | "working directory" if epic.workdir.is_none() => {
+                            epic.workdir = Some(value)
+                        }
+                        "command" | "agent command" if epic.command.is_none() => {
+                            epic.command = Some(value)
+                        }
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -295,59 +469,55 @@ pub fn parse_markdown(text: &str) -> Result<(Epic, Origin)> {
         ));
     }
 
-    // The tracks table.
-    let tracks_at = lines
+    // The tracks table: the first table after `## Tracks`, before any other heading.
+    let (tracks_at, tracks_line) = blocks
         .iter()
-        .position(|l| matches!(heading(l), Some((2, h)) if h.to_ascii_lowercase().starts_with("tracks")))
+        .enumerate()
+        .find_map(|(i, b)| Some((i, b.tracks_line()?)))
         .ok_or_else(|| {
             bad(
-                lines.len().max(1),
+                text.lines().count().max(1),
                 "no `## Tracks` section with the table `| Track | Agent | Beads (in order) | File Scope |`".into(),
             )
         })?;
-    let header_at = (tracks_at + 1..lines.len())
-        .find(|&i| lines[i].trim_start().starts_with('|') || heading(lines[i]).is_some())
-        .filter(|&i| lines[i].trim_start().starts_with('|'))
-        .ok_or_else(|| {
-            bad(
-                tracks_at + 1,
-                "`## Tracks` has no table; expected `| Track | Agent | Beads (in order) | File Scope |`".into(),
-            )
-        })?;
-    origin.table = header_at + 1;
-    let header: Vec<String> = split_row(lines[header_at])
+    let Some(Block::Table {
+        line: table_line,
+        head,
+        rows,
+    }) = blocks[tracks_at + 1..]
         .iter()
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
+        .find(|b| matches!(b, Block::Table { .. } | Block::Heading { .. }))
+    else {
+        return Err(bad(
+            tracks_line,
+            "`## Tracks` has no table; expected `| Track | Agent | Beads (in order) | File Scope |`"
+                .into(),
+        ));
+    };
+    origin.table = *table_line;
+    let header: Vec<String> = head.iter().map(|c| c.to_ascii_lowercase()).collect();
     let col = |name: &str| header.iter().position(|c| c.contains(name));
     let (Some(c_track), Some(c_agent), Some(c_beads), Some(c_scope)) =
         (col("track"), col("agent"), col("bead"), col("scope"))
     else {
         return Err(bad(
-            header_at + 1,
+            *table_line,
             "the tracks table needs the columns Track, Agent, Beads (in order) and File Scope"
                 .into(),
         ));
     };
-    let mut i = header_at + 1;
-    while i < lines.len() && lines[i].trim_start().starts_with('|') {
-        let n = i + 1;
-        let cells = split_row(lines[i]);
-        i += 1;
-        if is_separator_row(&cells) {
-            continue;
-        }
-        let cell = |c: usize| cells.get(c).cloned().unwrap_or_default();
-        let id = track_id(&cell(c_track));
-        let agent = unmark(&cell(c_agent));
-        let beads: Vec<Bead> = words(&cell(c_beads))
+    for &(n, ref cells) in rows {
+        let cell = |c: usize| cells.get(c).map(String::as_str).unwrap_or_default();
+        let id = track_id(cell(c_track));
+        let agent = unmark(cell(c_agent));
+        let beads: Vec<Bead> = words(cell(c_beads))
             .into_iter()
             .map(|id| Bead {
                 id,
                 ..Default::default()
             })
             .collect();
-        let scope: Vec<String> = words(&cell(c_scope));
+        let scope: Vec<String> = words(cell(c_scope));
         if beads.is_empty() {
             return Err(bad(n, format!("track {id} lists no beads")));
         }
@@ -364,66 +534,41 @@ pub fn parse_markdown(text: &str) -> Result<(Epic, Origin)> {
         });
     }
     if epic.tracks.is_empty() {
-        return Err(bad(header_at + 1, "the tracks table has no rows".into()));
+        return Err(bad(*table_line, "the tracks table has no rows".into()));
     }
 
-    // `### Track N: Agent - description` sections, with the beads' titles.
+    // `### Track N: Agent - description` sections, with the beads' titles,
+    // and the cross-track dependency list.
     let mut current: Option<usize> = None;
-    let mut last_bead: Option<(usize, usize)> = None;
     let mut in_deps = false;
-    for (i, raw) in lines.iter().enumerate() {
-        let n = i + 1;
-        if let Some((level, h)) = heading(raw) {
-            last_bead = None;
-            if level <= 2 {
+    for block in &blocks {
+        let lines = match block {
+            Block::Heading {
+                level,
+                text: h,
+                line: n,
+            } => {
                 current = None;
-                in_deps = h.to_ascii_lowercase().contains("dependencies");
+                if *level <= 2 {
+                    in_deps = h.to_ascii_lowercase().contains("dependencies");
+                } else if *level == 3 && h.to_ascii_lowercase().starts_with("track") {
+                    current = Some(track_section(&mut epic, h, *n)?);
+                }
                 continue;
             }
-            if level == 3 && h.to_ascii_lowercase().starts_with("track") {
-                let (name, rest) = h.split_once(':').unwrap_or((h, ""));
-                let id = track_id(name);
-                let Some(t) = epic.tracks.iter().position(|t| t.id == id) else {
-                    return Err(bad(n, format!("track {id} is not in the tracks table")));
-                };
-                let rest = rest.trim();
-                let (agent, description) = rest
-                    .split_once(" - ")
-                    .or_else(|| rest.split_once(" — "))
-                    .or_else(|| rest.split_once(" – "))
-                    .unwrap_or((rest, ""));
-                let agent = unmark(agent);
-                let agent = agent.trim();
-                if !agent.is_empty() && agent != epic.tracks[t].agent {
-                    return Err(bad(
-                        n,
-                        format!(
-                            "track {id}'s agent is {} in the tracks table, not {agent}",
-                            epic.tracks[t].agent
-                        ),
-                    ));
-                }
-                if !description.trim().is_empty() {
-                    epic.tracks[t].description = Some(description.trim().to_string());
-                }
-                current = Some(t);
-            } else {
-                current = None;
-            }
+            Block::Lines { item: true, lines } => lines,
+            _ => continue,
+        };
+        let Some((&(n, first_line), rest)) = lines.split_first() else {
             continue;
-        }
+        };
         if in_deps {
-            let l = unmark(&plain(raw));
-            let lower = l.to_ascii_lowercase();
-            if l.is_empty() || raw.trim_start().starts_with('|') {
-                continue;
-            }
-            if matches!(lower.as_str(), "none" | "none." | "n/a" | "-") {
-                continue;
-            }
-            if !raw.trim_start().starts_with(['-', '*', '+'])
-                && !raw.trim_start().starts_with(|c: char| c.is_ascii_digit())
-            {
+            // An item may wrap onto several lines.
+            let l = unmark(&lines.iter().map(|(_, l)| *l).collect::<Vec<_>>().join(" "));
+            if matches!(
+                l.to_ascii_lowercase().as_str(),
+                "" | "none" | "none." | "n/a" | "-"
+            ) {
                 continue;
             }
             let dep = parse_dependency(&l).ok_or_else(|| {
@@ -439,70 +584,84 @@ pub fn parse_markdown(text: &str) -> Result<(Epic, Origin)> {
             continue;
         }
         let Some(t) = current else { continue };
-        let is_item = {
-            let t = raw.trim_start();
-            t.starts_with(['-', '*', '+'])
-                || (t.starts_with(|c: char| c.is_ascii_digit()) && t.contains(['.', ')']))
-        };
-        let l = plain(raw);
-        if is_item {
-            let first = words(&l).into_iter().next().unwrap_or_default();
-            let looks_like_bead = first.contains('-')
-                && ids::is_valid(&first)
-                && first.chars().any(|c| c.is_ascii_digit());
-            if let Some(b) = epic.tracks[t].beads.iter().position(|b| b.id == first) {
-                let title = l[l.find(&first).map(|p| p + first.len()).unwrap_or(0)..]
-                    .trim_start_matches(|c: char| {
-                        c.is_whitespace() || matches!(c, ':' | '-' | '—' | '–' | '*' | '`')
-                    })
-                    .trim();
-                if !title.is_empty() {
-                    epic.tracks[t].beads[b].title = Some(title.to_string());
-                }
-                origin.beads.insert(first, n);
-                last_bead = Some((t, b));
-                continue;
-            }
-            if looks_like_bead
-                && epic
-                    .tracks
-                    .iter()
-                    .flat_map(|t| &t.beads)
-                    .any(|b| b.id == first)
-            {
-                return Err(bad(
-                    n,
-                    format!(
-                        "{first} is listed under track {} but belongs to another track in the tracks table",
-                        epic.tracks[t].id
-                    ),
-                ));
-            }
-            if looks_like_bead && l.contains(':') {
-                return Err(bad(
-                    n,
-                    format!(
-                        "{first} is listed under track {} but is not in its beads in the tracks table",
-                        epic.tracks[t].id
-                    ),
-                ));
-            }
-            last_bead = None;
-        } else if let Some((t, b)) = last_bead
-            && raw.starts_with("  ")
-            && !l.is_empty()
-        {
+        let first = words(first_line).into_iter().next().unwrap_or_default();
+        if let Some(b) = epic.tracks[t].beads.iter().position(|b| b.id == first) {
+            let after_id = first_line.find(&first).map_or(0, |p| p + first.len());
+            let title = first_line[after_id..]
+                .trim_start_matches(|c: char| {
+                    c.is_whitespace() || matches!(c, ':' | '-' | '—' | '–' | '*' | '`')
+                })
+                .trim();
             let bead = &mut epic.tracks[t].beads[b];
-            match &mut bead.description {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(&l);
-                }
-                None => bead.description = Some(l),
+            if !title.is_empty() {
+                bead.title = Some(title.to_string());
             }
+            // The item's other lines (indented under its first) describe the bead.
+            if !rest.is_empty() {
+                let description: Vec<&str> = rest.iter().map(|(_, l)| *l).collect();
+                bead.description = Some(description.join("\n"));
+            }
+            origin.beads.insert(first, n);
+            continue;
+        }
+        let looks_like_bead = first.contains('-')
+            && ids::is_valid(&first)
+            && first.chars().any(|c| c.is_ascii_digit());
+        if looks_like_bead
+            && epic
+                .tracks
+                .iter()
+                .flat_map(|t| &t.beads)
+                .any(|b| b.id == first)
+        {
+            return Err(bad(
+                n,
+                format!(
+                    "{first} is listed under track {} but belongs to another track in the tracks table",
+                    epic.tracks[t].id
+                ),
+            ));
+        }
+        if looks_like_bead && first_line.contains(':') {
+            return Err(bad(
+                n,
+                format!(
+                    "{first} is listed under track {} but is not in its beads in the tracks table",
+                    epic.tracks[t].id
+                ),
+            ));
         }
     }
     Ok((epic, origin))
+}
+
+/// Reads a `### Track N: Agent - description` heading at line `n` into its
+/// track, and returns the track's index.
+fn track_section(epic: &mut Epic, h: &str, n: usize) -> Result<usize> {
+    let bad = |msg: String| at(ErrorCode::InvalidPlan, format!("line {n}"), msg);
+    let (name, rest) = h.split_once(':').unwrap_or((h, ""));
+    let id = track_id(name);
+    let Some(t) = epic.tracks.iter().position(|t| t.id == id) else {
+        return Err(bad(format!("track {id} is not in the tracks table")));
+    };
+    let rest = rest.trim();
+    let (agent, description) = rest
+        .split_once(" - ")
+        .or_else(|| rest.split_once(" — "))
+        .or_else(|| rest.split_once(" – "))
+        .unwrap_or((rest, ""));
+    let agent = unmark(agent);
+    let agent = agent.trim();
+    if !agent.is_empty() && agent != epic.tracks[t].agent {
+        return Err(bad(format!(
+            "track {id}'s agent is {} in the tracks table, not {agent}",
+            epic.tracks[t].agent
+        )));
+    }
+    if !description.trim().is_empty() {
+        epic.tracks[t].description = Some(description.trim().to_string());
+    }
+    Ok(t)
 }
 
 /// One line of the "Cross-Track Dependencies" list.
@@ -1124,11 +1283,228 @@ mod tests {
         assert_eq!(validate(&epic).unwrap_err().code, ErrorCode::InvalidId);
     }
 
+    /// The 1-based line of the first line of `text` that contains `needle`.
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).unwrap() + 1
+    }
+
+    fn json_epic(text: &str) -> Epic {
+        let v: Value = serde_json::from_str(text).unwrap();
+        serde_json::from_value(v["epic"].clone()).unwrap()
+    }
+
+    #[test]
+    fn every_example_plan_reads_as_its_json_twin() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("md") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let (epic, origin) =
+                parse_markdown(&text).unwrap_or_else(|e| panic!("{path:?}: {e:?}"));
+            check(&epic, &origin).unwrap_or_else(|e| panic!("{path:?}: {e:?}"));
+            let twin = path.with_extension("json");
+            if let Ok(json) = std::fs::read_to_string(&twin) {
+                assert_eq!(epic, json_epic(&json), "{path:?} and {twin:?}");
+            }
+            read += 1;
+        }
+        assert!(read > 0, "no markdown plan in {dir:?}");
+    }
+
+    #[test]
+    fn code_blocks_are_not_part_of_the_plan() {
+        let example = "\
+An example of the layout:
+
+```markdown
+Epic: E9
+
+## Tracks
+
+| Track | Agent | Beads (in order) | File Scope |
+|-------|-------|------------------|------------|
+| 9 | Ghost | bd-90 | `ghost/**` |
+```
+";
+        let expected = parse_markdown(PLAN_MD).unwrap().0;
+        let text = PLAN_MD.replace("## Tracks", &format!("{example}\n## Tracks"));
+        assert_eq!(parse_markdown(&text).unwrap().0, expected);
+
+        let in_section = PLAN_MD.replace(
+            "- bd-30: Write the guide",
+            "- bd-30: Write the guide\n\n```\n- bd-31: not a bead\n### Track 9\n```",
+        );
+        assert_eq!(parse_markdown(&in_section).unwrap().0, expected);
+
+        let in_deps = PLAN_MD.replace(
+            "- Track 2 starts after bd-11 (Track 1)",
+            "- Track 2 starts after bd-11 (Track 1)\n\n~~~\n- whenever it suits\n~~~",
+        );
+        assert_eq!(parse_markdown(&in_deps).unwrap().0, expected);
+
+        // The only tracks table is inside a fence: there is none.
+        let table = PLAN_MD
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let fenced = PLAN_MD.replace(&table, &format!("```\n{table}\n```"));
+        let e = md_err(&fenced);
+        assert!(
+            e.message.starts_with(&format!(
+                "line {}: `## Tracks` has no table",
+                line_of(PLAN_MD, "## Tracks")
+            )),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_comma_inside_braces_belongs_to_its_glob() {
+        let md = "Epic: E1\n\n## Tracks\n\n| Track | Agent | Beads (in order) | File Scope |\n|---|---|---|---|\n| 1 | BlueLake | bd-1 | `src/{a,b}/**`, docs/** |\n";
+        let (e, _) = parse_markdown(md).unwrap();
+        assert_eq!(e.tracks[0].scope, ["src/{a,b}/**", "docs/**"]);
+    }
+
+    #[test]
+    fn an_escaped_pipe_belongs_to_its_cell() {
+        let text = PLAN_MD.replace("`docs/**`", r"`docs/{a\|b}/**`, docs/x\|y.md");
+        let (epic, origin) = parse_markdown(&text).unwrap();
+        check(&epic, &origin).unwrap();
+        // The glob is read as written, less the escape: `{a|b}` is one
+        // alternative, a directory named `a|b`.
+        assert_eq!(epic.tracks[2].scope, ["docs/{a|b}/**", "docs/x|y.md"]);
+        let glob = Glob::parse(&epic.tracks[2].scope[0]).unwrap();
+        assert!(glob.matches("docs/a|b/guide.md"));
+        assert!(!glob.matches("docs/a/guide.md"));
+        assert_eq!(
+            epic.tracks[2].agent, "RedStone",
+            "the columns stay in place"
+        );
+    }
+
+    #[test]
+    fn cells_and_descriptions_are_read_as_written() {
+        let text = PLAN_MD
+            .replace("`sdk/**`", "sdk/**/*.rs, sdk/**/*.md")
+            .replace("- bd-11: Refresh", "- [ ] bd-11: Refresh")
+            .replace(
+                "  A `Token` with its expiry, in sdk/token.txt.",
+                "  A `Token` with *its* expiry,\n  in sdk/token.txt.\n\n  See __notes__.",
+            );
+        let (epic, _) = parse_markdown(&text).unwrap();
+        assert_eq!(epic.tracks[0].scope, ["sdk/**/*.rs", "sdk/**/*.md"]);
+        let beads = &epic.tracks[0].beads;
+        assert_eq!(
+            beads[0].description.as_deref(),
+            Some("A `Token` with *its* expiry,\nin sdk/token.txt.\nSee __notes__.")
+        );
+        assert_eq!(
+            beads[1].title.as_deref(),
+            Some("Refresh tokens before they expire")
+        );
+    }
+
+    #[test]
+    fn a_missing_tracks_table_names_a_line() {
+        let no_section = PLAN_MD.replace("## Tracks", "## Overview");
+        let e = md_err(&no_section);
+        assert!(
+            e.message.starts_with(&format!(
+                "line {}: no `## Tracks` section",
+                PLAN_MD.lines().count()
+            )),
+            "{}",
+            e.message
+        );
+
+        let heading = line_of(PLAN_MD, "## Tracks");
+        let table = PLAN_MD
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let no_table = PLAN_MD.replace(&table, "The tracks are to be decided.");
+        let e = md_err(&no_table);
+        assert!(
+            e.message
+                .starts_with(&format!("line {heading}: `## Tracks` has no table")),
+            "{}",
+            e.message
+        );
+
+        // A table after the next heading is not the tracks table.
+        let later = PLAN_MD.replace(&table, &format!("## Later\n\n{table}"));
+        let e = md_err(&later);
+        assert!(
+            e.message.starts_with(&format!("line {heading}:")),
+            "{}",
+            e.message
+        );
+
+        let columns = PLAN_MD.replace("| File Scope |", "| Files |");
+        let e = md_err(&columns);
+        assert!(
+            e.message
+                .starts_with(&format!("line {}: the tracks table needs", heading + 2)),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn bad_dependency_lines_name_their_line() {
+        let deps = "- Track 2 starts after bd-11 (Track 1)";
+        let at_line = line_of(PLAN_MD, deps);
+        let err_line = |list: &str| {
+            let e = md_err(&PLAN_MD.replace(deps, list));
+            assert_eq!(e.code, ErrorCode::InvalidPlan, "{}", e.message);
+            assert!(
+                e.message.contains("cannot read this dependency"),
+                "{}",
+                e.message
+            );
+            e.message.split(':').next().unwrap().to_string()
+        };
+        assert_eq!(
+            err_line("- Track 2 starts after bd-11\n- whenever it suits\n- bd-30 needs bd-21"),
+            format!("line {}", at_line + 1)
+        );
+        assert_eq!(
+            err_line("1. Track 2 starts after bd-11\n\n2. bd-30 needs bd-21\n\n3. soon"),
+            format!("line {}", at_line + 4)
+        );
+        assert_eq!(
+            err_line("- Track 2 starts after bd-11\n  - because"),
+            format!("line {}", at_line + 1)
+        );
+
+        // Paragraphs around the list are prose; `None`, and an item that
+        // wraps, are read.
+        let text = PLAN_MD.replace(
+            deps,
+            "Track 2 waits for the SDK.\n\n- Track 2 starts\n  after bd-11\n- None",
+        );
+        let (epic, origin) = parse_markdown(&text).unwrap();
+        assert_eq!(
+            epic.dependencies,
+            parse_markdown(PLAN_MD).unwrap().0.dependencies
+        );
+        assert_eq!(origin.deps, [at_line + 2]);
+    }
+
     #[test]
     fn formats_are_told_apart() {
         assert_eq!(format_of(None, "  {\"epic\":{}}"), Format::Json);
         assert_eq!(format_of(None, PLAN_MD), Format::Markdown);
         assert_eq!(format_of(None, "epic:\n  id: E1\n"), Format::Yaml);
         assert_eq!(format_of(Some("text/markdown"), "{"), Format::Markdown);
+        assert_eq!(format_of(None, "Intro\n\n**Epic**: E1\n"), Format::Markdown);
+        assert_eq!(format_of(None, "```\nEpic: E1\n```\n"), Format::Yaml);
     }
 }

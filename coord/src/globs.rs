@@ -78,10 +78,9 @@ impl Glob {
             return Err(invalid(text, "it is empty"));
         }
         if trimmed.len() > MAX_GLOB_LEN {
-            return Err(invalid(
-                &trimmed[..32],
-                format!("longer than {MAX_GLOB_LEN} bytes"),
-            ));
+            // Cut by characters: byte 32 may fall inside one.
+            let head: String = trimmed.chars().take(32).collect();
+            return Err(invalid(&head, format!("longer than {MAX_GLOB_LEN} bytes")));
         }
         if trimmed.starts_with('/') {
             return Err(invalid(
@@ -608,5 +607,13 @@ mod tests {
             assert_eq!(e.code, ErrorCode::InvalidGlob, "{bad}");
             assert!(e.message.contains(says), "{bad}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn a_long_glob_is_refused_without_cutting_a_character() {
+        let long = format!("a{}", "é".repeat(MAX_GLOB_LEN));
+        let e = Glob::parse(&long).unwrap_err();
+        assert!(e.message.contains("longer than"), "{}", e.message);
+        assert!(e.message.contains(&"é".repeat(31)), "{}", e.message);
     }
 }
