@@ -145,6 +145,49 @@ impl From<&Mail> for Note {
     }
 }
 
+impl<'a> BeadContext<'a> {
+    /// The context of one attempt at `bead`: `scope` is the track's (with
+    /// what decisions granted), `reserved` what the bead holds, and `thread`
+    /// the track thread, whose learnings and context notes it passes on.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        epic: &'a Epic,
+        track: &'a Track,
+        bead: &'a Bead,
+        scope: &[Glob],
+        reserved: &[String],
+        attempt: u32,
+        note: Option<&'a str>,
+        thread: &[Mail],
+    ) -> BeadContext<'a> {
+        let notes = |kind: MailKind| -> Vec<Note> {
+            thread
+                .iter()
+                .filter(|m| m.kind == kind)
+                .map(Note::from)
+                .collect()
+        };
+        BeadContext {
+            epic: EpicContext {
+                id: &epic.id,
+                title: epic.title.as_deref(),
+            },
+            track: TrackContext {
+                id: &track.id,
+                agent: &track.agent,
+                description: track.description.as_deref(),
+                scope: scope.iter().map(|g| g.to_string()).collect(),
+                reserved: reserved.to_vec(),
+            },
+            bead,
+            attempt,
+            note,
+            learnings: notes(MailKind::Learning),
+            context: notes(MailKind::Context),
+        }
+    }
+}
+
 /// Claim and reservations, renewed together until dropped.
 struct Leases {
     held: Arc<Mutex<Vec<(String, Bytes)>>>,
@@ -192,6 +235,105 @@ enum Outcome {
     /// The blocker, the bead's worktree (not applied yet), everything it
     /// changed, and the files that are the problem.
     Blocked(Box<Blocker>, Option<Worktree>, Vec<String>, Vec<String>),
+}
+
+/// What one run of a bead comes to, from what it changed and how its
+/// command ended. The first problem found decides: a change outside the
+/// scope, then one outside the reservation, then a failed command, then an
+/// agent that says it is stuck.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// Its changes may go into the epic's tree.
+    Clean,
+    /// A blocker of `kind` about `files`, saying `detail`. `violating`: the
+    /// files a decision's grant must cover to settle it (none when the
+    /// files are not the problem).
+    Blocked {
+        kind: BlockerKind,
+        files: Vec<String>,
+        violating: Vec<String>,
+        detail: String,
+    },
+}
+
+impl Verdict {
+    /// `scope`: the track's, with grants; `reserved` and `reserved_globs`:
+    /// the bead's reservation, as written and parsed.
+    fn of(
+        bead: &Bead,
+        track: &Track,
+        scope: &[Glob],
+        reserved: &[String],
+        reserved_globs: &[Glob],
+        changed: &[String],
+        run: &Run,
+    ) -> Verdict {
+        let outside: Vec<String> = changed
+            .iter()
+            .filter(|p| !globs::any_matches(scope, p))
+            .cloned()
+            .collect();
+        let unreserved: Vec<String> = changed
+            .iter()
+            .filter(|p| globs::any_matches(scope, p) && !globs::any_matches(reserved_globs, p))
+            .cloned()
+            .collect();
+        if !outside.is_empty() {
+            let scope: Vec<String> = scope.iter().map(|g| g.to_string()).collect();
+            let detail = format!(
+                "{} changed {} outside track {}'s scope ({}): {}",
+                bead.id,
+                plural(outside.len(), "file"),
+                track.id,
+                scope.join(", "),
+                outside.join(", ")
+            );
+            return Verdict::Blocked {
+                kind: BlockerKind::ScopeViolation,
+                files: outside.clone(),
+                violating: outside,
+                detail,
+            };
+        }
+        if !unreserved.is_empty() {
+            let detail = format!(
+                "{} changed {} it had not reserved ({}): {}",
+                bead.id,
+                plural(unreserved.len(), "file"),
+                reserved.join(", "),
+                unreserved.join(", ")
+            );
+            return Verdict::Blocked {
+                kind: BlockerKind::ReservationConflict,
+                files: unreserved.clone(),
+                violating: unreserved,
+                detail,
+            };
+        }
+        let stuck = |kind, why: &str| Verdict::Blocked {
+            kind,
+            files: changed.to_vec(),
+            violating: Vec::new(),
+            detail: why.to_string(),
+        };
+        if let Some(why) = &run.failure {
+            return stuck(BlockerKind::AgentFailed, why);
+        }
+        if let Some(why) = &run.output.blocked {
+            return stuck(BlockerKind::AgentBlocked, why);
+        }
+        Verdict::Clean
+    }
+}
+
+/// Whether `decision` settles a blocker as it stands: a retry whose grant
+/// covers every file that was wrong, so that the bead's changes are applied
+/// as they are. Errors (`invalid_glob`): the grant does not parse.
+fn settles(decision: &Decision, violating: &[String]) -> Result<bool> {
+    let granted = Glob::parse_all(&decision.grant)?;
+    Ok(decision.action == DecisionAction::Retry
+        && !violating.is_empty()
+        && violating.iter().all(|p| globs::any_matches(&granted, p)))
 }
 
 /// What the worker does after a decision.
@@ -521,37 +663,11 @@ impl Agent {
             None,
         )
         .await?;
-        let learnings: Vec<Note> = thread
-            .iter()
-            .filter(|m| m.kind == MailKind::Learning)
-            .map(Note::from)
-            .collect();
-        let context: Vec<Note> = thread
-            .iter()
-            .filter(|m| m.kind == MailKind::Context)
-            .map(Note::from)
-            .collect();
-        let ctx = BeadContext {
-            epic: EpicContext {
-                id: &epic.id,
-                title: epic.title.as_deref(),
-            },
-            track: TrackContext {
-                id: &track.id,
-                agent: &track.agent,
-                description: track.description.as_deref(),
-                scope: scope.iter().map(|g| g.to_string()).collect(),
-                reserved: reserved.clone(),
-            },
-            bead,
-            attempt,
-            note,
-            learnings,
-            context,
-        };
+        let ctx = BeadContext::new(epic, track, bead, &scope, &reserved, attempt, note, &thread);
 
         let wt = Worktree::create(workdir, &format!("{}-{}", epic.id, bead.id)).await?;
-        let run = self.run_command(epic, track, bead, &wt.path, &ctx).await;
+        let run =
+            Agent::run_command(&self.mesh.config.agent, epic, track, bead, &wt.path, &ctx).await;
         let changed = match run {
             Ok(_) => wt.changed().await,
             Err(_) => Ok(Vec::new()),
@@ -563,57 +679,34 @@ impl Agent {
                 return Err(e);
             }
         };
-        let outside: Vec<String> = changed
-            .iter()
-            .filter(|p| !globs::any_matches(&scope, p))
-            .cloned()
-            .collect();
-        let unreserved: Vec<String> = changed
-            .iter()
-            .filter(|p| globs::any_matches(&scope, p) && !globs::any_matches(&reserved_globs, p))
-            .cloned()
-            .collect();
-        let blocker = |kind, files: Vec<String>, detail: String| Blocker {
+        let verdict = Verdict::of(
+            bead,
+            track,
+            &scope,
+            &reserved,
+            &reserved_globs,
+            &changed,
+            &run,
+        );
+        if let Verdict::Blocked {
             kind,
-            bead: bead.id.clone(),
-            track: track.id.clone(),
-            agent: track.agent.clone(),
-            worker: self.worker.clone(),
             files,
-            holders: Vec::new(),
-            attempt,
+            violating,
             detail,
-        };
-        if !outside.is_empty() {
-            let detail = format!(
-                "{} changed {} outside track {}'s scope ({}): {}",
-                bead.id,
-                plural(outside.len(), "file"),
-                track.id,
-                ctx.track.scope.join(", "),
-                outside.join(", ")
-            );
-            let b = blocker(BlockerKind::ScopeViolation, outside.clone(), detail);
-            return Ok(Outcome::Blocked(Box::new(b), Some(wt), changed, outside));
-        }
-        if !unreserved.is_empty() {
-            let detail = format!(
-                "{} changed {} it had not reserved ({}): {}",
-                bead.id,
-                plural(unreserved.len(), "file"),
-                reserved.join(", "),
-                unreserved.join(", ")
-            );
-            let b = blocker(BlockerKind::ReservationConflict, unreserved.clone(), detail);
-            return Ok(Outcome::Blocked(Box::new(b), Some(wt), changed, unreserved));
-        }
-        if let Some(why) = run.failure {
-            let b = blocker(BlockerKind::AgentFailed, changed.clone(), why);
-            return Ok(Outcome::Blocked(Box::new(b), Some(wt), changed, Vec::new()));
-        }
-        if let Some(why) = run.output.blocked.clone() {
-            let b = blocker(BlockerKind::AgentBlocked, changed.clone(), why);
-            return Ok(Outcome::Blocked(Box::new(b), Some(wt), changed, Vec::new()));
+        } = verdict
+        {
+            let b = Blocker {
+                kind,
+                bead: bead.id.clone(),
+                track: track.id.clone(),
+                agent: track.agent.clone(),
+                worker: self.worker.clone(),
+                files,
+                holders: Vec::new(),
+                attempt,
+                detail,
+            };
+            return Ok(Outcome::Blocked(Box::new(b), Some(wt), changed, violating));
         }
 
         // Clean: into the epic's tree (under the reservation), learnings to
@@ -735,10 +828,7 @@ impl Agent {
 
         // A grant that covers every file that was wrong settles it: the
         // bead's changes are applied as they are.
-        let granted = Glob::parse_all(&decision.grant)?;
-        let settled = decision.action == DecisionAction::Retry
-            && !violating.is_empty()
-            && violating.iter().all(|p| globs::any_matches(&granted, p));
+        let settled = settles(&decision, &violating)?;
         let (kept, undo): (Vec<String>, Vec<String>) = match wt {
             Some(wt) if settled => {
                 let failed = wt.apply(&changed).await;
@@ -811,15 +901,17 @@ impl Agent {
         }
     }
 
+    /// Runs the epic's command on `bead` in `workdir` (the bead's worktree),
+    /// with `ctx` on stdin and in `$JETMESH_CONTEXT`, within
+    /// `agent.timeout_secs`, and reads what it wrote to `$JETMESH_OUTPUT`.
     async fn run_command(
-        &self,
+        cfg: &AgentConfig,
         epic: &Epic,
         track: &Track,
         bead: &Bead,
         workdir: &Path,
         ctx: &BeadContext<'_>,
     ) -> Result<Run> {
-        let cfg = &self.mesh.config.agent;
         let (name, argv) = command(cfg, epic)?;
         let scratch = tempfile::tempdir().map_err(|e| {
             Error::new(
@@ -989,3 +1081,6 @@ fn plural(n: usize, what: &str) -> String {
         format!("{n} {what}s")
     }
 }
+
+#[cfg(test)]
+mod tests;

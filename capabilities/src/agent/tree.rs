@@ -328,6 +328,103 @@ mod tests {
         );
     }
 
+    /// A repository with one committed file, `kept.txt`.
+    async fn repo() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        sh(d, &["git", "init", "-q"]).await;
+        std::fs::write(d.join("kept.txt"), "one\n").unwrap();
+        sh(d, &["git", "add", "-A"]).await;
+        sh(
+            d,
+            &[
+                "git",
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-qm",
+                "init",
+            ],
+        )
+        .await;
+        dir
+    }
+
+    #[tokio::test]
+    async fn apply_refuses_paths_that_would_leave_the_tree_or_enter_git() {
+        let dir = repo().await;
+        let d = dir.path();
+        let wt = Worktree::create(d, "b1").await.unwrap();
+        let outside = d.parent().unwrap().join("escaped.txt");
+        let bad: Vec<String> = [
+            "../escaped.txt",
+            "a/../../escaped.txt",
+            ".git/config",
+            "sub/.git/hooks/pre-commit",
+            "/etc/hostname",
+        ]
+        .map(String::from)
+        .to_vec();
+        for p in &bad {
+            let target = wt.path.join(p.trim_start_matches('/'));
+            if let Some(parent) = target.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let _ = std::fs::write(&target, "evil\n");
+        }
+        let config = std::fs::read(d.join(".git/config")).unwrap();
+        let failed = wt.apply(&bad).await;
+        assert_eq!(failed, bad);
+        assert!(!outside.exists());
+        assert_eq!(std::fs::read(d.join(".git/config")).unwrap(), config);
+        wt.discard().await;
+    }
+
+    #[tokio::test]
+    async fn a_symlink_the_bead_made_is_not_applied() {
+        let dir = repo().await;
+        let d = dir.path();
+        let wt = Worktree::create(d, "b1").await.unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", wt.path.join("link")).unwrap();
+        assert_eq!(wt.changed().await.unwrap(), ["link"]);
+        assert_eq!(wt.apply(&["link".to_string()]).await, ["link"]);
+        assert!(std::fs::symlink_metadata(d.join("link")).is_err());
+        wt.discard().await;
+    }
+
+    #[tokio::test]
+    async fn a_leftover_worktree_of_an_earlier_attempt_is_replaced() {
+        let dir = repo().await;
+        let d = dir.path();
+        let first = Worktree::create(d, "b1").await.unwrap();
+        std::fs::write(first.path.join("half-done.txt"), "x\n").unwrap();
+        // The worker died: the worktree was never discarded.
+        let path = first.path.clone();
+        std::mem::forget(first);
+        let second = Worktree::create(d, "b1").await.unwrap();
+        assert_eq!(second.path, path);
+        assert!(!second.path.join("half-done.txt").exists());
+        assert!(second.changed().await.unwrap().is_empty());
+        second.discard().await;
+    }
+
+    #[tokio::test]
+    async fn identical_snapshots_have_no_changes_and_a_change_back_is_none() {
+        let dir = repo().await;
+        let d = dir.path();
+        let before = snapshot(d).await.unwrap();
+        assert_eq!(snapshot(d).await.unwrap(), before);
+        std::fs::write(d.join("kept.txt"), "two\n").unwrap();
+        let after = snapshot(d).await.unwrap();
+        assert_eq!(changed(d, &before, &after).await.unwrap(), ["kept.txt"]);
+        // Changed by content: writing the old content back is no change.
+        std::fs::write(d.join("kept.txt"), "one\n").unwrap();
+        let back = snapshot(d).await.unwrap();
+        assert!(changed(d, &before, &back).await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn a_plain_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
