@@ -398,9 +398,17 @@ impl<'a> Failing<'a> {
             tracing::warn!(%error, consumer = %self.what, "The consumer failed; it restarts.");
         }
         let delay = self.delays.next_or_max(&Policy::RESTART);
+        let wait = async {
+            if self.mesh.connection.is_connected() {
+                tokio::time::sleep(delay).await;
+            } else {
+                // Back as soon as the connection is, but not later than the delay.
+                self.mesh.connection.until_connected(delay).await;
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = self.mesh.connection.until_connected(delay) => {}
+            _ = wait => {}
         }
         Ok(())
     }

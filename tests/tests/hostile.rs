@@ -46,12 +46,25 @@ fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
 
-fn nested(depth: usize) -> Value {
-    let mut v = json!(1);
-    for _ in 0..depth {
-        v = json!([v]);
+/// `{"args": [[[…1…]]]}` nested `depth` deep, as bytes in either encoding
+/// (a `Value` that deep would overflow a stack on its way through serde).
+fn deep_body(prefix: &str, depth: usize, msgpack: bool) -> Vec<u8> {
+    if msgpack {
+        // A map of one entry `args` (or the plan's `subtasks` wrapper), then
+        // arrays of one element.
+        let mut b = rmp_serde::to_vec(&prefix).unwrap();
+        b.splice(0..0, [0x81u8]);
+        b.extend(std::iter::repeat_n(0x91u8, depth));
+        b.push(0x01);
+        b
+    } else {
+        format!(
+            "{{\"{prefix}\":{}1{}}}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        )
+        .into_bytes()
     }
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,18 +178,12 @@ async fn bodies_nested_a_thousand_deep_are_refused_at_once_in_either_encoding() 
     let mesh = InProcessMesh::start(test_config(&server.url())).await;
     let c = server.client().await;
     for depth in [100, 127, 1000] {
-        let body = json!({"args": nested(depth)});
         for msgpack in [false, true] {
-            let bytes = if msgpack {
-                rmp_serde::to_vec_named(&body).unwrap()
-            } else {
-                serde_json::to_vec(&body).unwrap()
-            };
             let started = Instant::now();
             let v = ask(
                 &c,
                 "mesh.run.math.sum",
-                bytes.clone(),
+                deep_body("args", depth, msgpack),
                 msgpack,
                 Duration::from_secs(10),
             )
@@ -187,17 +194,11 @@ async fn bodies_nested_a_thousand_deep_are_refused_at_once_in_either_encoding() 
                 "depth {depth} msgpack {msgpack}: {v}"
             );
             assert!(started.elapsed() < Duration::from_secs(2));
-            let plan =
-                json!({"subtasks": [{"type": "math", "action": "sum", "args": nested(depth)}]});
-            let bytes = if msgpack {
-                rmp_serde::to_vec_named(&plan).unwrap()
-            } else {
-                serde_json::to_vec(&plan).unwrap()
-            };
+            // As a plan: `{"subtasks": [[[…]]]}` is refused before its shape is read.
             let v = ask(
                 &c,
                 "mesh.plans.submit",
-                bytes,
+                deep_body("subtasks", depth, msgpack),
                 msgpack,
                 Duration::from_secs(10),
             )

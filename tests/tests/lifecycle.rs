@@ -66,6 +66,9 @@ async fn a_consumer_that_cannot_recover_stops_its_role_with_a_failure_exit() {
     let log = router.stderr();
     assert!(log.contains("intake"), "the error names the loop: {log}");
     assert!(log.contains("cannot recover"), "{log}");
+    // It backed off between tries (100 ms doubling), not spun.
+    let tries = log.matches("The consumer failed; it restarts.").count();
+    assert!((1..20).contains(&tries), "{tries} tries in 2 s: {log}");
     // It does not half-serve: mesh.run went with it.
     let run = client
         .request("mesh.run.math.sum", r#"{"args":[1]}"#.into())
