@@ -32,12 +32,21 @@ use async_nats::jetstream::{self, AckKind, Message};
 use async_nats::{StatusCode, Subject, Subscriber};
 use futures::StreamExt;
 use jetmesh_shared::Mesh;
+use jetmesh_shared::backoff::Policy;
 use jetmesh_shared::error::{Context, Error, ErrorCode, Result};
 use jetmesh_shared::mesh::Connection;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// How long to wait, after a reconnect, for the consumer to answer again
+/// (JetStream may still be recovering): 50 ms doubling, about 3 s in all.
+const CONSUMER_BACK: Policy = Policy {
+    min: Duration::from_millis(50),
+    max: Duration::from_millis(1600),
+    attempts: Some(7),
+};
 
 /// How long the server keeps a pull request.
 const EXPIRES: Duration = Duration::from_secs(10);
@@ -277,11 +286,13 @@ impl Puller {
     /// gone with the old connection, or with the restarted server.
     async fn on_reconnect(&mut self) {
         self.connects = self.connection.connects();
-        let mut delay = Duration::from_millis(50);
-        while self.consumer.get_info().await.is_err() && delay < Duration::from_secs(3) {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
+        let _ = CONSUMER_BACK
+            .retry(
+                "reading the pool consumer after a reconnect",
+                || self.consumer.get_info(),
+                |_| true,
+            )
+            .await;
         self.credit.reconnected();
     }
 
