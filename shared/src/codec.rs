@@ -82,20 +82,35 @@ impl Encoding {
         }
     }
 
-    /// Decodes a payload nested at most [`MAX_DEPTH`] deep, in either
-    /// encoding; every failure is `bad_request` with the decoder's reason
-    /// (`invalid_id` when an id breaks the id rule).
+    /// Decodes a message between roles, or a stored value: nested at most
+    /// [`INTERNAL_DEPTH`] deep (they wrap a body people sent in a level or
+    /// two: a plan record, the planner's request). Every failure is
+    /// `bad_request` with the decoder's reason, or `invalid_id` for an id
+    /// that breaks the id rule.
     pub fn decode<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T> {
+        self.decode_within(payload, INTERNAL_DEPTH)
+    }
+
+    /// Decodes a body people or scripts sent: nested at most [`MAX_DEPTH`]
+    /// deep, in either encoding.
+    pub fn decode_body<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T> {
+        self.decode_within(payload, MAX_DEPTH)
+    }
+
+    fn decode_within<T: DeserializeOwned>(self, payload: &[u8], depth: usize) -> Result<T> {
+        crate::ids::take_refused();
         let decoded = match self {
             Encoding::Json => {
-                if !json_depth_within(payload, MAX_DEPTH) {
+                if !json_depth_within(payload, depth) {
                     return Err(too_deep());
                 }
                 serde_json::from_slice(payload).map_err(|e| format!("malformed JSON body: {e}"))
             }
             Encoding::Msgpack => {
                 let mut de = rmp_serde::Deserializer::from_read_ref(payload);
-                de.set_max_depth(MAX_DEPTH);
+                // rmp-serde fails when its counter reaches zero: one more
+                // than the levels it lets through.
+                de.set_max_depth(depth + 1);
                 match T::deserialize(&mut de) {
                     Ok(v) => Ok(v),
                     Err(rmp_serde::decode::Error::DepthLimitExceeded) => return Err(too_deep()),
@@ -104,7 +119,9 @@ impl Encoding {
             }
         };
         decoded.map_err(|message| {
-            let code = if message.contains(crate::ids::RULE) {
+            // An id refused while decoding says so itself (not the message,
+            // which may quote anything the body holds).
+            let code = if crate::ids::take_refused() {
                 ErrorCode::InvalidId
             } else {
                 ErrorCode::BadRequest
@@ -114,10 +131,14 @@ impl Encoding {
     }
 }
 
-/// How deep a body may nest (objects and arrays), whatever its encoding.
-/// Deeper bodies are refused at the edge with `bad_request`, so that nothing
-/// accepted in one encoding fails to decode in another further on.
+/// How deep a body people send may nest (objects and arrays), whatever its
+/// encoding. Deeper bodies are refused at the edge with `bad_request`, so
+/// that nothing accepted there fails to decode further on.
 pub const MAX_DEPTH: usize = 64;
+
+/// How deep messages between roles and stored values may nest: a body at
+/// [`MAX_DEPTH`] wrapped in a few levels.
+pub const INTERNAL_DEPTH: usize = MAX_DEPTH + 8;
 
 fn too_deep() -> Error {
     Error::bad_request(format!("the body is nested deeper than {MAX_DEPTH} levels"))
@@ -152,7 +173,8 @@ fn json_depth_within(text: &[u8], max: usize) -> bool {
     true
 }
 
-/// Decodes a message body by its headers, refusing bodies over `max_bytes`.
+/// Decodes a request body by its headers ([`Encoding::decode_body`]),
+/// refusing bodies over `max_bytes`.
 pub fn decode_message<T: DeserializeOwned>(
     headers: Option<&HeaderMap>,
     payload: &[u8],
@@ -160,7 +182,7 @@ pub fn decode_message<T: DeserializeOwned>(
 ) -> Result<(T, Encoding)> {
     check_size(payload.len(), max_bytes)?;
     let enc = Encoding::from_headers(headers)?;
-    Ok((enc.decode(payload)?, enc))
+    Ok((enc.decode_body(payload)?, enc))
 }
 
 pub fn check_size(len: usize, max_bytes: usize) -> Result<()> {
@@ -201,16 +223,27 @@ mod tests {
             (Encoding::Json, &json as &dyn Fn(usize) -> Vec<u8>),
             (Encoding::Msgpack, &msgpack),
         ] {
+            // Exactly the limit passes, in both encodings alike; messages
+            // between roles may nest a few levels more.
             assert!(
-                enc.decode::<serde_json::Value>(&body(MAX_DEPTH - 1))
+                enc.decode_body::<serde_json::Value>(&body(MAX_DEPTH))
+                    .is_ok(),
+                "{enc:?}"
+            );
+            assert!(
+                enc.decode::<serde_json::Value>(&body(INTERNAL_DEPTH))
                     .is_ok(),
                 "{enc:?}"
             );
             for n in [MAX_DEPTH + 1, 127, 1000, 100_000] {
-                let e = enc.decode::<serde_json::Value>(&body(n)).unwrap_err();
+                let e = enc.decode_body::<serde_json::Value>(&body(n)).unwrap_err();
                 assert_eq!(e.code, ErrorCode::BadRequest, "{enc:?} {n}");
                 assert!(e.message.contains("deeper than"), "{enc:?} {n}: {e}");
             }
+            let e = enc
+                .decode::<serde_json::Value>(&body(INTERNAL_DEPTH + 1))
+                .unwrap_err();
+            assert!(e.message.contains("deeper than"), "{enc:?}: {e}");
         }
         // Brackets inside strings do not count.
         let text = format!("{{\"a\":\"{}\"}}", "[".repeat(500));

@@ -8,6 +8,22 @@ pub const MAX_ID_LEN: usize = 64;
 /// The id rule, as error messages state it.
 pub const RULE: &str = "must match [A-Za-z0-9_-]{1,64}";
 
+thread_local! {
+    static REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Notes, on this thread, that a decoder refused an id: serde's errors are
+/// text, and [`crate::codec`] turns this note (never the text, which may
+/// quote the input) into `invalid_id`.
+pub fn refuse() {
+    REFUSED.with(|r| r.set(true));
+}
+
+/// Whether an id was refused since the last call, and forgets it.
+pub fn take_refused() -> bool {
+    REFUSED.with(|r| r.replace(false))
+}
+
 /// Whether `id` matches `[A-Za-z0-9_-]{1,64}`.
 pub fn is_valid(id: &str) -> bool {
     !id.is_empty()

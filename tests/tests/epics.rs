@@ -582,7 +582,7 @@ async fn a_bead_writing_outside_its_scope_raises_a_blocker_and_the_chief_replies
     };
 
     // The scope violation: a blocker naming the file, and the chief's reply.
-    let blocker = wait_mail(&mesh, "E5", Duration::from_secs(20), |m| {
+    let blocker = wait_mail(&mesh, "E5", Duration::from_secs(45), |m| {
         m.kind == MailKind::Blocker && m.data.as_ref().is_some_and(|d| d["bead"] == "s1")
     })
     .await;

@@ -44,11 +44,12 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         };
         let enc = service::request_encoding(&request).unwrap_or(Encoding::Json);
         let result = async {
-            let (req, _): (PlannerRequest, _) = codec::decode_message(
-                request.message.headers.as_ref(),
-                &request.message.payload,
-                mesh.config.mesh.max_request_bytes * 2,
-            )?;
+            // From a chief: a plan it took from a client, wrapped in one
+            // more level, so the limits of messages between roles apply.
+            let payload = &request.message.payload;
+            codec::check_size(payload.len(), mesh.config.mesh.max_request_bytes * 2)?;
+            let req: PlannerRequest =
+                codec::Encoding::from_headers(request.message.headers.as_ref())?.decode(payload)?;
             // An explicit plan with every id given comes out of normalizing
             // unchanged: say it is valid rather than send it back.
             let as_sent = !req.plan.subtasks.is_empty()

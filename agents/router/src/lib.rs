@@ -471,7 +471,7 @@ impl Router {
                 };
                 tracing::info!(plan_id = %plan_id, task_id = %task_id, error = %e, "A submitted task was refused; its error is its result.");
                 let result = TaskResult::failure(&e).for_task(&plan_id, &task_id);
-                match results::record(&self.mesh, &plan_id, &task_id, &result).await {
+                match Box::pin(results::record(&self.mesh, &plan_id, &task_id, &result)).await {
                     Ok(_) => Outcome::Ack,
                     // Not recorded: take it again in a moment.
                     Err(_) => Outcome::Retry(Duration::from_secs(1)),
@@ -509,9 +509,10 @@ impl Router {
                     "the body must be an object of the task's parameters, like {\"args\":[1,2,3]}",
                 ));
             }
-            enc.decode(payload)
+            enc.decode_body(payload)
                 .map_err(|e| Error::new(e.code, format!("invalid task: {}", e.message)))?
         };
+        jetmesh_shared::wire::check_params(&body.params)?;
         let id = body
             .id
             .clone()

@@ -32,11 +32,39 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
+/// The names a task message uses for itself. A task's parameters may not
+/// take them: written next to the field, a parameter of the same name would
+/// make the message undecodable.
+pub const RESERVED: [&str; 10] = [
+    "id",
+    "plan_id",
+    "type",
+    "action",
+    "depends_on",
+    "priority",
+    "timeout_ms",
+    "retries",
+    "attempt",
+    "deadline",
+];
+
+/// Errors (`bad_request`) when a parameter takes a name in [`RESERVED`].
+pub fn check_params(params: &Map<String, Value>) -> Result<(), Error> {
+    match params.keys().find(|k| RESERVED.contains(&k.as_str())) {
+        Some(k) => Err(Error::bad_request(format!(
+            "{k:?} is a field of the task, not a parameter of its action (reserved: {})",
+            RESERVED.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// An id that may be left out, but when given follows the id rule: an
 /// empty string is not "no id".
 fn given_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let id = String::deserialize(d)?;
     if id.is_empty() {
+        crate::ids::refuse();
         return Err(serde::de::Error::custom(format_args!(
             "{:?} {}; leave the id out to get one",
             id,

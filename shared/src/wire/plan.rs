@@ -8,7 +8,11 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Plan {
     /// Generated when absent; when given, it follows the id rule.
-    #[serde(default, deserialize_with = "given_id")]
+    #[serde(
+        default,
+        deserialize_with = "given_id",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub plan_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goal: Option<String>,

@@ -47,7 +47,7 @@ impl Priority {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Subtask {
     /// Unique within its plan; defaults to `t<n>` (1-based position) when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
     /// The capability (`math`, `date`, …); the seed calls it `type`.
     #[serde(rename = "type")]
@@ -364,6 +364,7 @@ mod task_de {
                     "id" => {
                         let value: String = field(&mut map, "id")?;
                         if value.is_empty() {
+                            crate::ids::refuse();
                             return Err(de::Error::custom(format_args!(
                                 "field id: \"\" {}; leave the id out to get one",
                                 crate::ids::RULE
@@ -393,6 +394,11 @@ mod task_de {
                     }
                     "deadline" if self.queued => {
                         set(&mut deadline, field(&mut map, "deadline")?, "deadline")?
+                    }
+                    "plan_id" | "attempt" | "deadline" => {
+                        return Err(de::Error::custom(format_args!(
+                            "{key:?} belongs to a queued task, not to a subtask of a plan"
+                        )));
                     }
                     _ => {
                         let value = map.next_value::<Value>()?;

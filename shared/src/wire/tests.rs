@@ -96,20 +96,59 @@ fn task_message_is_subtask_plus_plan_in_both_encodings() {
 }
 
 #[test]
+fn an_id_left_out_is_not_written_back_as_an_empty_one() {
+    let plan: Plan =
+        serde_json::from_value(json!({"subtasks":[{"type":"m","action":"a"}]})).unwrap();
+    let again = serde_json::to_value(&plan).unwrap();
+    assert_eq!(again, json!({"subtasks":[{"type":"m","action":"a"}]}));
+    // and so it reads back
+    let _: Plan = serde_json::from_value(again).unwrap();
+    let e = Encoding::Json
+        .decode::<SubmitRequest>(br#"{"plan_id":"","subtasks":[]}"#)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidId, "{e}");
+    // A message that merely quotes the id rule is no invalid id.
+    let e = Encoding::Json
+        .decode::<SubmitRequest>(br#"{"plan_id":"p","wait":"must match [A-Za-z0-9_-]{1,64}"}"#)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+}
+
+#[test]
+fn parameters_may_not_take_the_task_messages_own_names() {
+    let mut params = Map::new();
+    params.insert("args".into(), json!([1]));
+    assert!(check_params(&params).is_ok());
+    for name in RESERVED {
+        let mut p = params.clone();
+        p.insert(name.into(), json!(1));
+        let e = check_params(&p).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains(name), "{e}");
+    }
+}
+
+#[test]
 fn hand_written_decoding_matches_the_wire_shape() {
-    // plan_id and attempt are params of a subtask, fields of a queue message.
-    let t: Subtask = serde_json::from_value(json!({
-        "type":"m","action":"a","plan_id":"p","attempt":3,"timeout_ms":null
-    }))
-    .unwrap();
-    assert_eq!(t.params["plan_id"], json!("p"));
-    assert_eq!(t.params["attempt"], json!(3));
+    // plan_id, attempt and deadline are fields of a queue message: as
+    // parameters of a subtask they would be written twice into its task
+    // message, which no worker could then read.
+    for field in ["plan_id", "attempt", "deadline"] {
+        let e = serde_json::from_value::<Subtask>(json!({
+            "type":"m","action":"a", field: "x"
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains(field), "{e}");
+    }
+    let t: Subtask =
+        serde_json::from_value(json!({"type":"m","action":"a","timeout_ms":null})).unwrap();
     assert_eq!(t.timeout_ms, None);
     let m: TaskMessage =
         serde_json::from_value(json!({"plan_id":"p","id":"t","type":"m","action":"a"})).unwrap();
     assert_eq!((m.plan_id.as_str(), m.attempt, m.deadline), ("p", 1, None));
     assert!(m.task.params.is_empty());
-    // A queue message's deadline is a field, in both encodings; a subtask's is a param.
+    // A queue message's deadline is a field, in both encodings; a subtask
+    // may not have one (see above).
     let m: TaskMessage = serde_json::from_value(json!({
         "plan_id":"p","id":"t","type":"m","action":"a","deadline":"2026-11-21T12:00:00Z"
     }))
@@ -121,8 +160,6 @@ fn hand_written_decoding_matches_the_wire_shape() {
             m
         );
     }
-    let t: Subtask = serde_json::from_value(json!({"type":"m","action":"a","deadline":1})).unwrap();
-    assert_eq!(t.params["deadline"], json!(1));
     let e = serde_json::from_value::<TaskMessage>(json!({"id":"t","type":"m","action":"a"}))
         .unwrap_err();
     assert!(e.to_string().contains("plan_id"), "{e}");
