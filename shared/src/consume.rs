@@ -320,8 +320,12 @@ where
                     failing.recovered();
                     let handler = handler.clone();
                     let what = what.to_string();
+                    // On the heap from the start: a handler's future is some
+                    // KB, and moved by value into the task it would be
+                    // copied several times per message.
+                    let handling = Box::pin(handler(msg.clone()));
                     tracker.spawn(async move {
-                        let outcome = handler(msg.clone()).await;
+                        let outcome = handling.await;
                         metrics::counter!(crate::telemetry::MESSAGES_HANDLED, "consumer" => what.clone(), "outcome" => outcome.kind()).increment(1);
                         if let Err(error) = outcome.ack(&msg).await {
                             // The message comes back after its ack wait.

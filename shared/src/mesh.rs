@@ -198,6 +198,15 @@ impl Status {
         }
     }
 
+    /// Whether `part` is degraded now.
+    pub fn is_degraded(&self, part: &str) -> bool {
+        self.0
+            .degraded
+            .lock()
+            .expect("status lock")
+            .contains_key(part)
+    }
+
     /// The degraded parts and why.
     pub fn degraded(&self) -> BTreeMap<String, String> {
         self.0.degraded.lock().expect("status lock").clone()

@@ -51,7 +51,9 @@ pub async fn record(
         .await;
     match written {
         Ok(_) => {
-            mesh.status.clear("results").await;
+            if mesh.status.is_degraded("results") {
+                Box::pin(mesh.status.clear("results")).await;
+            }
             Ok(Recorded::Stored)
         }
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -60,13 +62,20 @@ pub async fn record(
         }
         Err(e) => {
             let error = Error::unavailable(&format!("cannot record the result of {key}"), e);
-            metrics::counter!(crate::telemetry::RESULTS_UNRECORDED).increment(1);
-            mesh.alert("results", "result_unrecorded", &error.to_string())
-                .await;
-            mesh.status.degrade("results", &error.message).await;
+            // Boxed: the rare path stays out of every caller's future.
+            Box::pin(unrecorded(mesh, &error)).await;
             Err(error)
         }
     }
+}
+
+/// Says that a result could not be recorded: a metric, an alert, and this
+/// process's status.
+async fn unrecorded(mesh: &Mesh, error: &Error) {
+    metrics::counter!(crate::telemetry::RESULTS_UNRECORDED).increment(1);
+    mesh.alert("results", "result_unrecorded", &error.to_string())
+        .await;
+    mesh.status.degrade("results", &error.message).await;
 }
 
 /// Records `result`, and keeps trying in the background after [`record`]

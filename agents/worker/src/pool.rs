@@ -222,7 +222,7 @@ impl Pool {
         let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
         let enc = match Encoding::from_headers(msg.headers.as_ref()) {
             Ok(enc) => enc,
-            Err(error) => return self.poison(&msg, None, &error).await,
+            Err(error) => return Box::pin(self.poison(&msg, None, &error)).await,
         };
         let task: TaskMessage = match enc.decode(&msg.payload) {
             Ok(t) => t,
@@ -231,13 +231,13 @@ impl Pool {
                 let value = enc.decode::<Value>(&msg.payload).ok();
                 let error =
                     Error::bad_request(format!("malformed task message: {}", error.message));
-                return self.poison(&msg, value.as_ref(), &error).await;
+                return Box::pin(self.poison(&msg, value.as_ref(), &error)).await;
             }
         };
         if let Err(error) = ids::validate("plan id", &task.plan_id)
             .and_then(|_| ids::validate("task id", &task.task.id))
         {
-            return self.poison(&msg, None, &error).await;
+            return Box::pin(self.poison(&msg, None, &error)).await;
         }
         let attempt = delivered.max(task.attempt);
         let started = Instant::now();
