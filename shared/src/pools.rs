@@ -225,7 +225,7 @@ impl PoolView {
             Some(true) => return true,
             // Its workers heartbeat and none does now (they stopped, or were
             // declared dead): only a worker still pulling counts.
-            Some(false) => return self.check(entry, None).await,
+            Some(false) => return Box::pin(self.check(entry, None)).await,
             None => {}
         }
         if self.with(&entry.pool, |s| s.live) == Some(true) {
@@ -237,7 +237,8 @@ impl PoolView {
         }) {
             return true;
         }
-        self.check(entry, Some(recent)).await
+        // Boxed: the direct check is the rare path of a hot call.
+        Box::pin(self.check(entry, Some(recent))).await
     }
 
     /// Asks the pool's consumer (at most every 250 ms per pool). With

@@ -184,10 +184,8 @@ impl Registry {
             return Ok(None);
         }
         let key = self.mesh.names.cap_key(capability);
-        let Some(value) = self
-            .mesh
-            .registry
-            .get(&key)
+        // Boxed: a miss is the rare path of every dispatch.
+        let Some(value) = Box::pin(self.mesh.registry.get(&key))
             .await
             .map_err(|e| Error::unavailable("cannot read the registry", e))?
         else {
