@@ -26,7 +26,9 @@ use crate::mesh::Mesh;
 use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -70,15 +72,6 @@ impl Outcome {
             }
         };
         sent.map_err(|e| Error::unavailable("cannot ack a message", e))
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Outcome::Ack => "ack",
-            Outcome::Retry(_) => "retry",
-            Outcome::Terminate(_) => "terminate",
-            Outcome::InProgress => "in_progress",
-        }
     }
 }
 
@@ -215,6 +208,10 @@ pub struct Options {
     pub give_up_after: Duration,
     /// How long handlers still running may take after shutdown.
     pub drain: Duration,
+    /// Handlers run together in the consumer's own task (for handlers that
+    /// wait on I/O: no task per message); otherwise each in a task of its
+    /// own (for work that computes, which then spreads over the threads).
+    pub inline: bool,
 }
 
 impl Options {
@@ -223,6 +220,7 @@ impl Options {
             name,
             give_up_after: Duration::from_millis(mesh.config.runtime.give_up_after_ms),
             drain: mesh.config.runtime.drain_timeout(),
+            inline: false,
         }
     }
 }
@@ -241,7 +239,11 @@ where
     H: Fn(Message) -> F + Send + Sync + 'static,
     F: Future<Output = Outcome> + Send + 'static,
 {
-    let options = Options::new(mesh, "consumer");
+    // Role consumers wait on NATS, not on the CPU.
+    let options = Options {
+        inline: true,
+        ..Options::new(mesh, "consumer")
+    };
     let name = durable.name().to_string();
     let open = || {
         let (mesh, durable) = (mesh.clone(), durable.clone());
@@ -292,8 +294,11 @@ where
     H: Fn(Message) -> F + Send + Sync + 'static,
     F: Future<Output = Outcome> + Send + 'static,
 {
-    let handler = Arc::new(handler);
     let tracker = TaskTracker::new();
+    // Handlers run here, in this task, when `inline`.
+    let mut inflight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
+        FuturesUnordered::new();
+    let counters = Arc::new(Counters::new(what));
     let mut failing = Failing::new(mesh, what, &options);
     let result = 'open: loop {
         let opened = tokio::select! {
@@ -309,30 +314,36 @@ where
         };
         loop {
             let next = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => {
                     source.close().await;
                     break 'open Ok(());
                 }
+                Some(()) = inflight.next(), if !inflight.is_empty() => continue,
                 n = source.next() => n,
             };
             match next {
                 Ok((msg, permit)) => {
                     failing.recovered();
-                    let handler = handler.clone();
-                    let what = what.to_string();
                     // On the heap from the start: a handler's future is some
-                    // KB, and moved by value into the task it would be
-                    // copied several times per message.
+                    // KB, and moved by value it would be copied several
+                    // times per message.
                     let handling = Box::pin(handler(msg.clone()));
-                    tracker.spawn(async move {
+                    let counters = counters.clone();
+                    let done = Box::pin(async move {
                         let outcome = handling.await;
-                        metrics::counter!(crate::telemetry::MESSAGES_HANDLED, "consumer" => what.clone(), "outcome" => outcome.kind()).increment(1);
+                        counters.count(&outcome);
                         if let Err(error) = outcome.ack(&msg).await {
                             // The message comes back after its ack wait.
-                            tracing::debug!(%error, consumer = %what, "Cannot ack a message.");
+                            tracing::debug!(%error, consumer = %counters.what, "Cannot ack a message.");
                         }
                         drop(permit);
                     });
+                    if options.inline {
+                        inflight.push(done);
+                    } else {
+                        tracker.spawn(done);
+                    }
                 }
                 Err(error) => {
                     source.close().await;
@@ -345,13 +356,47 @@ where
         }
     };
     tracker.close();
-    if tokio::time::timeout(options.drain, tracker.wait())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(options.drain, async {
+        while inflight.next().await.is_some() {}
+        tracker.wait().await;
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!(consumer = %what, "Handlers still ran when the drain timeout passed.");
     }
     result
+}
+
+/// The handled-messages counter of one consumer, one handle per outcome
+/// (registered once, not per message).
+struct Counters {
+    what: String,
+    by_outcome: [metrics::Counter; 4],
+}
+
+impl Counters {
+    fn new(what: &str) -> Counters {
+        let counter = |outcome: &'static str| metrics::counter!(crate::telemetry::MESSAGES_HANDLED, "consumer" => what.to_string(), "outcome" => outcome);
+        Counters {
+            what: what.to_string(),
+            by_outcome: [
+                counter("ack"),
+                counter("retry"),
+                counter("terminate"),
+                counter("in_progress"),
+            ],
+        }
+    }
+
+    fn count(&self, outcome: &Outcome) {
+        let i = match outcome {
+            Outcome::Ack => 0,
+            Outcome::Retry(_) => 1,
+            Outcome::Terminate(_) => 2,
+            Outcome::InProgress => 3,
+        };
+        self.by_outcome[i].increment(1);
+    }
 }
 
 /// Tracks how long a consumer has been unusable.
