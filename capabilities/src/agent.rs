@@ -30,7 +30,7 @@ use jetmesh_coord::wire::{
     Bead, BeadTask, Blocker, BlockerKind, Claim, Decision, DecisionAction, Epic, Importance, Mail,
     MailKind, Reservation, Track,
 };
-use jetmesh_shared::capability::Capability;
+use jetmesh_shared::capability::{Action, Call, Capability};
 use jetmesh_shared::config::AgentConfig;
 use jetmesh_shared::names::Thread;
 use jetmesh_shared::{Error, ErrorCode, Mesh, Result, codec};
@@ -43,7 +43,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tree::Worktree;
 
-const ACTIONS: &[&str] = &["bead"];
+const ACTIONS: &[Action] = &[Action {
+    name: "bead",
+    description: "Works on one bead of an epic in its own git worktree (sent by the chief's epic runner).",
+    params: r#"{"type":"object","required":["epic","track","bead"],"properties":{
+  "epic":{"type":"string","description":"The epic's id."},
+  "track":{"type":"string","description":"The bead's track."},
+  "bead":{"type":"string","description":"The bead's id."}}}"#,
+}];
 
 /// The built-in `agent` capability of one worker process.
 pub struct Agent {
@@ -62,18 +69,14 @@ impl Capability for Agent {
         "agent"
     }
 
-    fn actions(&self) -> &'static [&'static str] {
+    fn actions(&self) -> &'static [Action] {
         ACTIONS
     }
 
-    fn execute<'a>(
-        &'a self,
-        action: &'a str,
-        params: &'a Map<String, Value>,
-    ) -> BoxFuture<'a, Result<Value>> {
+    fn execute<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Value>> {
         Box::pin(async move {
-            match action {
-                "bead" => self.bead(params).await,
+            match call.action {
+                "bead" => self.bead(call.params).await,
                 other => Err(Error::new(
                     ErrorCode::UnknownAction,
                     format!("capability agent has no action {other:?} (it has: bead)"),

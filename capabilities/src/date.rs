@@ -23,7 +23,7 @@
 //! `invalid_args` and a message naming the parameter.
 
 use futures::future::BoxFuture;
-use jetmesh_shared::capability::Capability;
+use jetmesh_shared::capability::{Action, Call, Capability};
 use jetmesh_shared::{Error, ErrorCode};
 
 /// A date or a difference outside what the calendar covers.
@@ -35,8 +35,53 @@ use jiff::tz::{Offset, TimeZone};
 use jiff::{SignedDuration, Span, Timestamp, Zoned};
 use serde_json::{Map, Value, json};
 
-/// The actions of [`Date`], in the order they are listed to users.
-const ACTIONS: &[&str] = &["today", "format", "diff", "add_days", "timezone"];
+/// The actions of [`Date`], in the order they are listed to users. Their
+/// schemas give types only: a parameter may come by name or by position in
+/// `args`, and the action itself says which one is missing.
+const ACTIONS: &[Action] = &[
+    Action {
+        name: "today",
+        description: "Today's date (YYYY-MM-DD) in a time zone (default UTC).",
+        params: r#"{"type":"object","properties":{
+  "timezone":{"type":["string","null"],"description":"An IANA time zone, like Europe/Paris, or UTC."},
+  "args":{"type":["array","null"],"maxItems":1,"description":"[timezone]"}}}"#,
+    },
+    Action {
+        name: "format",
+        description: "Formats a date or timestamp with a strftime format (default %Y-%m-%d).",
+        params: r#"{"type":"object","properties":{
+  "date":{"type":["string","null"],"description":"A date (2024-01-15), a date and time, or an RFC 3339 timestamp."},
+  "format":{"type":["string","null"],"description":"A strftime format, like %A %d %B %Y."},
+  "timezone":{"type":["string","null"],"description":"The IANA time zone to show a timestamp in."},
+  "args":{"type":["array","null"],"maxItems":3,"description":"[date, format, timezone]"}}}"#,
+    },
+    Action {
+        name: "diff",
+        description: "to minus from, in days (default), weeks, hours, minutes or seconds.",
+        params: r#"{"type":"object","properties":{
+  "from":{"type":["string","null"],"description":"The start: a date, a date and time, or a timestamp."},
+  "to":{"type":["string","null"],"description":"The end, in the same forms."},
+  "unit":{"type":["string","null"],"description":"days, weeks, hours, minutes or seconds."},
+  "args":{"type":["array","null"],"maxItems":3,"description":"[from, to, unit]"}}}"#,
+    },
+    Action {
+        name: "add_days",
+        description: "Shifts a date or timestamp by a whole number of days (negative goes back).",
+        params: r#"{"type":"object","properties":{
+  "date":{"type":["string","null"],"description":"A date, a date and time, or a timestamp."},
+  "days":{"type":["integer","null"],"minimum":-1000000,"maximum":1000000,"description":"Days to add."},
+  "args":{"type":["array","null"],"maxItems":2,"description":"[date, days]"}}}"#,
+    },
+    Action {
+        name: "timezone",
+        description: "A date and time (default now) seen in another time zone.",
+        params: r#"{"type":"object","properties":{
+  "datetime":{"type":["string","null"],"description":"A date and time or a timestamp (default now)."},
+  "to":{"type":["string","null"],"description":"The IANA time zone to convert to."},
+  "from":{"type":["string","null"],"description":"The zone a civil datetime is read in (default UTC)."},
+  "args":{"type":["array","null"],"maxItems":3,"description":"[datetime, to, from]"}}}"#,
+    },
+];
 
 /// The largest shift, in days, `add_days` accepts either way.
 const MAX_DAYS: i64 = 1_000_000;
@@ -82,16 +127,12 @@ impl Capability for Date {
         "date"
     }
 
-    fn actions(&self) -> &'static [&'static str] {
+    fn actions(&self) -> &'static [Action] {
         ACTIONS
     }
 
-    fn execute<'a>(
-        &'a self,
-        action: &'a str,
-        params: &'a Map<String, Value>,
-    ) -> BoxFuture<'a, Result<Value, Error>> {
-        Box::pin(async move { self.run(action, params) })
+    fn execute<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Value, Error>> {
+        Box::pin(async move { self.run(call.action, call.params) })
     }
 }
 
@@ -109,7 +150,11 @@ impl Date {
                     format!(
                         "date has no action {}; the actions are: {}",
                         Value::from(other),
-                        ACTIONS.join(", ")
+                        ACTIONS
+                            .iter()
+                            .map(|a| a.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
@@ -561,11 +606,18 @@ mod tests {
         Date::with_clock(fixed_now)
     }
 
+    fn params(p: Value) -> Map<String, Value> {
+        match p {
+            Value::Object(m) => m,
+            other => panic!("params must be an object, got {other}"),
+        }
+    }
+
     fn exec(action: &str, p: Value) -> Result<Value, Error> {
         let Value::Object(p) = p else {
             panic!("params must be an object, got {p}")
         };
-        futures::executor::block_on(cap().execute(action, &p))
+        futures::executor::block_on(cap().execute(Call::bare(action, &p)))
     }
 
     fn ok(action: &str, p: Value) -> Value {
@@ -589,10 +641,30 @@ mod tests {
     fn name_and_actions() {
         let d = Date::default();
         assert_eq!(d.name(), "date");
-        assert_eq!(
-            d.actions(),
-            &["today", "format", "diff", "add_days", "timezone"]
+        let names: Vec<&str> = d.actions().iter().map(|a| a.name).collect();
+        assert_eq!(names, &["today", "format", "diff", "add_days", "timezone"]);
+    }
+
+    #[test]
+    fn schemas_take_what_the_actions_take() {
+        let r = jetmesh_shared::capability::registered(&Date::default()).unwrap();
+        let ok = |a: &str, p: Value| r.check_params("t", a, &params(p)).unwrap();
+        ok("add_days", json!({"date": "2024-01-15", "days": 10}));
+        ok("add_days", json!({"args": ["2024-01-15", 10]}));
+        ok(
+            "diff",
+            json!({"from": "2024-01-01", "to": "2024-03-01", "unit": null}),
         );
+        ok("today", json!({}));
+        let e = r
+            .check_params(
+                "t",
+                "add_days",
+                &params(json!({"date": "2024-01-15", "days": "ten"})),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgs);
+        assert!(e.message.contains("days:"), "{}", e.message);
     }
 
     #[test]
@@ -605,7 +677,8 @@ mod tests {
     #[test]
     fn today_with_the_real_clock() {
         let p = Map::new();
-        let v = futures::executor::block_on(Date::default().execute("today", &p)).unwrap();
+        let v =
+            futures::executor::block_on(Date::default().execute(Call::bare("today", &p))).unwrap();
         let s = v.as_str().unwrap();
         assert_eq!(s.len(), 10);
         assert!(s.parse::<civil::Date>().is_ok(), "{s}");
@@ -1075,7 +1148,8 @@ mod tests {
         // With the real clock.
         let mut p = Map::new();
         p.insert("to".into(), json!("Europe/Paris"));
-        let v = futures::executor::block_on(Date::default().execute("timezone", &p)).unwrap();
+        let v = futures::executor::block_on(Date::default().execute(Call::bare("timezone", &p)))
+            .unwrap();
         let dt = v["datetime"].as_str().unwrap();
         assert!(dt.parse::<Timestamp>().is_ok(), "{dt}");
         assert_eq!(v["timezone"], json!("Europe/Paris"));

@@ -21,7 +21,7 @@
 //! with `overflow`.
 
 use futures::future::BoxFuture;
-use jetmesh_shared::capability::Capability;
+use jetmesh_shared::capability::{Action, Call, Capability};
 use jetmesh_shared::{Error, ErrorCode};
 
 /// Division (or an average of nothing) by zero.
@@ -30,8 +30,45 @@ pub const DIVISION_BY_ZERO: ErrorCode = ErrorCode::capability("division_by_zero"
 pub const OVERFLOW: ErrorCode = ErrorCode::capability("overflow");
 use serde_json::{Map, Number, Value};
 
+/// The parameters of every action but `divide`: `args`, one or more numbers.
+const ARGS: &str = r#"{"type":"object","required":["args"],"properties":{
+  "args":{"type":"array","minItems":1,"items":{"type":"number"},
+          "description":"The numbers, in order."}}}"#;
+
 /// The actions of [`Math`], in the order they are listed to users.
-const ACTIONS: &[&str] = &["sum", "subtract", "multiply", "divide", "average"];
+const ACTIONS: &[Action] = &[
+    Action {
+        name: "sum",
+        description: "Adds the numbers in args.",
+        params: ARGS,
+    },
+    Action {
+        name: "subtract",
+        description: "Subtracts args[1..] from args[0], left to right.",
+        params: ARGS,
+    },
+    Action {
+        name: "multiply",
+        description: "Multiplies the numbers in args.",
+        params: ARGS,
+    },
+    Action {
+        name: "divide",
+        description: "Divides args[0] by args[1..], left to right; a zero divisor fails.",
+        params: r#"{"type":"object","required":["args"],"properties":{
+  "args":{"type":"array","minItems":2,"items":{"type":"number"},
+          "description":"The dividend, then one or more divisors."}}}"#,
+    },
+    Action {
+        name: "average",
+        description: "The arithmetic mean of the numbers in args.",
+        params: ARGS,
+    },
+];
+
+fn names() -> Vec<&'static str> {
+    ACTIONS.iter().map(|a| a.name).collect()
+}
 
 /// 2^53: below this magnitude every integer is exactly representable in f64.
 const EXACT_F64_LIMIT: f64 = 9_007_199_254_740_992.0;
@@ -45,16 +82,12 @@ impl Capability for Math {
         "math"
     }
 
-    fn actions(&self) -> &'static [&'static str] {
+    fn actions(&self) -> &'static [Action] {
         ACTIONS
     }
 
-    fn execute<'a>(
-        &'a self,
-        action: &'a str,
-        params: &'a Map<String, Value>,
-    ) -> BoxFuture<'a, Result<Value, Error>> {
-        Box::pin(async move { run(action, params) })
+    fn execute<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Value, Error>> {
+        Box::pin(async move { run(call.action, call.params) })
     }
 }
 
@@ -82,7 +115,7 @@ impl Op {
                     format!(
                         "math has no action {}; the actions are: {}",
                         preview(&Value::from(other)),
-                        ACTIONS.join(", ")
+                        names().join(", ")
                     ),
                 ));
             }
@@ -317,7 +350,7 @@ mod tests {
 
     fn exec(action: &str, p: Value) -> Result<Value, Error> {
         let p = params(p);
-        futures::executor::block_on(Math.execute(action, &p))
+        futures::executor::block_on(Math.execute(Call::bare(action, &p)))
     }
 
     fn ok(action: &str, args: Value) -> Value {
@@ -341,7 +374,7 @@ mod tests {
     fn name_and_actions() {
         assert_eq!(Math.name(), "math");
         assert_eq!(
-            Math.actions(),
+            names(),
             &["sum", "subtract", "multiply", "divide", "average"]
         );
     }
@@ -490,7 +523,8 @@ mod tests {
 
     #[test]
     fn missing_or_malformed_args_are_invalid() {
-        for action in ACTIONS {
+        let registered = jetmesh_shared::capability::registered(&Math).unwrap();
+        for action in names() {
             for p in [
                 json!({}),
                 json!({"args": null}),
@@ -507,7 +541,13 @@ mod tests {
             ] {
                 let e = err(action, p.clone());
                 assert_eq!(e.code, ErrorCode::InvalidArgs, "{action} {p}: {e}");
+                // The schema the router checks refuses it too, first.
+                let map = params(p.clone());
+                let e = registered.check_params("t1", action, &map).unwrap_err();
+                assert_eq!(e.code, ErrorCode::InvalidArgs, "{action} {p}: {e}");
             }
+            let good = params(json!({"args": [6, 3]}));
+            registered.check_params("t1", action, &good).unwrap();
         }
     }
 

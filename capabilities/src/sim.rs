@@ -11,12 +11,30 @@
 //! `sleep` waits without holding a thread, like a task that waits on I/O.
 
 use futures::future::BoxFuture;
-use jetmesh_shared::capability::Capability;
+use jetmesh_shared::capability::{Action, Call, Capability};
 use jetmesh_shared::{Error, ErrorCode};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::time::Duration;
 
-const ACTIONS: &[&str] = &["sleep", "echo", "fail"];
+const ACTIONS: &[Action] = &[
+    Action {
+        name: "sleep",
+        description: "Waits ms milliseconds without holding a thread, like a task waiting on I/O.",
+        params: r#"{"type":"object","required":["ms"],"properties":{
+  "ms":{"type":"integer","minimum":0,"maximum":600000,"description":"How long to wait."}}}"#,
+    },
+    Action {
+        name: "echo",
+        description: "Returns its parameters as given.",
+        params: r#"{"type":"object"}"#,
+    },
+    Action {
+        name: "fail",
+        description: "Fails: with unavailable (retryable) when retryable is true, else invalid_args.",
+        params: r#"{"type":"object","properties":{
+  "retryable":{"type":"boolean","description":"Whether the failure is retryable (default false)."}}}"#,
+    },
+];
 
 /// The longest `sleep`, in milliseconds (ten minutes).
 pub const MAX_SLEEP_MS: u64 = 600_000;
@@ -30,17 +48,14 @@ impl Capability for Sim {
         "sim"
     }
 
-    fn actions(&self) -> &'static [&'static str] {
+    fn actions(&self) -> &'static [Action] {
         ACTIONS
     }
 
-    fn execute<'a>(
-        &'a self,
-        action: &'a str,
-        params: &'a Map<String, Value>,
-    ) -> BoxFuture<'a, Result<Value, Error>> {
+    fn execute<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Value, Error>> {
+        let params = call.params;
         Box::pin(async move {
-            match action {
+            match call.action {
                 "sleep" => {
                     let ms = params.get("ms").and_then(Value::as_u64).ok_or_else(|| {
                         Error::new(
@@ -84,7 +99,7 @@ impl Capability for Sim {
 mod tests {
     use super::*;
 
-    fn params(v: Value) -> Map<String, Value> {
+    fn params(v: Value) -> serde_json::Map<String, Value> {
         v.as_object().cloned().unwrap()
     }
 
@@ -92,7 +107,7 @@ mod tests {
     async fn sleep_waits_and_bounds_its_argument() {
         let started = tokio::time::Instant::now();
         let out = Sim
-            .execute("sleep", &params(json!({"ms": 20})))
+            .execute(Call::bare("sleep", &params(json!({"ms": 20}))))
             .await
             .unwrap();
         assert_eq!(out, json!({"slept_ms": 20}));
@@ -104,7 +119,7 @@ mod tests {
             json!({"ms": 600_001}),
         ] {
             let e = Sim
-                .execute("sleep", &params(bad.clone()))
+                .execute(Call::bare("sleep", &params(bad.clone())))
                 .await
                 .unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidArgs, "{bad}");
@@ -115,15 +130,18 @@ mod tests {
     async fn echo_and_fail() {
         let p = params(json!({"a": [1, "x"]}));
         assert_eq!(
-            Sim.execute("echo", &p).await.unwrap(),
+            Sim.execute(Call::bare("echo", &p)).await.unwrap(),
             json!({"a": [1, "x"]})
         );
         let e = Sim
-            .execute("fail", &params(json!({"retryable": true})))
+            .execute(Call::bare("fail", &params(json!({"retryable": true}))))
             .await
             .unwrap_err();
         assert!(e.code.is_retryable());
-        let e = Sim.execute("fail", &params(json!({}))).await.unwrap_err();
+        let e = Sim
+            .execute(Call::bare("fail", &params(json!({}))))
+            .await
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgs);
     }
 }

@@ -1028,6 +1028,7 @@ pub fn compile(epic: &Epic) -> Vec<Subtask> {
                 priority: Default::default(),
                 timeout_ms: None,
                 retries: Some(BEAD_RETRIES),
+                session: None,
                 params,
             });
         }

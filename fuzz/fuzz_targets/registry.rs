@@ -29,11 +29,21 @@ fuzz_target!(|data: &[u8]| {
             let v1 = format!("cap.{}", entry.capability);
             let v2 = format!("cap.{}.{}", entry.capability, entry.pool);
             assert!(*key == v1 || *key == v2, "key {key:?} for {entry:?}");
-            let again = codec::to_json(&entry).expect("an entry encodes");
+            let again = codec::to_json(&entry.entry).expect("an entry encodes");
             assert_eq!(
-                registry::check(&key, &again).expect("a checked entry checks again"),
-                entry
+                registry::check(&key, &again)
+                    .expect("a checked entry checks again")
+                    .entry,
+                entry.entry
             );
+            // Its schemas (outside input too) check parameters without
+            // panicking, and refuse only with invalid_args.
+            for action in &entry.actions {
+                let params = serde_json::Map::new();
+                if let Err(e) = entry.check_params("t1", action, &params) {
+                    assert_eq!(e.code, ErrorCode::InvalidArgs, "{e}");
+                }
+            }
         }
         Err(e) => {
             assert_eq!(e.code, ErrorCode::BadRegistration, "{e}");

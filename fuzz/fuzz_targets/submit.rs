@@ -116,6 +116,7 @@ fn single_task(body: SingleTask) {
         priority: body.priority,
         timeout_ms: body.timeout_ms,
         retries: body.retries,
+        session: body.session,
         params: body.params,
     };
     check_dispatch(&plan_id, &task);

@@ -4,26 +4,120 @@
 //! [`Catalog`]; the built-in ones live in `jetmesh-capabilities`, each behind
 //! a cargo feature, so their dependencies stay out of builds that do not
 //! want them.
+//!
+//! Each action describes itself ([`Action`]): a one-line description and a
+//! JSON Schema of its parameters. The worker publishes both in its registry
+//! entry, the router refuses a task whose parameters break the schema
+//! (`invalid_args`, naming the field), and planners and the gateway read them
+//! to learn what a capability takes.
 
+use crate::codec::Encoding;
+use crate::wire::{ActionSchema, CapabilityEntry};
 use crate::{Error, Mesh};
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// One action of a capability, as the registry describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Action {
+    /// The action's name (`sum`).
+    pub name: &'static str,
+    /// One line, for people and planners.
+    pub description: &'static str,
+    /// A JSON Schema (draft 2020-12, as JSON text) of the action's
+    /// parameters: the task's fields other than the protocol's own (`id`,
+    /// `type`, `action`, `depends_on`, …).
+    pub params: &'static str,
+}
+
+/// One task handed to a capability.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub action: &'a str,
+    /// The task's parameters (`{"args":[1,2,3]}`, …).
+    pub params: &'a Map<String, Value>,
+    pub plan_id: &'a str,
+    pub task_id: &'a str,
+    /// The task's session (its `session` field, or else its plan): tasks of
+    /// one session share state, such as a browser page.
+    pub session: &'a str,
+}
+
+impl<'a> Call<'a> {
+    /// A call outside any plan (tests, tools).
+    pub fn bare(action: &'a str, params: &'a Map<String, Value>) -> Call<'a> {
+        Call {
+            action,
+            params,
+            plan_id: "",
+            task_id: "",
+            session: "",
+        }
+    }
+}
 
 /// What a worker can execute.
 pub trait Capability: Send + Sync {
     /// The registry name (`math`).
     fn name(&self) -> &'static str;
-    /// Every action it offers (`sum`, `divide`, …).
-    fn actions(&self) -> &'static [&'static str];
-    /// Runs `action` with the task's parameters (`{"args":[1,2,3]}`, …).
-    /// Errors carry stable codes: protocol codes such as `invalid_args`, or
-    /// the capability's own (`division_by_zero`, …).
-    fn execute<'a>(
-        &'a self,
-        action: &'a str,
-        params: &'a Map<String, Value>,
-    ) -> BoxFuture<'a, Result<Value, Error>>;
+    /// Every action it offers, with its description and parameter schema.
+    fn actions(&self) -> &'static [Action];
+    /// Runs one task. Errors carry stable codes: protocol codes such as
+    /// `invalid_args`, or the capability's own (`division_by_zero`, …).
+    fn execute<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Value, Error>>;
+
+    /// Whether the action exists.
+    fn has_action(&self, action: &str) -> bool {
+        self.actions().iter().any(|a| a.name == action)
+    }
+}
+
+/// The registry entry a pool writes for `cap`: its actions with their
+/// descriptions and schemas. Errors (`bad_registration`) when a schema is
+/// not valid JSON or not a valid JSON Schema: a bug in the capability.
+pub fn entry(
+    cap: &dyn Capability,
+    pool: &str,
+    encoding: Encoding,
+) -> crate::Result<CapabilityEntry> {
+    let mut schemas = BTreeMap::new();
+    for a in cap.actions() {
+        let params: Value = serde_json::from_str(a.params).map_err(|e| {
+            Error::new(
+                crate::ErrorCode::BadRegistration,
+                format!(
+                    "{}.{}: the parameter schema is not JSON: {e}",
+                    cap.name(),
+                    a.name
+                ),
+            )
+        })?;
+        let schema = ActionSchema {
+            description: Some(a.description.to_string()),
+            params: Some(params),
+        };
+        crate::registry::compile(cap.name(), a.name, &schema)?;
+        schemas.insert(a.name.to_string(), schema);
+    }
+    Ok(CapabilityEntry {
+        capability: cap.name().to_string(),
+        actions: cap.actions().iter().map(|a| a.name.to_string()).collect(),
+        pool: pool.to_string(),
+        encoding,
+        description: None,
+        registered_at: Some(jiff::Timestamp::now()),
+        schemas,
+    })
+}
+
+/// `cap`'s registry entry as the router reads it, schemas compiled: what a
+/// capability's tests check their schemas with.
+pub fn registered(cap: &dyn Capability) -> crate::Result<crate::registry::Registered> {
+    let e = entry(cap, cap.name(), Encoding::default())?;
+    let key = format!("cap.{}", cap.name());
+    crate::registry::check(&key, &crate::codec::to_json(&e)?)
 }
 
 /// Where a pool process finds the capabilities it can serve.

@@ -5,7 +5,8 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids;
-use crate::wire::{CapabilityEntry, Plan};
+use crate::registry::Registered;
+use crate::wire::Plan;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// When a plan accepted at `created_at` with `deadline_ms` runs out of time.
@@ -51,6 +52,9 @@ pub fn normalize(plan: &mut Plan, max_subtasks: usize) -> Result<()> {
             &task.capability,
         )?;
         ids::validate(format_args!("action of task {}", task.id), &task.action)?;
+        if let Some(session) = &task.session {
+            ids::validate(format_args!("session of task {}", task.id), session)?;
+        }
         if task.timeout_ms == Some(0) {
             return Err(Error::bad_request(format!(
                 "task {}: timeout_ms must be greater than 0",
@@ -132,13 +136,18 @@ fn check_acyclic(plan: &Plan) -> Result<()> {
     ))
 }
 
-/// Checks every subtask's capability and action against the registry.
+/// Checks every subtask's capability, action and parameters against the
+/// registry (the action's schema, where the entry has one).
 pub fn check_capabilities<'a>(
     plan: &Plan,
-    lookup: impl Fn(&str) -> Option<&'a CapabilityEntry>,
+    lookup: impl Fn(&str) -> Option<&'a Registered>,
 ) -> Result<()> {
     for task in &plan.subtasks {
-        check_one(&task.id, &task.capability, &task.action, &lookup)?;
+        check_one(&task.id, &task.capability, &task.action, &lookup)?.check_params(
+            &task.id,
+            &task.action,
+            &task.params,
+        )?;
     }
     Ok(())
 }
@@ -148,8 +157,8 @@ pub fn check_one<'a>(
     what: &str,
     capability: &str,
     action: &str,
-    lookup: impl Fn(&str) -> Option<&'a CapabilityEntry>,
-) -> Result<&'a CapabilityEntry> {
+    lookup: impl Fn(&str) -> Option<&'a Registered>,
+) -> Result<&'a Registered> {
     let Some(entry) = lookup(capability) else {
         return Err(Error::new(
             ErrorCode::UnknownCapability,
@@ -266,17 +275,30 @@ mod tests {
 
     #[test]
     fn registry_check() {
-        let math = CapabilityEntry {
-            capability: "math".into(),
-            actions: vec!["sum".into()],
-            pool: "math".into(),
-            encoding: Default::default(),
-            description: None,
-            registered_at: None,
-        };
+        let math = crate::registry::check(
+            "cap.math",
+            json!({"capability":"math","actions":["sum"],"pool":"math","schemas":{"sum":{
+                "params":{"type":"object","required":["args"],
+                          "properties":{"args":{"type":"array","items":{"type":"number"}}}}}}})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
         let lookup = |c: &str| (c == "math").then_some(&math);
-        let ok = plan(json!({"subtasks":[{"type":"math","action":"sum"}]}));
+        let ok = plan(json!({"subtasks":[{"type":"math","action":"sum","args":[1]}]}));
         check_capabilities(&ok, lookup).unwrap();
+        let bad =
+            plan(json!({"subtasks":[{"id":"s","type":"math","action":"sum","args":[1,"x"]}]}));
+        let e = check_capabilities(&bad, lookup).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgs);
+        assert!(
+            e.message.contains("task s") && e.message.contains("args[1]"),
+            "{}",
+            e.message
+        );
+        let bad = plan(json!({"subtasks":[{"type":"math","action":"sum"}]}));
+        let e = check_capabilities(&bad, lookup).unwrap_err();
+        assert!(e.message.contains("args is required"), "{}", e.message);
         let bad = plan(json!({"subtasks":[{"type":"email","action":"send"}]}));
         assert_eq!(
             check_capabilities(&bad, lookup).unwrap_err().code,

@@ -274,7 +274,7 @@ impl PoolView {
 pub async fn admit(
     view: &PoolView,
     capability: &str,
-    candidates: &[Arc<CapabilityEntry>],
+    candidates: &[Arc<crate::registry::Registered>],
 ) -> crate::Result<()> {
     let mesh = &view.mesh;
     let mut live = Vec::new();

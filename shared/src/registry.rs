@@ -14,6 +14,14 @@
 //! ids, pool, actions, and that it matches its key. An invalid one is ignored,
 //! with a warning and an alert on `mesh.alerts.registry`, and its capability
 //! is then unknown; it never reaches a subject.
+//!
+//! An entry may describe its actions' parameters with JSON Schemas
+//! (`schemas`). They are compiled once, when the entry is read; an entry
+//! whose schema does not compile is invalid like any other. A task whose
+//! parameters break its action's schema is refused with `invalid_args`
+//! naming the field ([`Registered::check_params`]). Schemas are outside input
+//! too: they compile with a linear-time regex engine and never fetch a
+//! remote `$ref`.
 
 use crate::codec;
 use crate::error::{Context, Error, ErrorCode, Result};
@@ -21,32 +29,162 @@ use crate::follow::{Change, follow};
 use crate::ids;
 use crate::mesh::Mesh;
 
-use crate::wire::CapabilityEntry;
+use crate::wire::{ActionSchema, CapabilityEntry};
+use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
 use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 /// The most actions one capability may register.
 pub const MAX_ACTIONS: usize = 256;
 
+/// The most schema errors quoted in one refusal.
+const MAX_QUOTED: usize = 3;
+
+/// A checked registry entry, with its actions' schemas compiled.
+#[derive(Debug)]
+pub struct Registered {
+    pub entry: CapabilityEntry,
+    validators: HashMap<String, jsonschema::Validator>,
+}
+
+impl Deref for Registered {
+    type Target = CapabilityEntry;
+    fn deref(&self) -> &CapabilityEntry {
+        &self.entry
+    }
+}
+
+impl Registered {
+    /// Checks a task's parameters against its action's schema, if the entry
+    /// has one. Errors: `invalid_args`, naming task, action and fields.
+    pub fn check_params(
+        &self,
+        task: &str,
+        action: &str,
+        params: &Map<String, Value>,
+    ) -> Result<()> {
+        let Some(v) = self.validators.get(action) else {
+            return Ok(());
+        };
+        // Cloning the map is the price of the crate's `&Value` input; it
+        // happens once per task at acceptance, never per dispatch retry.
+        let instance = Value::Object(params.clone());
+        let mut problems = Vec::new();
+        let mut more = 0usize;
+        for e in v.iter_errors(&instance) {
+            if problems.len() < MAX_QUOTED {
+                problems.push(describe(&e));
+            } else {
+                more += 1;
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let mut message = format!(
+            "task {task}: the parameters of {}.{action} do not match its schema: {}",
+            self.entry.capability,
+            problems.join("; ")
+        );
+        if more > 0 {
+            message.push_str(&format!(" (and {more} more)"));
+        }
+        Err(Error::invalid_args(message))
+    }
+}
+
+/// One schema error as users read it: the field (`args[1]`, or
+/// `parameters` for the whole object), then what is wrong, without quoting
+/// the value (it may be large, or secret).
+fn describe(e: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind as K;
+    let mut field = String::new();
+    for (i, seg) in e.instance_path().to_string().split('/').skip(1).enumerate() {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        if seg.chars().all(|c| c.is_ascii_digit()) && !seg.is_empty() {
+            field.push_str(&format!("[{seg}]"));
+        } else {
+            if i > 0 {
+                field.push('.');
+            }
+            field.push_str(&seg);
+        }
+    }
+    let what = match e.kind() {
+        K::Required { property } => {
+            let name = property
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| property.to_string());
+            let at = if field.is_empty() {
+                String::new()
+            } else {
+                format!("{field}.")
+            };
+            return format!("{at}{name} is required");
+        }
+        K::AdditionalProperties { unexpected } => {
+            return format!(
+                "{} not a parameter of this action",
+                unexpected
+                    .iter()
+                    .map(|u| format!("{u:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + if unexpected.len() == 1 { " is" } else { " are" }
+            );
+        }
+        _ => e.masked().to_string(),
+    };
+    if field.is_empty() {
+        format!("parameters: {what}")
+    } else {
+        format!("{field}: {what}")
+    }
+}
+
+/// Compiles one action's schema. Errors: `bad_registration`, naming the
+/// capability and action.
+pub fn compile(
+    capability: &str,
+    action: &str,
+    schema: &ActionSchema,
+) -> Result<Option<jsonschema::Validator>> {
+    let Some(params) = &schema.params else {
+        return Ok(None);
+    };
+    jsonschema::options()
+        .with_pattern_options(jsonschema::PatternOptions::regex())
+        .build(params)
+        .map(Some)
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::BadRegistration,
+                format!("{capability}.{action}: the parameter schema does not compile: {e}"),
+            )
+        })
+}
+
 #[derive(Clone)]
 pub struct Registry {
     mesh: Mesh,
     /// `cap.<capability>`: the pool a capability was first registered by.
-    caps: Arc<RwLock<HashMap<String, Arc<CapabilityEntry>>>>,
+    caps: Arc<RwLock<HashMap<String, Arc<Registered>>>>,
     /// `cap.<capability>.<pool>`: every pool offering it.
     offers: Arc<RwLock<HashMap<String, Offers>>>,
 }
 
 /// The pools offering one capability, by pool name.
-type Offers = BTreeMap<String, Arc<CapabilityEntry>>;
+type Offers = BTreeMap<String, Arc<Registered>>;
 
 /// Reads the registry entry stored under `key` and checks it: valid ids, a
 /// pool that is one subject token, at least one action and at most
 /// [`MAX_ACTIONS`], each a valid id, and the capability (and pool, for
 /// `cap.<capability>.<pool>`) its key names. Errors: `bad_registration`,
 /// naming what is wrong.
-pub fn check(key: &str, value: &[u8]) -> Result<CapabilityEntry> {
+pub fn check(key: &str, value: &[u8]) -> Result<Registered> {
     let bad = |why: String| Error::new(ErrorCode::BadRegistration, format!("{key}: {why}"));
     let entry: CapabilityEntry = codec::from_json(value).map_err(|e| bad(e.message))?;
     ids::validate("capability", &entry.capability).map_err(|e| bad(e.message))?;
@@ -81,7 +219,18 @@ pub fn check(key: &str, value: &[u8]) -> Result<CapabilityEntry> {
             entry.pool
         )));
     }
-    Ok(entry)
+    let mut validators = HashMap::new();
+    for (action, schema) in &entry.schemas {
+        if !entry.actions.contains(action) {
+            return Err(bad(format!(
+                "a schema for {action:?}, which is not one of its actions"
+            )));
+        }
+        if let Some(v) = compile(&entry.capability, action, schema).map_err(|e| bad(e.message))? {
+            validators.insert(action.clone(), v);
+        }
+    }
+    Ok(Registered { entry, validators })
 }
 
 impl Registry {
@@ -176,7 +325,7 @@ impl Registry {
 
     /// The capability, from the view or, on a miss, straight from the bucket.
     /// Errors: `bad_registration` when its entry is there but invalid.
-    pub async fn resolve(&self, capability: &str) -> Result<Option<Arc<CapabilityEntry>>> {
+    pub async fn resolve(&self, capability: &str) -> Result<Option<Arc<Registered>>> {
         if let Some(e) = self.get(capability) {
             return Ok(Some(e));
         }
@@ -201,7 +350,7 @@ impl Registry {
         Ok(Some(entry))
     }
 
-    pub fn get(&self, capability: &str) -> Option<Arc<CapabilityEntry>> {
+    pub fn get(&self, capability: &str) -> Option<Arc<Registered>> {
         self.caps
             .read()
             .expect("registry lock")
@@ -227,13 +376,13 @@ impl Registry {
     /// Every pool serving the capability: the one `cap.<capability>` names
     /// first, then the other offers by pool name. Empty when unknown (after
     /// a direct read of `cap.<capability>`).
-    pub async fn candidates(&self, capability: &str) -> Result<Vec<Arc<CapabilityEntry>>> {
+    pub async fn candidates(&self, capability: &str) -> Result<Vec<Arc<Registered>>> {
         let (primary, invalid) = match self.resolve(capability).await {
             Ok(p) => (p, None),
             Err(e) if e.code == ErrorCode::BadRegistration => (None, Some(e)),
             Err(e) => return Err(e),
         };
-        let mut out: Vec<Arc<CapabilityEntry>> = primary.into_iter().collect();
+        let mut out: Vec<Arc<Registered>> = primary.into_iter().collect();
         if let Some(offers) = self.offers.read().expect("registry lock").get(capability) {
             for e in offers.values() {
                 if !out.iter().any(|o| o.pool == e.pool) {
@@ -289,7 +438,7 @@ pub async fn list(mesh: &Mesh) -> Result<(Vec<CapabilityEntry>, Vec<Error>)> {
     let (mut out, mut invalid) = (Vec::new(), Vec::new());
     for e in &entries {
         match check(&e.key, &e.value) {
-            Ok(entry) => out.push(entry),
+            Ok(r) => out.push(r.entry),
             Err(error) => invalid.push(error),
         }
     }

@@ -251,15 +251,35 @@ impl NatsCluster {
                 .ok()
                 .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
                 .is_some_and(|v| v.get("error").is_none());
-            if ready {
+            // A meta leader is not enough: every node must be a current peer
+            // before an R{n} stream can be placed ("no suitable peers").
+            if ready && cluster.can_place(&client, n).await {
                 return cluster;
             }
             assert!(
                 Instant::now() < deadline,
-                "the cluster has no JetStream meta leader"
+                "the cluster has no JetStream meta leader, or not all {n} peers"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether an R`n` stream can be placed now: made, then deleted.
+    async fn can_place(&self, client: &async_nats::Client, n: usize) -> bool {
+        let js = async_nats::jetstream::new(client.clone());
+        let made = js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "JETMESH_TEST_PLACEMENT".into(),
+                subjects: vec!["jetmesh.test.placement".into()],
+                num_replicas: n,
+                ..Default::default()
+            })
+            .await
+            .is_ok();
+        if made {
+            let _ = js.delete_stream("JETMESH_TEST_PLACEMENT").await;
+        }
+        made
     }
 
     /// Every node's client URL, comma-separated (the form `NATS_URL` takes).

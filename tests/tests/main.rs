@@ -23,4 +23,5 @@ mod provisioning;
 mod recording;
 mod runtime_pools;
 mod scaling;
+mod schemas;
 mod workers;

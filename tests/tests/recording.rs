@@ -29,6 +29,7 @@ async fn a_refused_failure_write_is_retried_and_the_plan_still_completes() {
             encoding: Default::default(),
             description: None,
             registered_at: Some(jiff::Timestamp::now()),
+            schemas: Default::default(),
         },
     )
     .await

@@ -147,7 +147,7 @@ pub async fn run(config: Config, args: RunArgs) -> Result<i32> {
     }
 }
 
-pub async fn caps(config: Config, json: bool) -> Result<i32> {
+pub async fn caps(config: Config, actions: bool, json: bool) -> Result<i32> {
     let mesh = open(config).await?;
     let (caps, invalid) = registry::list(&mesh).await?;
     if json {
@@ -162,6 +162,35 @@ pub async fn caps(config: Config, json: bool) -> Result<i32> {
     }
     if caps.is_empty() {
         println!("No capability is registered. Start a pool: jetmesh worker --pool math");
+    } else if actions {
+        let mut t = table(&[
+            "CAPABILITY",
+            "ACTION",
+            "DESCRIPTION",
+            "PARAMETERS (* required)",
+        ]);
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &caps {
+            // One row per action of each capability, from its first pool.
+            if !seen.insert(&c.capability) {
+                continue;
+            }
+            for a in &c.actions {
+                let schema = c.schemas.get(a);
+                let description = schema.and_then(|s| s.description.clone());
+                let params = schema
+                    .and_then(|s| s.params.as_ref())
+                    .map(describe_params)
+                    .unwrap_or_else(|| "(no schema: any)".into());
+                t.add_row(vec![
+                    c.capability.clone(),
+                    a.clone(),
+                    description.unwrap_or_default(),
+                    params,
+                ]);
+            }
+        }
+        println!("{t}");
     } else {
         let mut t = table(&["CAPABILITY", "POOL", "ENCODING", "ACTIONS"]);
         for c in caps {
@@ -178,6 +207,64 @@ pub async fn caps(config: Config, json: bool) -> Result<i32> {
         println!("ignored: {}", e.message);
     }
     Ok(0)
+}
+
+/// The parameters a schema describes, one line each: `name* type: what`.
+fn describe_params(schema: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return "(any)".into();
+    };
+    if props.is_empty() {
+        return "(none)".into();
+    }
+    let kind = |p: &Value| -> String {
+        let t = match p.get("type") {
+            Some(Value::String(t)) => t.clone(),
+            Some(Value::Array(ts)) => ts
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|t| *t != "null")
+                .collect::<Vec<_>>()
+                .join("|"),
+            _ => match p.get("enum").and_then(Value::as_array) {
+                Some(e) => e
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+                None => "any".into(),
+            },
+        };
+        match p
+            .get("items")
+            .and_then(|i| i.get("type"))
+            .and_then(Value::as_str)
+        {
+            Some(item) if t == "array" => format!("array of {item}"),
+            _ => t,
+        }
+    };
+    props
+        .iter()
+        .map(|(name, p)| {
+            let star = if required.contains(&name.as_str()) {
+                "*"
+            } else {
+                ""
+            };
+            match p.get("description").and_then(Value::as_str) {
+                Some(d) => format!("{name}{star} {}: {d}", kind(p)),
+                None => format!("{name}{star} {}", kind(p)),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The pool table, once or every `watch` seconds.

@@ -72,6 +72,9 @@ pub enum Command {
     },
     /// List the registered capabilities.
     Caps {
+        /// Each action with its description and parameters (from its schema).
+        #[arg(long)]
+        actions: bool,
         #[arg(long)]
         json: bool,
     },
@@ -221,7 +224,7 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
             plan_id: None,
             json,
         } => client::mesh_status(config, json).await,
-        Command::Caps { json } => client::caps(config, json).await,
+        Command::Caps { actions, json } => client::caps(config, actions, json).await,
         Command::Pools { watch, json } => client::pools(config, watch, json).await,
         Command::Run(args) => client::run(config, args).await,
         Command::Plan { command } => coordination::plan(command),

@@ -520,6 +520,9 @@ impl Router {
         let plan_id = body.plan_id.clone().unwrap_or_else(|| id.clone());
         ids::validate("plan id", &plan_id)?;
         ids::validate("task id", &id)?;
+        if let Some(session) = &body.session {
+            ids::validate("session", session)?;
+        }
         if body.timeout_ms == Some(0) {
             return Err(Error::bad_request("timeout_ms must be greater than 0"));
         }
@@ -533,6 +536,7 @@ impl Router {
                 priority: body.priority,
                 timeout_ms: body.timeout_ms,
                 retries: body.retries,
+                session: body.session,
                 params: body.params,
             },
         ))

@@ -19,6 +19,7 @@
 use crate::gate::Gate;
 use jetmesh_shared::config::Strategy;
 use jetmesh_shared::pools::{self, PoolView};
+use jetmesh_shared::registry::Registered;
 use jetmesh_shared::registry::Registry;
 use jetmesh_shared::wire::{CapabilityEntry, Subtask};
 use jetmesh_shared::{Mesh, Result, plan};
@@ -48,10 +49,10 @@ impl Picker {
     /// The pool entry to queue `task` on, and whether a place was reserved
     /// for it in the gate. `fresh` is new work (a single task), which may be
     /// refused.
-    pub async fn pick(&self, task: &Subtask, fresh: bool) -> Result<(Arc<CapabilityEntry>, bool)> {
+    pub async fn pick(&self, task: &Subtask, fresh: bool) -> Result<(Arc<Registered>, bool)> {
         let candidates = self.registry.candidates(&task.capability).await?;
         let first = candidates.first().cloned();
-        let serving: Vec<Arc<CapabilityEntry>> = candidates
+        let serving: Vec<Arc<Registered>> = candidates
             .into_iter()
             .filter(|e| e.actions.iter().any(|a| a == &task.action))
             .collect();
@@ -60,6 +61,11 @@ impl Picker {
             plan::check_one(&task.id, &task.capability, &task.action, |_| {
                 first.as_deref()
             })?;
+        }
+        if fresh {
+            // A single task meets its action's schema here; a plan's tasks
+            // met it when the plan was accepted.
+            serving[0].check_params(&task.id, &task.action, &task.params)?;
         }
         let mut live = Vec::new();
         for e in &serving {
@@ -77,7 +83,7 @@ impl Picker {
         let strategy = config.router.strategy_for(&task.capability);
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         // The pools to weigh: the live ones, and their spillover pools.
-        let mut pools: Vec<Arc<CapabilityEntry>> = live.clone();
+        let mut pools: Vec<Arc<Registered>> = live.clone();
         for e in &live {
             if let Some(b) = config.pool(&e.pool).spill_to.as_deref()
                 && let Some(backup) = serving.iter().find(|s| s.pool == b)

@@ -11,12 +11,12 @@ use crate::liveness::{self, Slot, Slots};
 use crate::pull::Puller;
 use async_nats::jetstream::{AckKind, Message};
 use jetmesh_shared::backoff::Policy;
-use jetmesh_shared::capability::{Capability, Catalog};
+use jetmesh_shared::capability::{self, Call, Capability, Catalog};
 use jetmesh_shared::codec::Encoding;
 use jetmesh_shared::consume::{self, Outcome, Source};
 use jetmesh_shared::error::{Error, ErrorCode, Result};
 use jetmesh_shared::results::{self, Recorded};
-use jetmesh_shared::wire::{CapabilityEntry, DeadLetter, TaskMessage, TaskResult};
+use jetmesh_shared::wire::{DeadLetter, TaskMessage, TaskResult};
 use jetmesh_shared::{Mesh, dlq, ids, registry, service, telemetry};
 use serde_json::Value;
 use std::sync::Arc;
@@ -74,18 +74,7 @@ pub async fn run(
     // Created here if absent, with the documented config.
     mesh.pool_consumer(pool).await?;
     for cap in &caps {
-        registry::register(
-            &mesh,
-            &CapabilityEntry {
-                capability: cap.name().to_string(),
-                actions: cap.actions().iter().map(|a| a.to_string()).collect(),
-                pool: pool.to_string(),
-                encoding: config.encoding,
-                description: None,
-                registered_at: Some(jiff::Timestamp::now()),
-            },
-        )
-        .await?;
+        registry::register(&mesh, &capability::entry(&**cap, pool, config.encoding)?).await?;
     }
     let svc = service::start(&mesh, &format!("jetmesh worker pool {pool}")).await?;
     mesh.publish_health("started").await;
@@ -292,14 +281,15 @@ impl Pool {
                     ),
                 )
             })?;
-        if !cap.actions().contains(&t.action.as_str()) {
+        if !cap.has_action(&t.action) {
+            let names: Vec<&str> = cap.actions().iter().map(|a| a.name).collect();
             return Err(Error::new(
                 ErrorCode::UnknownAction,
                 format!(
                     "capability {} has no action {:?} (it has: {})",
                     cap.name(),
                     t.action,
-                    cap.actions().join(", ")
+                    names.join(", ")
                 ),
             ));
         }
@@ -316,7 +306,13 @@ impl Pool {
             },
             None => None,
         };
-        let work = cap.execute(&t.action, &t.params);
+        let work = cap.execute(Call {
+            action: &t.action,
+            params: &t.params,
+            plan_id: &task.plan_id,
+            task_id: &t.id,
+            session: t.session.as_deref().unwrap_or(&task.plan_id),
+        });
         let limit = match (t.timeout_ms.map(Duration::from_millis), until_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -35,7 +35,7 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 /// The names a task message uses for itself. A task's parameters may not
 /// take them: written next to the field, a parameter of the same name would
 /// make the message undecodable.
-pub const RESERVED: [&str; 10] = [
+pub const RESERVED: [&str; 11] = [
     "id",
     "plan_id",
     "type",
@@ -44,6 +44,7 @@ pub const RESERVED: [&str; 10] = [
     "priority",
     "timeout_ms",
     "retries",
+    "session",
     "attempt",
     "deadline",
 ];

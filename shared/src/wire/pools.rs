@@ -2,6 +2,7 @@
 //! heartbeats, and what the autoscaler writes to `mesh_scale`.
 
 use super::*;
+use std::collections::BTreeMap;
 
 /// `cap.<capability>` in `mesh_registry`: a pool serves this capability.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,6 +17,24 @@ pub struct CapabilityEntry {
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered_at: Option<Timestamp>,
+    /// Per action: a one-line description and a JSON Schema of its
+    /// parameters. Optional: a capability without schemas still routes, and
+    /// an action missing here takes any parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schemas: BTreeMap<String, ActionSchema>,
+}
+
+/// What the registry says of one action (`schemas.<action>` of a
+/// [`CapabilityEntry`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ActionSchema {
+    /// One line, for people and planners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema (draft 2020-12 unless it says otherwise) of the
+    /// parameters: the task's fields other than the protocol's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
 }
 
 /// The value of a lease key in `mesh_leases` (`chief`, …): who holds it.

@@ -64,6 +64,12 @@ pub struct Subtask {
     /// How many times a retryable failure is retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// The session the task belongs to (default: its plan). Tasks of one
+    /// session of a capability that keeps sessions (`web`) share state, such
+    /// as a browser page, and run one at a time in plan order on the worker
+    /// that holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// The action's parameters, e.g. `{"args":[1,2,3]}`.
     #[serde(flatten)]
     pub params: Map<String, Value>,
@@ -109,6 +115,8 @@ pub struct SingleTask {
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     #[serde(flatten)]
     pub params: Map<String, Value>,
 }
@@ -358,6 +366,7 @@ mod task_de {
             let (mut depends_on, mut priority, mut timeout_ms, mut retries) =
                 (None, None, None, None);
             let (mut plan_id, mut attempt, mut deadline) = (None, None, None);
+            let mut session = None;
             let mut params = Map::new();
             while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                 match key.as_ref() {
@@ -386,6 +395,7 @@ mod task_de {
                         "timeout_ms",
                     )?,
                     "retries" => set(&mut retries, field(&mut map, "retries")?, "retries")?,
+                    "session" => set(&mut session, field(&mut map, "session")?, "session")?,
                     "plan_id" if self.queued => {
                         set(&mut plan_id, field(&mut map, "plan_id")?, "plan_id")?
                     }
@@ -416,6 +426,7 @@ mod task_de {
                 priority: priority.unwrap_or_default(),
                 timeout_ms: timeout_ms.flatten(),
                 retries: retries.flatten(),
+                session: session.flatten(),
                 params,
             };
             Ok((task, plan_id, attempt, deadline.flatten()))
