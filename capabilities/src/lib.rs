@@ -9,6 +9,8 @@
 pub mod agent;
 #[cfg(feature = "date")]
 pub mod date;
+#[cfg(feature = "file")]
+pub mod file;
 #[cfg(feature = "math")]
 pub mod math;
 #[cfg(feature = "sim")]
@@ -33,6 +35,8 @@ impl Catalog for Builtin {
             "sim",
             #[cfg(feature = "agent")]
             "agent",
+            #[cfg(feature = "file")]
+            "file",
         ]
     }
 
@@ -50,6 +54,8 @@ impl Catalog for Builtin {
                 mesh.clone(),
                 instance.to_string(),
             ))),
+            #[cfg(feature = "file")]
+            "file" => Some(Arc::new(file::File::new(mesh.clone()))),
             _ => None,
         }
     }

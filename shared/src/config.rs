@@ -46,6 +46,8 @@ pub struct Config {
     pub coord: CoordConfig,
     /// The `agent` capability: the commands that work on beads.
     pub agent: AgentConfig,
+    /// The `file` capability: its sandbox root and limits.
+    pub file: FileConfig,
     /// The process's async runtime.
     pub runtime: RuntimeConfig,
 }
@@ -66,6 +68,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             coord: CoordConfig::default(),
             agent: AgentConfig::default(),
+            file: FileConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -144,6 +147,10 @@ pub struct MeshConfig {
     pub results_ttl_secs: u64,
     /// How long plan definitions stay in `mesh_plans`.
     pub plans_ttl_secs: u64,
+    /// How long large outputs (screenshots, page dumps) stay in `mesh_objects`.
+    pub objects_ttl_secs: u64,
+    /// The largest object a capability stores, in bytes.
+    pub max_object_bytes: u64,
     /// How long events stay in `MESH_EVENTS`.
     pub events_ttl_secs: u64,
     /// How long dead letters stay in `MESH_DLQ`.
@@ -166,6 +173,8 @@ impl Default for MeshConfig {
             storage: Storage::File,
             results_ttl_secs: 3600,
             plans_ttl_secs: 86_400,
+            objects_ttl_secs: 86_400,
+            max_object_bytes: 64 * 1024 * 1024,
             events_ttl_secs: 86_400,
             dlq_ttl_secs: 7 * 86_400,
             audit_ttl_secs: 30 * 86_400,
@@ -435,6 +444,35 @@ impl Default for AgentConfig {
             pass_env: ["PATH", "HOME", "LANG", "LC_ALL", "USER", "TMPDIR", "TERM"]
                 .map(String::from)
                 .to_vec(),
+        }
+    }
+}
+
+/// The `file` capability: every path a task names lies inside `root`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// The sandbox root, created on first use. Nothing outside it is ever
+    /// read or written: `..`, absolute paths and symlinks that lead out are
+    /// refused.
+    pub root: PathBuf,
+    /// The largest file `read` and `write` handle, and the largest archive
+    /// `compress` writes or `extract` unpacks (uncompressed), in bytes.
+    pub max_file_bytes: u64,
+    /// Files up to this size come back inline from `read` (text, or base64);
+    /// larger ones go to the object store and the result holds a reference.
+    pub max_inline_bytes: u64,
+    /// The most entries `list` returns, and `compress`/`extract` handle.
+    pub max_entries: usize,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            root: PathBuf::from(".jetmesh/files"),
+            max_file_bytes: 64 * 1024 * 1024,
+            max_inline_bytes: 256 * 1024,
+            max_entries: 10_000,
         }
     }
 }
@@ -760,6 +798,7 @@ mod tests {
         assert_eq!(config.autoscaler, defaults.autoscaler);
         assert_eq!(config.coord, defaults.coord);
         assert_eq!(config.agent, defaults.agent);
+        assert_eq!(config.file, defaults.file);
         assert_eq!(config.runtime, defaults.runtime);
         assert_eq!(config.pools["math"], defaults.pools["math"]);
         assert_eq!(config.pools["date"], defaults.pools["date"]);
@@ -775,6 +814,7 @@ mod tests {
                 ("agent", 1, 8),
                 ("date", 1, 3),
                 ("email", 1, 5),
+                ("file", 1, 4),
                 ("math", 1, 10),
                 ("web", 2, 20)
             ]

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod lease;
 pub mod mesh;
 pub mod names;
+pub mod objects;
 pub mod plan;
 pub mod pools;
 pub mod provision;

@@ -12,7 +12,7 @@ use crate::error::{Context, Error, ErrorCode, Result};
 use crate::names::{EventKind, Names, Role};
 use crate::provision::{self, Mode};
 use crate::wire::{Alert, HealthEvent};
-use async_nats::jetstream::{self, consumer, kv};
+use async_nats::jetstream::{self, consumer, kv, object_store};
 use async_nats::{Client, ConnectOptions};
 use futures::StreamExt;
 use serde::Serialize;
@@ -65,6 +65,8 @@ pub struct Parts {
     pub scale: kv::Store,
     /// `mesh_coord`: bead claims and file reservations (expire unless renewed).
     pub coord: kv::Store,
+    /// `mesh_objects`: large outputs, referenced from results ([`crate::objects`]).
+    pub objects: object_store::ObjectStore,
 }
 
 /// Who a process is: its role and its instance id (`router-3fa9c1`,
@@ -338,6 +340,10 @@ impl Mesh {
             bucket(names.scale_bucket()),
             bucket(names.coord_bucket()),
         )?;
+        let objects = js
+            .get_object_store(names.objects_bucket())
+            .await
+            .map_err(|e| Error::unavailable("cannot open object store", e))?;
         let status = Status::new(&client, &names, &identity);
         Ok(Mesh {
             identity: Arc::new(identity),
@@ -355,6 +361,7 @@ impl Mesh {
                 health,
                 scale,
                 coord,
+                objects,
             }),
         })
     }

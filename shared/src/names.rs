@@ -423,6 +423,17 @@ impl Names {
         self.bucket("coord")
     }
 
+    /// `mesh_objects`: the object store for large outputs (screenshots, page
+    /// dumps, archives); results carry references to them.
+    pub fn objects_bucket(&self) -> String {
+        self.bucket("objects")
+    }
+
+    /// `<plan>/<task>/<name>` in `mesh_objects`: an output of a task.
+    pub fn object_key(&self, plan_id: &str, task_id: &str, name: &str) -> String {
+        format!("{plan_id}/{task_id}/{name}")
+    }
+
     /// `claim.<epic>.<bead>` in `mesh_coord`.
     pub fn claim_key(&self, epic: &str, bead: &str) -> String {
         format!("claim.{epic}.{bead}")

@@ -1,4 +1,5 @@
-//! Opening the mesh is not provisioning it. The six streams and seven buckets
+//! Opening the mesh is not provisioning it. The six streams, seven buckets
+//! and one object store
 //! jetmesh uses, with the settings this process's config asks for
 //! ([`desired`]), and three ways to meet what the server has:
 //!
@@ -18,7 +19,7 @@
 use crate::config::{Config, Storage};
 use crate::error::{Error, ErrorCode, Result};
 use crate::names::Names;
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use std::fmt;
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub enum Mode {
 pub enum Desired {
     Stream(stream::Config),
     Bucket(kv::Config),
+    Objects(object_store::Config),
 }
 
 impl Desired {
@@ -48,6 +50,7 @@ impl Desired {
         match self {
             Desired::Stream(c) => &c.name,
             Desired::Bucket(c) => &c.bucket,
+            Desired::Objects(c) => &c.bucket,
         }
     }
 
@@ -55,6 +58,7 @@ impl Desired {
         match self {
             Desired::Stream(_) => "stream",
             Desired::Bucket(_) => "bucket",
+            Desired::Objects(_) => "object store",
         }
     }
 
@@ -63,6 +67,7 @@ impl Desired {
         match self {
             Desired::Stream(c) => c.name.clone(),
             Desired::Bucket(c) => Names::kv_stream_of(&c.bucket),
+            Desired::Objects(c) => format!("OBJ_{}", c.bucket),
         }
     }
 }
@@ -191,6 +196,14 @@ pub fn desired(config: &Config) -> Vec<Desired> {
             Desired::Stream(s)
         })
         .chain(buckets.into_iter().map(Desired::Bucket))
+        .chain([Desired::Objects(object_store::Config {
+            bucket: names.objects_bucket(),
+            description: Some("jetmesh large outputs (screenshots, page dumps, archives)".into()),
+            max_age: Duration::from_secs(m.objects_ttl_secs),
+            storage,
+            num_replicas: m.replicas,
+            ..Default::default()
+        })])
         .collect()
 }
 
@@ -281,6 +294,19 @@ impl Shape {
                 replicas: c.num_replicas.max(1),
                 history: c.history.max(1),
             },
+            Desired::Objects(c) => Shape {
+                subjects: vec![
+                    format!("$O.{}.C.>", c.bucket),
+                    format!("$O.{}.M.>", c.bucket),
+                ],
+                retention: "limits".into(),
+                max_age: c.max_age,
+                duplicate_window: Duration::ZERO,
+                max_message_size: -1,
+                storage: format!("{:?}", c.storage).to_lowercase(),
+                replicas: c.num_replicas.max(1),
+                history: 1,
+            },
         }
     }
 }
@@ -331,6 +357,7 @@ fn compare(desired: &Desired, existing: &stream::Config) -> Vec<Difference> {
         Desired::Bucket(_) => {
             differ("history", e.history.to_string(), w.history.to_string());
         }
+        Desired::Objects(_) => {}
     }
     out
 }
@@ -386,6 +413,11 @@ async fn create(js: &jetstream::Context, d: &Desired) -> Result<()> {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string()),
+        Desired::Objects(c) => js
+            .create_object_store(c.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     };
     match created {
         Ok(()) => Ok(()),
@@ -409,6 +441,20 @@ async fn update(js: &jetstream::Context, d: &Desired) -> Result<()> {
             .await
             .map(|_| ())
             .map_err(|e| Error::unavailable(&what, e)),
+        // The client has no update for object stores: the stream behind
+        // it takes the settings that are compared.
+        Desired::Objects(c) => {
+            let mut config = existing(js, d)
+                .await?
+                .ok_or_else(|| Error::new(ErrorCode::Unavailable, format!("{what}: it is gone")))?;
+            config.max_age = c.max_age;
+            config.storage = c.storage;
+            config.num_replicas = c.num_replicas;
+            js.update_stream(&config)
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::unavailable(&what, e))
+        }
     }
 }
 
@@ -479,6 +525,17 @@ mod tests {
                     num_replicas: c.num_replicas,
                     // The server's default, which buckets do not set.
                     duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                },
+                Desired::Objects(c) => stream::Config {
+                    name: format!("OBJ_{}", c.bucket),
+                    subjects: vec![
+                        format!("$O.{}.C.>", c.bucket),
+                        format!("$O.{}.M.>", c.bucket),
+                    ],
+                    max_age: c.max_age,
+                    storage: c.storage,
+                    num_replicas: c.num_replicas,
                     ..Default::default()
                 },
             };

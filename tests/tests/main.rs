@@ -9,6 +9,7 @@ mod dead_letters;
 mod deadlines;
 mod epics;
 mod failover;
+mod files;
 mod flow;
 mod follow;
 mod foreign_worker;

@@ -50,6 +50,26 @@ pub enum DlqCommand {
     Purge,
 }
 
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ObjCommand {
+    /// Fetch an object (a screenshot, a page dump) by its key, checked
+    /// against its SHA-256; to a file with -o, else to standard output.
+    Get {
+        /// The key from the result's reference (`<plan>/<task>/<name>`).
+        key: String,
+        /// Write here instead of to standard output.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// List objects: key, size, media type, time.
+    Ls {
+        /// Only keys that start with this (a plan id, `<plan>/<task>`).
+        prefix: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     pub capability: String,
@@ -265,6 +285,76 @@ fn describe_params(schema: &serde_json::Value) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `jetmesh obj get|ls`.
+pub async fn obj(config: Config, command: ObjCommand) -> Result<i32> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let mesh = open(config).await?;
+    match command {
+        ObjCommand::Get { key, output } => {
+            let (reference, bytes) = jetmesh_shared::objects::get(&mesh, &key).await?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &bytes)?;
+                    eprintln!(
+                        "{} bytes ({}), sha256 {} → {}",
+                        reference.size,
+                        reference.content_type.as_deref().unwrap_or("unknown type"),
+                        reference.sha256,
+                        path.display()
+                    );
+                }
+                None => std::io::stdout().write_all(&bytes)?,
+            }
+        }
+        ObjCommand::Ls { prefix, json } => {
+            let mut list = mesh
+                .objects
+                .list()
+                .await
+                .map_err(|e| jetmesh_shared::Error::unavailable("cannot list objects", e))?;
+            let mut rows = Vec::new();
+            while let Some(info) = list.next().await {
+                let info =
+                    info.map_err(|e| jetmesh_shared::Error::unavailable("cannot list objects", e))?;
+                if info.deleted || prefix.as_deref().is_some_and(|p| !info.name.starts_with(p)) {
+                    continue;
+                }
+                rows.push(info);
+            }
+            rows.sort_by(|a, b| a.name.cmp(&b.name));
+            if json {
+                let out: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "key": i.name, "size": i.size,
+                            "content_type": i.metadata.get("content_type"),
+                            "sha256": i.metadata.get("sha256"),
+                            "modified": i.modified.map(|m| m.to_string()),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else if rows.is_empty() {
+                println!("No objects.");
+            } else {
+                let mut t = table(&["KEY", "SIZE", "TYPE", "MODIFIED"]);
+                for i in rows {
+                    t.add_row(vec![
+                        i.name.clone(),
+                        i.size.to_string(),
+                        i.metadata.get("content_type").cloned().unwrap_or_default(),
+                        i.modified.map(|m| m.to_string()).unwrap_or_default(),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// The pool table, once or every `watch` seconds.

@@ -102,6 +102,11 @@ pub enum Command {
         #[command(subcommand)]
         command: client::DlqCommand,
     },
+    /// Large outputs in the object store: `jetmesh obj get <key> -o shot.png`.
+    Obj {
+        #[command(subcommand)]
+        command: client::ObjCommand,
+    },
     /// Run one task and print its result: `jetmesh run math sum 1 2 3`.
     Run(client::RunArgs),
     /// Execution plans: `jetmesh plan check execution-plan.md`.
@@ -233,6 +238,7 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
         Command::Reserve(args) => coordination::reserve(config, args).await,
         Command::Release { epic, id } => coordination::release(config, epic, id).await,
         Command::Dlq { command } => client::dlq(config, command).await,
+        Command::Obj { command } => client::obj(config, command).await,
         Command::Init { apply, json } => client::init(config, apply, json).await,
     }
 }

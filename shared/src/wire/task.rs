@@ -121,6 +121,22 @@ pub struct SingleTask {
     pub params: Map<String, Value>,
 }
 
+/// A large output kept in the object store (`mesh_objects`) rather than in
+/// a result: a screenshot, a page dump, an archive. A task's output carries
+/// it (as `"object"`, or in a list); `jetmesh obj get <key>` fetches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub bucket: String,
+    pub key: String,
+    /// In bytes.
+    pub size: u64,
+    /// Lowercase hex of the SHA-256 of the bytes.
+    pub sha256: String,
+    /// A media type (`image/png`, `text/markdown`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
 /// `success` or `error`; anything else a foreign worker writes reads as `error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
