@@ -15,6 +15,8 @@ pub mod file;
 pub mod math;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "web")]
+pub mod web;
 
 use jetmesh_shared::Mesh;
 use jetmesh_shared::capability::{Capability, Catalog};
@@ -37,6 +39,8 @@ impl Catalog for Builtin {
             "agent",
             #[cfg(feature = "file")]
             "file",
+            #[cfg(feature = "web")]
+            "web",
         ]
     }
 
@@ -56,6 +60,8 @@ impl Catalog for Builtin {
             ))),
             #[cfg(feature = "file")]
             "file" => Some(Arc::new(file::File::new(mesh.clone()))),
+            #[cfg(feature = "web")]
+            "web" => Some(Arc::new(web::Web::new(mesh.clone()))),
             _ => None,
         }
     }

@@ -72,6 +72,26 @@ pub trait Capability: Send + Sync {
     fn has_action(&self, action: &str) -> bool {
         self.actions().iter().any(|a| a.name == action)
     }
+
+    /// Whether tasks of one session share state here (a browser page), so
+    /// that they must run in order on the worker holding it. The router
+    /// orders them, and the worker runtime sends each to its holder.
+    fn sessions(&self) -> bool {
+        false
+    }
+
+    /// Whether `session` is still open here (a capability closes idle
+    /// sessions on its own; the runtime then stops answering for them).
+    fn holds(&self, session: &str) -> bool {
+        let _ = session;
+        false
+    }
+
+    /// Closes `session` (its plan ended): frees what it holds. Idempotent.
+    fn close_session<'a>(&'a self, session: &'a str) -> BoxFuture<'a, ()> {
+        let _ = session;
+        Box::pin(async {})
+    }
 }
 
 /// The registry entry a pool writes for `cap`: its actions with their
@@ -109,6 +129,7 @@ pub fn entry(
         description: None,
         registered_at: Some(jiff::Timestamp::now()),
         schemas,
+        sessions: cap.sessions(),
     })
 }
 

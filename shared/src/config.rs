@@ -48,6 +48,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// The `file` capability: its sandbox root and limits.
     pub file: FileConfig,
+    /// The `web` capability: the browser, its network policy and limits.
+    pub web: WebConfig,
     /// The process's async runtime.
     pub runtime: RuntimeConfig,
 }
@@ -69,6 +71,7 @@ impl Default for Config {
             coord: CoordConfig::default(),
             agent: AgentConfig::default(),
             file: FileConfig::default(),
+            web: WebConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -477,6 +480,56 @@ impl Default for FileConfig {
     }
 }
 
+/// The `web` capability: one headless Chromium per worker process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// The browser: a path, or a name looked up on `PATH`. Empty: the first
+    /// of `chromium`, `chromium-browser`, `google-chrome-stable`,
+    /// `google-chrome` found on `PATH`.
+    pub chromium: String,
+    /// Networks (CIDRs) the browser may reach although they are loopback,
+    /// private, link-local or metadata addresses, which are refused by
+    /// default (`address_refused`). Example: `["127.0.0.0/8"]`.
+    pub allow_networks: Vec<String>,
+    /// The most pages (sessions) open at once in one worker process. At the
+    /// cap, the least recently used idle session is closed.
+    pub max_pages: usize,
+    /// A session unused this long is closed (its later tasks get
+    /// `session_lost`).
+    pub session_ttl_secs: u64,
+    /// How long a navigation may take, unless the task's `timeout_ms` is shorter.
+    pub navigation_timeout_ms: u64,
+    /// How long the browser may take to start.
+    pub launch_timeout_ms: u64,
+    /// The viewport, in CSS pixels.
+    pub viewport_width: u32,
+    pub viewport_height: u32,
+    /// Page text up to this size comes back inline; a larger dump goes to
+    /// the object store and the result holds a reference.
+    pub max_inline_bytes: usize,
+    /// Chromium's own sandbox. Chromium cannot use it as root; then it is
+    /// turned off with a warning.
+    pub sandbox: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            chromium: String::new(),
+            allow_networks: Vec::new(),
+            max_pages: 16,
+            session_ttl_secs: 600,
+            navigation_timeout_ms: 30_000,
+            launch_timeout_ms: 20_000,
+            viewport_width: 1280,
+            viewport_height: 800,
+            max_inline_bytes: 256 * 1024,
+            sandbox: true,
+        }
+    }
+}
+
 /// Leader leases (`mesh_leases`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -684,6 +737,13 @@ impl Config {
                 )));
             }
         }
+        for net in &self.web.allow_networks {
+            if net.parse::<ipnet::IpNet>().is_err() && net.parse::<std::net::IpAddr>().is_err() {
+                return Err(Error::bad_request(format!(
+                    "web.allow_networks: {net:?} is not a network like 127.0.0.0/8 or an address"
+                )));
+            }
+        }
         if self.coord.lease_ttl_secs < 2 {
             return Err(Error::bad_request(
                 "coord.lease_ttl_secs must be at least 2",
@@ -799,6 +859,7 @@ mod tests {
         assert_eq!(config.coord, defaults.coord);
         assert_eq!(config.agent, defaults.agent);
         assert_eq!(config.file, defaults.file);
+        assert_eq!(config.web, defaults.web);
         assert_eq!(config.runtime, defaults.runtime);
         assert_eq!(config.pools["math"], defaults.pools["math"]);
         assert_eq!(config.pools["date"], defaults.pools["date"]);

@@ -123,6 +123,17 @@ impl Names {
         self.subject(&format!("run.{capability}.{action}"))
     }
 
+    /// `mesh.session.<pool>.<session>`: the worker of `pool` that holds a
+    /// session (a browser page) listens here, in queue group
+    /// [`Names::SESSION_HOLDER`]; other workers of the pool send it the
+    /// session's tasks. No responder: nobody holds the session.
+    pub fn session(&self, pool: &str, session: &str) -> String {
+        self.subject(&format!("session.{pool}.{session}"))
+    }
+
+    /// The queue group of session holders.
+    pub const SESSION_HOLDER: &'static str = "holder";
+
     /// The wildcard the router's `mesh.run` endpoint listens on.
     pub fn run_all(&self) -> String {
         self.subject("run.>")

@@ -7,7 +7,8 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::ids;
 use crate::registry::Registered;
 use crate::wire::Plan;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 /// When a plan accepted at `created_at` with `deadline_ms` runs out of time.
 pub fn deadline(created_at: jiff::Timestamp, deadline_ms: Option<u64>) -> Option<jiff::Timestamp> {
@@ -90,8 +91,16 @@ pub fn normalize(plan: &mut Plan, max_subtasks: usize) -> Result<()> {
     check_acyclic(plan)
 }
 
-/// Kahn's algorithm; on a cycle, names the tasks that are part of or behind it.
+/// Errors (`dependency_cycle`) when the dependencies form a cycle.
 fn check_acyclic(plan: &Plan) -> Result<()> {
+    topological_order(plan).map(|_| ())
+}
+
+/// The tasks' indexes in an order that respects the dependencies, each
+/// task as early in plan order as they allow (Kahn's algorithm, taking the
+/// lowest ready index first). On a cycle, names the tasks that are part of
+/// or behind it.
+fn topological_order(plan: &Plan) -> Result<Vec<usize>> {
     let index: HashMap<&str, usize> = plan
         .subtasks
         .iter()
@@ -105,19 +114,22 @@ fn check_acyclic(plan: &Plan) -> Result<()> {
             dependents[index[d.as_str()]].push(i);
         }
     }
-    let mut ready: VecDeque<usize> = (0..indegree.len()).filter(|&i| indegree[i] == 0).collect();
-    let mut visited = 0;
-    while let Some(i) = ready.pop_front() {
-        visited += 1;
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..indegree.len())
+        .filter(|&i| indegree[i] == 0)
+        .map(Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(indegree.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
         for &j in &dependents[i] {
             indegree[j] -= 1;
             if indegree[j] == 0 {
-                ready.push_back(j);
+                ready.push(Reverse(j));
             }
         }
     }
-    if visited == plan.subtasks.len() {
-        return Ok(());
+    if order.len() == plan.subtasks.len() {
+        return Ok(order);
     }
     let stuck: Vec<&str> = plan
         .subtasks
@@ -134,6 +146,36 @@ fn check_acyclic(plan: &Plan) -> Result<()> {
             stuck.join(", ")
         ),
     ))
+}
+
+/// Orders the tasks of each session of a capability that keeps sessions
+/// (`keeps(capability)`, e.g. `web`): each depends on the session's previous
+/// task in dependency-respecting plan order, so they run one at a time on
+/// the worker holding the session. A session is the task's `session`, or
+/// else its plan. Adds no cycle (the edges follow a topological order).
+/// Returns how many dependencies it added.
+pub fn order_sessions(plan: &mut Plan, keeps: impl Fn(&str) -> bool) -> Result<usize> {
+    if !plan.subtasks.iter().any(|t| keeps(&t.capability)) {
+        return Ok(0);
+    }
+    let order = topological_order(plan)?;
+    let mut added = 0;
+    let mut last: HashMap<(String, String), String> = HashMap::new();
+    for i in order {
+        let t = &plan.subtasks[i];
+        if !keeps(&t.capability) {
+            continue;
+        }
+        let session = t.session.clone().unwrap_or_else(|| plan.plan_id.clone());
+        let id = t.id.clone();
+        if let Some(prev) = last.insert((t.capability.clone(), session), id)
+            && !plan.subtasks[i].depends_on.contains(&prev)
+        {
+            plan.subtasks[i].depends_on.push(prev);
+            added += 1;
+        }
+    }
+    Ok(added)
 }
 
 /// Checks every subtask's capability, action and parameters against the
@@ -271,6 +313,35 @@ mod tests {
         ]}));
         let e = normalize(&mut p, 10).unwrap_err();
         assert!(e.message.contains("a, b"), "{}", e.message);
+    }
+
+    #[test]
+    fn tasks_of_a_session_are_chained_in_plan_order() {
+        let mut p = plan(json!({"plan_id":"p","subtasks":[
+            {"id":"shot","type":"web","action":"screenshot","depends_on":["click"]},
+            {"id":"nav","type":"web","action":"navigate","url":"http://x"},
+            {"id":"m","type":"math","action":"sum","args":[1]},
+            {"id":"click","type":"web","action":"click","selector":"a"},
+            {"id":"other","type":"web","action":"navigate","url":"http://y","session":"s2"},
+            {"id":"other2","type":"web","action":"extract","session":"s2"}
+        ]}));
+        normalize(&mut p, 100).unwrap();
+        order_sessions(&mut p, |c| c == "web").unwrap();
+        let deps = |id: &str| {
+            p.subtasks
+                .iter()
+                .find(|t| t.id == id)
+                .unwrap()
+                .depends_on
+                .clone()
+        };
+        assert_eq!(deps("nav"), Vec::<String>::new());
+        assert_eq!(deps("click"), ["nav"]);
+        assert_eq!(deps("shot"), ["click"]);
+        assert_eq!(deps("m"), Vec::<String>::new());
+        assert_eq!(deps("other"), Vec::<String>::new());
+        assert_eq!(deps("other2"), ["other"]);
+        check_acyclic(&p).unwrap();
     }
 
     #[test]

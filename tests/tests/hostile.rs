@@ -303,6 +303,7 @@ async fn junk_results_from_a_foreign_worker_read_as_bad_result_and_counts_add_up
             description: None,
             registered_at: Some(jiff::Timestamp::now()),
             schemas: Default::default(),
+            sessions: false,
         },
     )
     .await

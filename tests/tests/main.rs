@@ -25,4 +25,5 @@ mod recording;
 mod runtime_pools;
 mod scaling;
 mod schemas;
+mod web;
 mod workers;

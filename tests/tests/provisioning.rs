@@ -80,8 +80,8 @@ async fn commands_and_roles_never_rewrite_streams_made_with_other_settings() {
     let before = configs(&client).await;
     assert_eq!(
         before.len(),
-        13,
-        "six streams and seven buckets: {:?}",
+        14,
+        "six streams, seven buckets and one object store: {:?}",
         before.keys()
     );
     assert!(

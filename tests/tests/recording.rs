@@ -30,6 +30,7 @@ async fn a_refused_failure_write_is_retried_and_the_plan_still_completes() {
             description: None,
             registered_at: Some(jiff::Timestamp::now()),
             schemas: Default::default(),
+            sessions: false,
         },
     )
     .await

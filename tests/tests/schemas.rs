@@ -33,6 +33,7 @@ fn foreign(cap: &str, schema: Option<Value>) -> CapabilityEntry {
         description: None,
         registered_at: Some(jiff::Timestamp::now()),
         schemas,
+        sessions: false,
     }
 }
 

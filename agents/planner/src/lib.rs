@@ -55,10 +55,10 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
             let as_sent = !req.plan.subtasks.is_empty()
                 && !req.plan.plan_id.is_empty()
                 && req.plan.subtasks.iter().all(|t| !t.id.is_empty());
-            let plan = make_plan(&mesh, &registry, req.plan).await?;
+            let (plan, ordered) = make_plan(&mesh, &registry, req.plan).await?;
             admit(&registry, &view, &plan).await?;
             Ok(PlannerReply {
-                plan: (!as_sent).then_some(plan),
+                plan: (!as_sent || ordered).then_some(plan),
             })
         }
         .await;
@@ -72,8 +72,9 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-/// Normalizes and validates `plan`, or plans its goal.
-pub async fn make_plan(mesh: &Mesh, registry: &Registry, mut plan: Plan) -> Result<Plan> {
+/// Normalizes and validates `plan`, or plans its goal; says whether it
+/// added dependencies to order sessions ([`plan::order_sessions`]).
+pub async fn make_plan(mesh: &Mesh, registry: &Registry, mut plan: Plan) -> Result<(Plan, bool)> {
     if plan.subtasks.is_empty() {
         return match &plan.goal {
             Some(goal) if !goal.trim().is_empty() => Err(Error::new(
@@ -97,7 +98,9 @@ pub async fn make_plan(mesh: &Mesh, registry: &Registry, mut plan: Plan) -> Resu
         }
     }
     plan::check_capabilities(&plan, |c| known.get(c).map(|e| &**e))?;
-    Ok(plan)
+    // Tasks of one session (a browser page) run one at a time, in order.
+    let ordered = plan::order_sessions(&mut plan, |c| known.get(c).is_some_and(|e| e.sessions))?;
+    Ok((plan, ordered > 0))
 }
 
 /// Backpressure for a new plan: every capability it uses needs a live pool

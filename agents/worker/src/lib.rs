@@ -7,5 +7,6 @@
 pub mod liveness;
 pub mod pool;
 pub mod pull;
+pub mod sessions;
 
 pub use pool::run;

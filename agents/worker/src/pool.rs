@@ -9,6 +9,7 @@
 
 use crate::liveness::{self, Slot, Slots};
 use crate::pull::Puller;
+use crate::sessions::Sessions;
 use async_nats::jetstream::{AckKind, Message};
 use jetmesh_shared::backoff::Policy;
 use jetmesh_shared::capability::{self, Call, Capability, Catalog};
@@ -30,6 +31,8 @@ struct Pool {
     name: String,
     instance: String,
     caps: Vec<Arc<dyn Capability>>,
+    /// The sessions held here, when a capability keeps them.
+    sessions: Option<Arc<Sessions>>,
     ack_wait: Duration,
     max_deliver: u32,
     /// A moving average of how long tasks run here, in µs (`u64::MAX`: none
@@ -76,6 +79,10 @@ pub async fn run(
     for cap in &caps {
         registry::register(&mesh, &capability::entry(&**cap, pool, config.encoding)?).await?;
     }
+    let sessions = match caps.iter().any(|c| c.sessions()) {
+        true => Some(Sessions::start(mesh.clone(), pool, shutdown.child_token()).await?),
+        false => None,
+    };
     let svc = service::start(&mesh, &format!("jetmesh worker pool {pool}")).await?;
     mesh.publish_health("started").await;
     tracing::info!(pool, instance = %instance, workers, "The pool is taking tasks.");
@@ -85,6 +92,7 @@ pub async fn run(
         name: pool.to_string(),
         instance: instance.clone(),
         caps,
+        sessions,
         ack_wait: Duration::from_secs(config.ack_wait_secs),
         max_deliver: u32::try_from(config.max_deliver).unwrap_or(u32::MAX).max(1),
         task_us: AtomicU64::new(u64::MAX),
@@ -306,16 +314,21 @@ impl Pool {
             },
             None => None,
         };
-        let work = cap.execute(Call {
+        let limit = match (t.timeout_ms.map(Duration::from_millis), until_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let call = Call {
             action: &t.action,
             params: &t.params,
             plan_id: &task.plan_id,
             task_id: &t.id,
             session: t.session.as_deref().unwrap_or(&task.plan_id),
-        });
-        let limit = match (t.timeout_ms.map(Duration::from_millis), until_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        };
+        let work = match (&self.sessions, cap.sessions()) {
+            // Run where the session lives ([`crate::sessions`]).
+            (Some(sessions), true) => Box::pin(sessions.execute(cap, call, task, limit)),
+            _ => cap.execute(call),
         };
         let keepalive = async {
             let mut tick = tokio::time::interval(self.ack_wait / 2);

@@ -22,6 +22,11 @@ pub struct CapabilityEntry {
     /// an action missing here takes any parameters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub schemas: BTreeMap<String, ActionSchema>,
+    /// Whether tasks of one session (the task's `session`, by default its
+    /// plan) share state on the worker that holds it, like a browser page:
+    /// the router then runs them one at a time, in plan order.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sessions: bool,
 }
 
 /// What the registry says of one action (`schemas.<action>` of a
