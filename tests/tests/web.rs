@@ -9,7 +9,8 @@
 use jetmesh_shared::config::{Config, PoolConfig};
 use jetmesh_tests::site::Site;
 use jetmesh_tests::{
-    InProcessMesh, NatsServer, Proc, SIGKILL, python, report_task, request_json, test_config,
+    InProcessMesh, NatsServer, Proc, SIGKILL, SIGSTOP, python, report_task, request_json,
+    test_config,
 };
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -213,5 +214,232 @@ async fn private_addresses_are_refused_after_resolution_and_after_redirects() {
         1,
         "no refused navigation reached the site"
     );
+    m.stop().await;
+}
+
+/// The environment of a `jetmesh worker --pool web` process for these tests.
+const WEB_ENV: &[(&str, &str)] = &[
+    ("JETMESH_WEB__ALLOW_NETWORKS", "[\"127.0.0.0/8\"]"),
+    ("JETMESH_POOLS__WEB__WORKERS", "2"),
+    ("JETMESH_POOLS__WEB__ACK_WAIT_SECS", "4"),
+    ("JETMESH_HEALTH__HEARTBEAT_MS", "200"),
+];
+
+/// The mesh without a web pool of its own: web workers are processes.
+async fn mesh_for_processes(url: &str) -> InProcessMesh {
+    let mut config = test_config(url);
+    config.pools.retain(|p, _| p == "math");
+    InProcessMesh::start(config).await
+}
+
+/// Waits until `n` web worker processes send heartbeats.
+async fn web_workers(mesh: &jetmesh_shared::Mesh, n: usize) {
+    let started = Instant::now();
+    loop {
+        let keys = mesh
+            .scan(&mesh.health, "worker.web.*")
+            .await
+            .unwrap_or_default();
+        if keys.len() >= n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of {n} web workers",
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_hold_across_two_worker_processes() {
+    let server = NatsServer::start();
+    let site = Site::start().await;
+    let m = mesh_for_processes(&server.url()).await;
+    let c = server.client().await;
+    let _a = Proc::jetmesh_env(&server.url(), &["worker", "--pool", "web"], WEB_ENV);
+    let _b = Proc::jetmesh_env(&server.url(), &["worker", "--pool", "web"], WEB_ENV);
+    jetmesh_tests::wait_for_capability(&m.mesh, "web").await;
+    web_workers(&m.mesh, 2).await;
+
+    // Six plans at once: each drives its own page through five steps, and
+    // each step is pulled by whichever worker is free.
+    let plan = |i: usize| {
+        json!({"wait": true, "plan_id": format!("s{i}"), "subtasks": [
+            {"id": "nav", "type": "web", "action": "navigate", "url": site.url("/")},
+            {"id": "go", "type": "web", "action": "click", "selector": "#next"},
+            {"id": "h1", "type": "web", "action": "extract", "selector": "h1"},
+            {"id": "reveal", "type": "web", "action": "click", "selector": "#reveal"},
+            {"id": "secret", "type": "web", "action": "extract", "selector": "#secret"}
+        ]})
+    };
+    let replies = futures::future::join_all((0..6).map(|i| {
+        let c = c.clone();
+        let body = plan(i);
+        async move { request_json(&c, "mesh.plans.submit", &body, T).await }
+    }))
+    .await;
+    let mut mixed = 0;
+    for v in &replies {
+        assert_eq!(v["status"], "completed", "{v}");
+        assert_eq!(
+            report_task(v, "h1")["output"]["items"],
+            json!(["Second page"]),
+            "{v}"
+        );
+        assert_eq!(
+            report_task(v, "secret")["output"]["items"],
+            json!(["The secret is 1234"]),
+            "{v}"
+        );
+        let workers: std::collections::BTreeSet<String> = ["nav", "go", "h1", "reveal", "secret"]
+            .iter()
+            .map(|id| {
+                report_task(v, id)["worker"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        if workers.len() > 1 {
+            mixed += 1;
+        }
+    }
+    assert!(
+        mixed > 0,
+        "in no plan did both workers pull steps: the forwarding was not exercised"
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_worker_killed_mid_navigation_hands_the_task_on_and_leaves_no_browser() {
+    let server = NatsServer::start();
+    let site = Site::start().await;
+    let m = mesh_for_processes(&server.url()).await;
+    let c = server.client().await;
+    let mut a = Proc::jetmesh_env(&server.url(), &["worker", "--pool", "web"], WEB_ENV);
+    jetmesh_tests::wait_for_capability(&m.mesh, "web").await;
+    web_workers(&m.mesh, 1).await;
+
+    let body = json!({"wait": true, "subtasks": [
+        {"id": "nav", "type": "web", "action": "navigate", "url": site.url("/slow")}
+    ]});
+    let submit = {
+        let c = c.clone();
+        tokio::spawn(async move { request_json(&c, "mesh.plans.submit", &body, T).await })
+    };
+    // The first worker's browser asked for the slow page: kill it now.
+    let started = Instant::now();
+    while site.hits("/slow") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the slow page was never asked for"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let browser = jetmesh_tests::descendants(a.pid());
+    assert!(!browser.is_empty(), "the worker runs a browser");
+    let _b = Proc::jetmesh_env(&server.url(), &["worker", "--pool", "web"], WEB_ENV);
+    a.signal(SIGKILL);
+    let _ = a.child.wait();
+
+    // No process of the killed worker's browser is left.
+    let started = Instant::now();
+    loop {
+        let left: Vec<i32> = browser
+            .iter()
+            .copied()
+            .filter(|p| jetmesh_tests::is_running(*p))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "orphan browser processes: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The other worker took the task over and finished it.
+    let v = submit.await.unwrap();
+    assert_eq!(v["status"], "completed", "{v}");
+    let nav = report_task(&v, "nav");
+    assert_eq!(nav["output"]["title"], "Slow", "{nav}");
+    assert_eq!(site.hits("/slow"), 2);
+    m.stop().await;
+}
+
+/// The worker's browser: its child process running Chromium.
+fn browser_of(worker: i32) -> i32 {
+    let started = Instant::now();
+    loop {
+        let found = jetmesh_tests::descendants(worker).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("--remote-debugging-port") && !c.contains("--type="))
+                && std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.contains(&format!(") S {worker} ")) || s.contains(&format!(") R {worker} "))
+                })
+        });
+        if let Some(p) = found {
+            return p;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "worker {worker} runs no browser"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_or_hung_browser_is_relaunched_and_the_navigation_retried() {
+    let server = NatsServer::start();
+    let site = Site::start().await;
+    let m = mesh_for_processes(&server.url()).await;
+    let c = server.client().await;
+    let mut env = WEB_ENV.to_vec();
+    env.push(("JETMESH_WEB__NAVIGATION_TIMEOUT_MS", "5000"));
+    let w = Proc::jetmesh_env(&server.url(), &["worker", "--pool", "web"], &env);
+    jetmesh_tests::wait_for_capability(&m.mesh, "web").await;
+    web_workers(&m.mesh, 1).await;
+    let v = run(&c, "navigate", json!({"url": site.url("/static")})).await;
+    assert_eq!(v["output"]["title"], "Static", "{v}");
+
+    // A crash (kill -9 of the browser) and a hang (SIGSTOP), each in the
+    // middle of a navigation.
+    for (n, sig) in [(1, SIGKILL), (2, SIGSTOP)] {
+        let browser = browser_of(w.pid());
+        let nav = {
+            let c = c.clone();
+            let url = site.url("/slow");
+            tokio::spawn(async move {
+                run(&c, "navigate", json!({"url": url, "timeout_ms": 40000})).await
+            })
+        };
+        let started = Instant::now();
+        while site.hits("/slow") < 2 * n - 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the slow page was never asked for"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        jetmesh_tests::signal_pid(browser, sig);
+        let v = nav.await.unwrap();
+        assert_eq!(v["output"]["title"], "Slow", "{sig:?}: {v}");
+        assert_eq!(
+            site.hits("/slow"),
+            2 * n,
+            "{sig:?}: asked for again on the new browser"
+        );
+        assert_ne!(browser_of(w.pid()), browser, "{sig:?}: a new browser");
+        let started = Instant::now();
+        while jetmesh_tests::is_running(browser) {
+            assert!(started.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     m.stop().await;
 }

@@ -215,19 +215,17 @@ impl Web {
             }
         }
         let b = &st.browser.as_ref().expect("launched above").browser;
-        let context = b
-            .create_browser_context(CreateBrowserContextParams::default())
-            .await
-            .map_err(cdp("cannot make a browser context"))?;
+        let context = bounded(
+            "cannot make a browser context",
+            b.create_browser_context(CreateBrowserContextParams::default()),
+        )
+        .await?;
         let target = CreateTargetParams::builder()
             .url("about:blank")
             .browser_context_id(context.clone())
             .build()
             .map_err(|e| Error::new(ErrorCode::Internal, e))?;
-        let page = b
-            .new_page(target)
-            .await
-            .map_err(cdp("cannot open a page"))?;
+        let page = bounded("cannot open a page", b.new_page(target)).await?;
         let s = Arc::new(Session {
             context,
             page,
@@ -288,6 +286,7 @@ impl Web {
 
     /// Runs the page helper `op` with `args`.
     async fn js(&self, page: &Page, args: Value) -> Result<Value, Error> {
+        let args_timeout = args.get("timeout_ms").and_then(Value::as_u64).unwrap_or(0);
         let call = CallFunctionOnParams::builder()
             .function_declaration(PAGE_JS)
             .argument(CallArgument::builder().value(args).build())
@@ -295,8 +294,12 @@ impl Web {
             .return_by_value(true)
             .build()
             .map_err(|e| Error::new(ErrorCode::Internal, e))?;
-        page.evaluate_function(call)
+        // Bounded by the helper's own wait, plus the usual bound.
+        let own = Duration::from_millis(args_timeout);
+        let evaluated = tokio::time::timeout(own + CDP_TIMEOUT, page.evaluate_function(call))
             .await
+            .map_err(|_| silent("a script in the page"))?;
+        evaluated
             .map_err(cdp("a script in the page failed"))?
             .into_value::<Value>()
             .map_err(|e| {
@@ -310,29 +313,46 @@ impl Web {
     async fn run(&self, call: &Call<'_>) -> Result<Value, Error> {
         let generation = self.state.lock().await.generation;
         match self.run_once(call).await {
-            // The browser died under a navigation: it is started again and
-            // the navigation tried once more (it needs no earlier state).
+            // The browser died or hung under a navigation: it is started
+            // again and the navigation tried once more (it needs no earlier
+            // state). Other actions lose their session (`session_lost` next).
             Err(e)
-                if e.code == ErrorCode::Unavailable
-                    && call.action == "navigate"
+                if call.action == "navigate"
+                    && matches!(e.code, ErrorCode::Unavailable | ErrorCode::Timeout)
                     && self.lost(generation).await =>
             {
-                tracing::warn!(error = %e, session = call.session, "The browser died during a navigation; it is tried again on a new browser.");
+                tracing::warn!(error = %e, session = call.session, "The browser failed during a navigation; it is tried again on a new browser.");
                 self.run_once(call).await
             }
             r => r,
         }
     }
 
-    /// Whether the browser of `generation` is gone (dead, or replaced).
+    /// Whether the browser of `generation` is gone: dead, replaced, or not
+    /// answering within 3 s (then it is killed, to be started again).
     async fn lost(&self, generation: u64) -> bool {
         let mut st = self.state.lock().await;
-        let alive = st.browser.as_mut().is_some_and(|b| b.is_alive());
-        if !alive {
-            st.browser = None;
+        if st.generation != generation {
+            return true;
+        }
+        let mut answers = st.browser.as_mut().is_some_and(|b| b.is_alive());
+        if answers && let Some(b) = st.browser.as_ref() {
+            let ping = b.browser.version();
+            answers = matches!(
+                tokio::time::timeout(Duration::from_secs(3), ping).await,
+                Ok(Ok(_))
+            );
+        }
+        if !answers {
+            if let Some(b) = st.browser.take() {
+                tracing::warn!(
+                    pid = b.pid(),
+                    "The browser is dead or hung; it is killed and started again."
+                );
+            }
             st.sessions.clear();
         }
-        !alive || st.generation != generation
+        !answers
     }
 
     async fn run_once(&self, call: &Call<'_>) -> Result<Value, Error> {
@@ -366,9 +386,15 @@ impl Web {
         let limit = Duration::from_millis(self.cfg.navigation_timeout_ms.max(100));
         let went = tokio::time::timeout(limit, page.goto(url)).await;
         let refused = self.guard.refusals_since(mark);
-        let info = self
-            .js(page, json!({"op": "info"}))
+        // After a failed navigation the browser may be gone: ask briefly.
+        let ask = match went {
+            Ok(Ok(_)) => CDP_TIMEOUT,
+            _ => Duration::from_secs(3),
+        };
+        let info = tokio::time::timeout(ask, self.js(page, json!({"op": "info"})))
             .await
+            .ok()
+            .and_then(Result::ok)
             .unwrap_or(Value::Null);
         let final_url = info["url"].as_str().unwrap_or("").to_string();
         // Refused: the target itself, or where a redirect led (the page then
@@ -479,16 +505,8 @@ impl Web {
     async fn click(&self, page: &Page, p: &Map<String, Value>) -> Result<Value, Error> {
         let sel = str_param(p, "selector")?;
         let before = self.js(page, json!({"op": "info"})).await?;
-        let el = page.find_element(sel).await.map_err(|_| {
-            Error::new(
-                SELECTOR_NOT_FOUND,
-                format!(
-                    "{sel:?} matches nothing on {}",
-                    before["url"].as_str().unwrap_or("the page")
-                ),
-            )
-        })?;
-        el.click().await.map_err(cdp("the click failed"))?;
+        let el = self.element(page, sel).await?;
+        bounded("the click failed", el.click()).await?;
         // A navigation destroys the context the settle script runs in: then
         // wait for the new document instead.
         let settled = self
@@ -508,6 +526,33 @@ impl Web {
         let after = self.js(page, json!({"op": "info"})).await?;
         let navigated = navigated || after["url"] != before["url"];
         Ok(json!({"url": after["url"], "title": after["title"], "navigated": navigated}))
+    }
+
+    /// The first element `sel` matches. Errors: `selector_not_found`,
+    /// `invalid_args` for a selector that is not CSS.
+    async fn element(&self, page: &Page, sel: &str) -> Result<chromiumoxide::Element, Error> {
+        let found = self
+            .js(
+                page,
+                json!({"op": "extract", "selector": sel, "limit": 1, "as": "text"}),
+            )
+            .await?;
+        if found.get("error").is_some() {
+            return Err(Error::invalid_args(format!(
+                "selector {sel:?} is not valid CSS"
+            )));
+        }
+        if found["count"] == 0 {
+            let info = self.js(page, json!({"op": "info"})).await?;
+            return Err(Error::new(
+                SELECTOR_NOT_FOUND,
+                format!(
+                    "{sel:?} matches nothing on {}",
+                    info["url"].as_str().unwrap_or("the page")
+                ),
+            ));
+        }
+        bounded("cannot find the element", page.find_element(sel)).await
     }
 
     async fn extract(&self, page: &Page, p: &Map<String, Value>) -> Result<Value, Error> {
@@ -537,21 +582,19 @@ impl Web {
     ) -> Result<Value, Error> {
         let png = match opt_str(p, "selector")? {
             Some(sel) => {
-                let el = page.find_element(sel).await.map_err(|_| {
-                    Error::new(SELECTOR_NOT_FOUND, format!("{sel:?} matches nothing"))
-                })?;
-                el.screenshot(CaptureScreenshotFormat::Png)
-                    .await
-                    .map_err(cdp("the screenshot failed"))?
+                let el = self.element(page, sel).await?;
+                bounded(
+                    "the screenshot failed",
+                    el.screenshot(CaptureScreenshotFormat::Png),
+                )
+                .await?
             }
             None => {
                 let params = ScreenshotParams::builder()
                     .format(CaptureScreenshotFormat::Png)
                     .full_page(bool_param(p, "full_page")?.unwrap_or(false))
                     .build();
-                page.screenshot(params)
-                    .await
-                    .map_err(cdp("the screenshot failed"))?
+                bounded("the screenshot failed", page.screenshot(params)).await?
             }
         };
         let (width, height) = png_size(&png)
@@ -588,10 +631,33 @@ impl Web {
 
 /// Closes a session's page and its browser context (cookies, storage).
 async fn close(browser: Option<&Chromium>, s: Arc<Session>) {
-    let _ = s.page.clone().close().await;
+    let _ = bounded("", s.page.clone().close()).await;
     if let Some(b) = browser {
-        let _ = b.browser.dispose_browser_context(s.context.clone()).await;
+        let _ = bounded("", b.browser.dispose_browser_context(s.context.clone())).await;
     }
+}
+
+/// How long one DevTools call may take: a dead or hung browser never holds
+/// a task longer (its driver's channel may block for good).
+const CDP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A DevTools call, bounded by [`CDP_TIMEOUT`].
+async fn bounded<T>(
+    what: &'static str,
+    call: impl Future<Output = chromiumoxide::Result<T>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(CDP_TIMEOUT, call).await {
+        Ok(r) => r.map_err(cdp(what)),
+        Err(_) => Err(silent(what)),
+    }
+}
+
+/// The browser did not answer.
+fn silent(what: &str) -> Error {
+    Error::new(
+        ErrorCode::Unavailable,
+        format!("{what}: the browser did not answer within {CDP_TIMEOUT:?}"),
+    )
 }
 
 impl Capability for Web {
