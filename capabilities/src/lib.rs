@@ -44,6 +44,15 @@ impl Catalog for Builtin {
         ]
     }
 
+    fn unavailable(&self, config: &jetmesh_shared::Config, capability: &str) -> Option<String> {
+        let _ = config;
+        match capability {
+            #[cfg(feature = "web")]
+            "web" => web::Web::available(&config.web).err().map(|e| e.message),
+            _ => None,
+        }
+    }
+
     fn build(&self, name: &str, mesh: &Mesh, instance: &str) -> Option<Arc<dyn Capability>> {
         let _ = (mesh, instance);
         match name {

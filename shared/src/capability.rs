@@ -149,6 +149,13 @@ pub trait Catalog: Send + Sync {
     /// that coordinate, like `agent`, use the mesh), if the catalog has it.
     fn build(&self, name: &str, mesh: &Mesh, instance: &str) -> Option<Arc<dyn Capability>>;
 
+    /// Why `capability` cannot run on this machine (its browser is not
+    /// installed, …), in one line that says how to fix it; `None` when it can.
+    fn unavailable(&self, config: &crate::Config, capability: &str) -> Option<String> {
+        let _ = (config, capability);
+        None
+    }
+
     /// Whether every capability of `pool` is in this catalog, so a pool
     /// process can serve it (others are served by foreign workers).
     fn serves(&self, config: &crate::Config, pool: &str) -> bool {

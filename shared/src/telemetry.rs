@@ -42,8 +42,19 @@ pub const REGISTRY_INVALID: &str = "jetmesh_registry_invalid_total";
 pub fn init(config: &TelemetryConfig) {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
-        let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(if config.log.is_empty() { "info" } else { &config.log }));
+        let spec = std::env::var("RUST_LOG")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| if config.log.is_empty() { "info".into() } else { config.log.clone() });
+        // The browser driver logs every CDP message it does not model and
+        // the reset of a browser the worker killed on purpose: noise, unless
+        // asked for by name. The web capability reports what matters.
+        let spec = if spec.contains("chromiumoxide") {
+            spec
+        } else {
+            format!("{spec},chromiumoxide=off")
+        };
+        let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);

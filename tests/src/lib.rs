@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-pub mod site;
+pub use jetmesh::site;
 
 /// The workspace root.
 pub fn root() -> PathBuf {

@@ -42,6 +42,14 @@ async fn roles_as_separate_processes_work_together() {
         &["worker", "--pool", "math", "--workers", "2"],
     ));
     procs.push(Proc::jetmesh(&url, &["worker", "--pool", "date"]));
+    // The seed plan's t3 is a web page: a browser worker, allowed to reach
+    // the demo site on loopback.
+    let site = jetmesh::site::Site::start().await;
+    procs.push(Proc::jetmesh_env(
+        &url,
+        &["worker", "--pool", "web"],
+        &[("JETMESH_WEB__ALLOW_NETWORKS", "[\"127.0.0.1/32\"]")],
+    ));
 
     let client = server.client().await;
     let mesh = jetmesh_shared::Mesh::connect(test_config(&url), "test")
@@ -52,6 +60,7 @@ async fn roles_as_separate_processes_work_together() {
         .expect("every role, the autoscaler too, answers");
     wait_for_capability(&mesh, "math").await;
     wait_for_capability(&mesh, "date").await;
+    wait_for_capability(&mesh, "web").await;
     for p in &mut procs {
         p.assert_running();
     }
@@ -88,10 +97,20 @@ async fn roles_as_separate_processes_work_together() {
         out.contains("math") && out.contains("average") && out.contains("date"),
         "{out}"
     );
-    let (code, out, err) = cli(&url, &["submit", "examples/plan.json", "--wait", "--json"]);
+    // examples/plan.json, its t3 pointed at the local site.
+    let seed = std::fs::read_to_string(root().join("examples/plan.json")).unwrap();
+    let seed = seed.replace("https://example.com/", &site.url("/"));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), seed).unwrap();
+    let path = file.path().to_str().unwrap();
+    let (code, out, err) = cli(&url, &["submit", path, "--wait", "--json"]);
     assert_eq!(code, 0, "{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["completed"], 4, "{out}");
+    assert_eq!(
+        r["tasks"][2]["output"]["title"], "Jetmesh Test Shop",
+        "{out}"
+    );
     let plan_id = r["plan_id"].as_str().unwrap();
     let (code, out, _) = cli(&url, &["status", plan_id]);
     assert_eq!(code, 0);

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod coordination;
 pub mod embedded;
+pub mod site;
 pub mod up;
 
 use anyhow::Result;
@@ -303,6 +304,16 @@ pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()
                 capabilities = ?mesh.config.pool_capabilities(pool),
                 "This pool has no built-in capability here; it is served by separate workers."
             );
+            continue;
+        }
+        let missing: Vec<String> = mesh
+            .config
+            .pool_capabilities(pool)
+            .iter()
+            .filter_map(|c| Builtin.unavailable(&mesh.config, c))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(pool, "This pool does not run here: {}", missing.join("; "));
             continue;
         }
         let (config, s, p) = (mesh.config.clone(), shutdown.clone(), pool.clone());

@@ -3,6 +3,8 @@
 
 use crate::embedded::EmbeddedServer;
 use anyhow::{Context, Result};
+use jetmesh_capabilities::Builtin;
+use jetmesh_shared::capability::Catalog;
 use jetmesh_shared::provision::Mode;
 use jetmesh_shared::wire::{SubmitRequest, TaskResult};
 use jetmesh_shared::{CancellationToken, Config, Identity, Mesh, Role, codec, registry};
@@ -82,7 +84,9 @@ pub async fn up(config: Config, args: UpArgs, shutdown: CancellationToken) -> Re
     result
 }
 
-/// Brings the mesh up, runs the demo plan and one `mesh.run`, prints both, stops.
+/// Brings the mesh up, serves the demo site on loopback, runs one
+/// `mesh.run`, the seed plan (its `t3` pointed at the site) and a browser
+/// plan (navigate, click, extract, screenshot), prints them, stops.
 pub async fn demo(config: Config, mut args: UpArgs) -> Result<i32> {
     if args.port.is_none() {
         args.port = Some(0);
@@ -90,12 +94,22 @@ pub async fn demo(config: Config, mut args: UpArgs) -> Result<i32> {
     if args.data_dir.is_none() {
         args.data_dir = Some(PathBuf::from(".jetmesh/demo"));
     }
-    let (server, config) = server(config, &args).await?;
+    let (server, mut config) = server(config, &args).await?;
+    // The site is on this machine: the demo allows its address (and only it).
+    let site = crate::site::Site::start().await;
+    config
+        .web
+        .allow_networks
+        .push(format!("{}/32", site.addr.ip()));
+    let browser = Builtin.unavailable(&config, "web");
+    if let Some(why) = &browser {
+        println!("(The web steps are left out: {why})\n");
+    }
     let shutdown = CancellationToken::new();
     let result = async {
         let mesh = open(&config, server.is_some(), "demo").await?;
         let roles = tokio::spawn(crate::run_all_roles(mesh.clone(), shutdown.clone()));
-        let outcome = run_demo(&mesh).await;
+        let outcome = run_demo(&mesh, &site, browser.is_none()).await;
         shutdown.cancel();
         roles.await??;
         outcome
@@ -172,15 +186,17 @@ pub async fn leader_answers(mesh: &Mesh, within: Duration) -> bool {
     }
 }
 
-async fn run_demo(mesh: &Mesh) -> Result<i32> {
+async fn run_demo(mesh: &Mesh, site: &crate::site::Site, web: bool) -> Result<i32> {
     // The roles start alongside: wait until each answers and the pools registered.
     wait_ready(mesh, Duration::from_secs(30)).await?;
+    let want: &[&str] = if web {
+        &["math", "date", "web"]
+    } else {
+        &["math", "date"]
+    };
     for _ in 0..100 {
         let (caps, _) = registry::list(mesh).await?;
-        if ["math", "date"]
-            .iter()
-            .all(|c| caps.iter().any(|e| e.capability == *c))
-        {
+        if want.iter().all(|c| caps.iter().any(|e| e.capability == *c)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -194,17 +210,50 @@ async fn run_demo(mesh: &Mesh) -> Result<i32> {
     let result: TaskResult = codec::from_json(&reply.payload)?;
     println!("{}\n", serde_json::to_string(&result)?);
 
-    let request: SubmitRequest = serde_json::from_str(DEMO_PLAN)?;
-    println!("== mesh.plans.submit examples/plan.json (wait for the report)");
-    let report = crate::client::submit_and_wait(mesh, request, Duration::from_secs(60)).await?;
+    // The seed plan; its t3 opens the demo site (or is left out without a browser).
+    let mut request: SubmitRequest = serde_json::from_str(DEMO_PLAN)?;
+    for t in &mut request.plan.subtasks {
+        if t.capability == "web" {
+            t.params.insert("url".into(), site.url("/").into());
+        }
+    }
+    if !web {
+        request.plan.subtasks.retain(|t| t.capability != "web");
+    }
+    println!(
+        "== mesh.plans.submit examples/plan.json, t3 on {} (wait for the report)",
+        site.url("/")
+    );
+    let mut failed = show(mesh, request).await?;
+
+    if web {
+        // One browser page through four steps: the text JavaScript wrote,
+        // a click to the next page, a click that reveals a line, a screenshot.
+        let plan = serde_json::json!({"goal": "Browse the demo site", "subtasks": [
+            {"id": "open", "type": "web", "action": "navigate", "url": site.url("/"), "selector": ".price"},
+            {"id": "prices", "type": "web", "action": "extract", "selector": ".price"},
+            {"id": "next", "type": "web", "action": "click", "selector": "#next"},
+            {"id": "reveal", "type": "web", "action": "click", "selector": "#reveal"},
+            {"id": "secret", "type": "web", "action": "extract", "selector": "#secret"},
+            {"id": "shot", "type": "web", "action": "screenshot", "full_page": true}
+        ]});
+        println!("== mesh.plans.submit: navigate → extract → click → click → extract → screenshot");
+        failed += show(mesh, serde_json::from_value(plan)?).await?;
+        println!(
+            "Fetch the screenshot with `jetmesh obj get <key> -o shot.png` while a mesh runs."
+        );
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// Submits, waits for the report, prints it; returns how many tasks did
+/// not succeed.
+async fn show(mesh: &Mesh, request: SubmitRequest) -> Result<usize> {
+    let report = crate::client::submit_and_wait(mesh, request, Duration::from_secs(90)).await?;
     println!("{}", report.markdown);
     println!(
-        "Stored as report.{} in {}; try `jetmesh up` to keep the mesh running.",
+        "Stored as report.{} in {}; try `jetmesh up` to keep the mesh running.\n",
         report.plan_id, mesh.results.name
     );
-    Ok(if report.failed == 0 && report.pending == 0 {
-        0
-    } else {
-        1
-    })
+    Ok(report.failed + report.pending)
 }

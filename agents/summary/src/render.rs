@@ -108,11 +108,37 @@ pub fn markdown(r: &Report) -> String {
     md
 }
 
+/// One output in a cell: a string as is; a page (url and title) as its
+/// title, URL and status; an object-store reference as where to fetch it;
+/// anything else as JSON.
 fn compact(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+    use serde_json::Value;
+    if let Value::String(s) = v {
+        return s.clone();
     }
+    if let Some(o) = v.get("object").filter(|o| o.get("key").is_some()) {
+        let mut s = format!(
+            "object {} in {} ({} bytes",
+            o["key"].as_str().unwrap_or(""),
+            o["bucket"].as_str().unwrap_or(""),
+            o["size"]
+        );
+        if let (Some(w), Some(h)) = (v["width"].as_u64(), v["height"].as_u64()) {
+            let _ = write!(s, ", {w}×{h}");
+        }
+        if let Some(t) = o["content_type"].as_str() {
+            let _ = write!(s, ", {t}");
+        }
+        s.push(')');
+        return s;
+    }
+    if let (Some(url), Some(title)) = (v["url"].as_str(), v["title"].as_str()) {
+        return match v["status"].as_u64() {
+            Some(status) => format!("\"{title}\" {url} ({status})"),
+            None => format!("\"{title}\" {url}"),
+        };
+    }
+    v.to_string()
 }
 
 /// One table cell: no pipes or newlines, at most 120 characters.
@@ -191,5 +217,20 @@ mod tests {
             r.markdown
         );
         assert!(r.markdown.contains("Goal: demo"));
+    }
+
+    #[test]
+    fn pages_and_objects_read_well() {
+        assert_eq!(
+            compact(&json!({"url": "http://a/", "title": "Shop", "status": 200, "text": "long"})),
+            "\"Shop\" http://a/ (200)"
+        );
+        assert_eq!(
+            compact(
+                &json!({"object": {"bucket": "mesh_objects", "key": "p/t/screenshot.png",
+                "size": 1234, "sha256": "ab", "content_type": "image/png"}, "width": 1280, "height": 800})
+            ),
+            "object p/t/screenshot.png in mesh_objects (1234 bytes, 1280×800, image/png)"
+        );
     }
 }

@@ -65,6 +65,12 @@ pub async fn run(
     let instance = mesh.identity.instance.clone();
     let mut caps = Vec::new();
     for name in mesh.config.pool_capabilities(pool) {
+        if let Some(why) = catalog.unavailable(&mesh.config, &name) {
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                format!("pool {pool}: capability {name} cannot run here: {why}"),
+            ));
+        }
         let cap = catalog.build(&name, &mesh, &instance).ok_or_else(|| {
             Error::bad_request(format!(
                 "pool {pool}: there is no built-in capability {name:?} (built in: {}); \

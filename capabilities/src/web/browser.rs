@@ -125,8 +125,11 @@ impl Chromium {
         ))
         .arg(format!("--user-data-dir={}", profile.path().display()));
         if !cfg.sandbox || nix::unistd::Uid::effective().is_root() {
+            static SAID: std::sync::Once = std::sync::Once::new();
             if cfg.sandbox {
-                tracing::warn!("Chromium runs without its sandbox: it cannot use it as root.");
+                SAID.call_once(|| {
+                    tracing::warn!("Chromium runs without its sandbox: it cannot use it as root.")
+                });
             }
             cmd.arg("--no-sandbox");
         }

@@ -1,7 +1,8 @@
-//! A small web site on loopback for the `web` tests and the demo: pages
-//! whose content JavaScript writes (a plain HTTP fetch would not see it), a
-//! link to follow, a button that changes the page, an infinite list, a slow
-//! page, redirects, and a log of the paths asked for.
+//! The demo's web site, served on loopback by `jetmesh demo` and by the
+//! `web` tests: pages whose content JavaScript writes (a plain HTTP fetch
+//! would not see it), a link to follow, a button that changes the page, an
+//! infinite list, a slow page (3 s), redirects (`/redirect?to=<url>`), and a
+//! log of the paths asked for.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,17 +21,19 @@ pub struct Site {
 const HOME: &str = r#"<!doctype html><html><head><title>loading</title></head><body>
 <div id="app">Loading…</div>
 <script>
-  // Written by JavaScript, after a moment: only a real browser sees it.
+  // Written by JavaScript: only a real browser sees it. The prices come a
+  // moment later (navigate with "selector": ".price" waits for them).
+  document.title = "Jetmesh Test Shop";
+  document.getElementById("app").innerHTML = `
+    <h1>Rendered by JavaScript</h1>
+    <p>Prices of the day.</p>
+    <div id="prices"></div>
+    <a id="next" href="/next">Next page</a>
+    <table id="t"><thead><tr><th>Item</th><th>Qty</th></tr></thead>
+      <tbody><tr><td>Apple</td><td>3</td></tr><tr><td>Pear</td><td>5</td></tr></tbody></table>`;
   setTimeout(() => {
-    document.title = "Jetmesh Test Shop";
-    document.getElementById("app").innerHTML = `
-      <h1>Rendered by JavaScript</h1>
-      <p>Prices of the day.</p>
-      <p class="price" data-sku="a1">42.50</p>
-      <p class="price" data-sku="b2">7.25</p>
-      <a id="next" href="/next">Next page</a>
-      <table id="t"><thead><tr><th>Item</th><th>Qty</th></tr></thead>
-        <tbody><tr><td>Apple</td><td>3</td></tr><tr><td>Pear</td><td>5</td></tr></tbody></table>`;
+    document.getElementById("prices").innerHTML =
+      `<p class="price" data-sku="a1">42.50</p><p class="price" data-sku="b2">7.25</p>`;
   }, 150);
 </script></body></html>"#;
 
