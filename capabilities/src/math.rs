@@ -546,6 +546,15 @@ mod tests {
                 let e = registered.check_params("t1", action, &map).unwrap_err();
                 assert_eq!(e.code, ErrorCode::InvalidArgs, "{action} {p}: {e}");
             }
+            let one = params(json!({"args": [1]}));
+            if action == "divide" {
+                let e = registered.check_params("t1", action, &one).unwrap_err();
+                assert!(
+                    e.message.ends_with("args: value has less than 2 items"),
+                    "{}",
+                    e.message
+                );
+            }
             let good = params(json!({"args": [6, 3]}));
             registered.check_params("t1", action, &good).unwrap();
         }
