@@ -4,10 +4,11 @@
 //! (`mesh.tasks`) and for one plan with thousands of subtasks; (c) `mesh.run`
 //! latency against a plain core-NATS request/reply; (d) the resident memory of
 //! an idle `jetmesh up` (without nats-server); the failure figures
-//! ([`failures`]) and the pool figures ([`pools`]).
+//! ([`failures`]), the pool figures ([`pools`]) and the web figures ([`web`]).
 
 mod failures;
 mod pools;
+mod web;
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -51,6 +52,12 @@ pub struct BenchArgs {
     /// Skip the pool figures (I/O-bound throughput against slots, time to scale up).
     #[arg(long)]
     pub no_pools: bool,
+    /// Skip the web figures (pages/s against slots, browser memory, cold start).
+    #[arg(long)]
+    pub no_web: bool,
+    /// Only the web figures.
+    #[arg(long)]
+    pub web_only: bool,
 }
 
 struct Figure {
@@ -89,7 +96,11 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     };
     config.telemetry.metrics_listen.clear();
     let server_pid = server.as_ref().and_then(|s| s.pid());
-    let result = measure(config, &args, server_pid).await;
+    let result = if args.web_only {
+        web::measure(&config).await
+    } else {
+        measure(config, &args, server_pid).await
+    };
     if let Some(s) = server {
         s.stop().await;
     }
@@ -323,6 +334,9 @@ async fn measure(
     }
     if !args.no_pools {
         figures.extend(pools::measure(&config).await?);
+    }
+    if !args.no_web {
+        figures.extend(web::measure(&config).await?);
     }
 
     if !args.no_memory {

@@ -27,7 +27,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cap_std::fs::{Dir, OpenOptions};
 use futures::future::BoxFuture;
-use jetmesh_shared::capability::{Action, Call, Capability};
+use jetmesh_shared::capability::{Action, Call, Capability, params};
 use jetmesh_shared::config::FileConfig;
 use jetmesh_shared::{Error, ErrorCode, Mesh, objects};
 use serde_json::{Map, Value, json};
@@ -180,7 +180,7 @@ impl File {
         let p = call.params.clone();
         let cfg = self.cfg.clone();
         let (path, bytes, modified) = blocking(move || {
-            let path = str_param(&p, "path")?;
+            let path = params::str(&p, "path")?;
             let rel = rel(path)?;
             let root = root(&cfg)?;
             let meta = root.metadata(&rel).map_err(|e| io_error(e, path))?;
@@ -210,8 +210,8 @@ impl File {
         })
         .await?;
         let p = call.params;
-        let encoding = opt_str(p, "encoding")?.unwrap_or("auto");
-        let to_object = bool_param(p, "object")?.unwrap_or(false);
+        let encoding = params::opt_str(p, "encoding")?.unwrap_or("auto");
+        let to_object = params::opt_bool(p, "object")?.unwrap_or(false);
         let mut out = json!({"path": path, "size": bytes.len(), "modified": modified});
         if to_object || bytes.len() as u64 > self.cfg.max_inline_bytes {
             let name = Path::new(&path)
@@ -249,7 +249,7 @@ impl File {
     }
 
     async fn write(&self, p: &Map<String, Value>) -> Result<Value, Error> {
-        let bytes = match (p.get("content"), opt_str(p, "object")?) {
+        let bytes = match (p.get("content"), params::opt_str(p, "object")?) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid_args(
                     "write takes content or object, not both",
@@ -257,8 +257,8 @@ impl File {
             }
             (None, None) => return Err(Error::invalid_args("write needs content (or object)")),
             (Some(_), None) => {
-                let content = str_param(p, "content")?;
-                match opt_str(p, "encoding")?.unwrap_or("utf8") {
+                let content = params::str(p, "content")?;
+                match params::opt_str(p, "encoding")?.unwrap_or("utf8") {
                     "utf8" => content.as_bytes().to_vec(),
                     "base64" => B64.decode(content.trim()).map_err(|e| {
                         Error::invalid_args(format!("content is not valid base64: {e}"))
@@ -274,13 +274,13 @@ impl File {
         };
         let (cfg, p) = (self.cfg.clone(), p.clone());
         blocking(move || {
-            let path = str_param(&p, "path")?;
+            let path = params::str(&p, "path")?;
             let rel = rel(path)?;
             if bytes.len() as u64 > cfg.max_file_bytes {
                 return Err(too_large(path, bytes.len() as u64, cfg.max_file_bytes));
             }
-            let overwrite = bool_param(&p, "overwrite")?.unwrap_or(true);
-            let mkdirs = bool_param(&p, "mkdirs")?.unwrap_or(true);
+            let overwrite = params::opt_bool(&p, "overwrite")?.unwrap_or(true);
+            let mkdirs = params::opt_bool(&p, "mkdirs")?.unwrap_or(true);
             let root = root(&cfg)?;
             let sha256 = write_atomic(&root, &rel, path, &bytes, overwrite, mkdirs)?;
             Ok(json!({"path": path, "size": bytes.len(), "sha256": sha256}))
@@ -378,7 +378,7 @@ fn open_dir(root: &Dir, rel: &Path, shown: &str, create: bool) -> Result<Dir, Er
 }
 
 fn delete(cfg: &FileConfig, p: &Map<String, Value>) -> Result<Value, Error> {
-    let path = str_param(p, "path")?;
+    let path = params::str(p, "path")?;
     let rel = rel(path)?;
     if rel.as_os_str().is_empty() {
         return Err(Error::new(
@@ -386,7 +386,7 @@ fn delete(cfg: &FileConfig, p: &Map<String, Value>) -> Result<Value, Error> {
             "the root itself cannot be deleted",
         ));
     }
-    let recursive = bool_param(p, "recursive")?.unwrap_or(false);
+    let recursive = params::opt_bool(p, "recursive")?.unwrap_or(false);
     let root = root(cfg)?;
     let meta = root.symlink_metadata(&rel).map_err(|e| io_error(e, path))?;
     let kind = if meta.is_dir() {
@@ -489,10 +489,10 @@ fn walk(
 }
 
 fn list(cfg: &FileConfig, p: &Map<String, Value>) -> Result<Value, Error> {
-    let path = opt_str(p, "path")?.unwrap_or(".");
+    let path = params::opt_str(p, "path")?.unwrap_or(".");
     let rel = rel(path)?;
-    let glob = opt_str(p, "glob")?;
-    let recursive = bool_param(p, "recursive")?
+    let glob = params::opt_str(p, "glob")?;
+    let recursive = params::opt_bool(p, "recursive")?
         .unwrap_or_else(|| glob.is_some_and(|g| g.contains('/') || g.contains("**")));
     let matcher = glob.map(compile_glob).transpose()?;
     let root = root(cfg)?;
@@ -534,7 +534,7 @@ enum Format {
 
 impl Format {
     fn of(p: &Map<String, Value>, path: &str) -> Result<Format, Error> {
-        match opt_str(p, "format")? {
+        match params::opt_str(p, "format")? {
             Some("zip") => Ok(Format::Zip),
             Some("tar.gz") => Ok(Format::TarGz),
             Some(other) => Err(Error::invalid_args(format!(
@@ -557,7 +557,7 @@ impl Format {
 }
 
 fn compress(cfg: &FileConfig, p: &Map<String, Value>) -> Result<Value, Error> {
-    let output = str_param(p, "output")?;
+    let output = params::str(p, "output")?;
     let out_rel = rel(output)?;
     let format = Format::of(p, output)?;
     let paths: Vec<&str> = match p.get("paths") {
@@ -728,10 +728,10 @@ fn permissions(m: &cap_std::fs::Metadata) -> u32 {
 }
 
 fn extract(cfg: &FileConfig, p: &Map<String, Value>) -> Result<Value, Error> {
-    let path = str_param(p, "path")?;
+    let path = params::str(p, "path")?;
     let rel_archive = rel(path)?;
     let format = Format::of(p, path)?;
-    let output = match opt_str(p, "output")? {
+    let output = match params::opt_str(p, "output")? {
         Some(o) => o.to_string(),
         None => {
             let s = slash(&rel_archive);
@@ -743,7 +743,7 @@ fn extract(cfg: &FileConfig, p: &Map<String, Value>) -> Result<Value, Error> {
         }
     };
     let out_rel = rel(&output)?;
-    let overwrite = bool_param(p, "overwrite")?.unwrap_or(false);
+    let overwrite = params::opt_bool(p, "overwrite")?.unwrap_or(false);
     let root = root(cfg)?;
     let archive = root
         .open(&rel_archive)
@@ -942,26 +942,6 @@ fn slash(p: &Path) -> String {
 fn time(t: Option<std::time::SystemTime>) -> Option<String> {
     t.and_then(|t| jiff::Timestamp::try_from(t).ok())
         .map(|t| t.to_string())
-}
-
-fn str_param<'a>(p: &'a Map<String, Value>, name: &str) -> Result<&'a str, Error> {
-    opt_str(p, name)?.ok_or_else(|| Error::invalid_args(format!("{name} is required")))
-}
-
-fn opt_str<'a>(p: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, Error> {
-    match p.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(Error::invalid_args(format!("{name} must be a string"))),
-    }
-}
-
-fn bool_param(p: &Map<String, Value>, name: &str) -> Result<Option<bool>, Error> {
-    match p.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(Error::invalid_args(format!("{name} must be true or false"))),
-    }
 }
 
 #[cfg(test)]

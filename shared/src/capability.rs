@@ -166,3 +166,34 @@ pub trait Catalog: Send + Sync {
             .all(|c| names.contains(&c.as_str()))
     }
 }
+
+/// Reading a task's parameters, with `invalid_args` naming the one that is
+/// wrong. `null` counts as absent. (The schema has usually refused bad ones
+/// already; these keep a capability honest when called directly.)
+pub mod params {
+    use crate::Error;
+    use serde_json::{Map, Value};
+
+    /// A string parameter that must be there.
+    pub fn str<'a>(p: &'a Map<String, Value>, name: &str) -> Result<&'a str, Error> {
+        opt_str(p, name)?.ok_or_else(|| Error::invalid_args(format!("{name} is required")))
+    }
+
+    /// A string parameter that may be left out.
+    pub fn opt_str<'a>(p: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, Error> {
+        match p.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(Error::invalid_args(format!("{name} must be a string"))),
+        }
+    }
+
+    /// A boolean parameter that may be left out.
+    pub fn opt_bool(p: &Map<String, Value>, name: &str) -> Result<Option<bool>, Error> {
+        match p.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(Error::invalid_args(format!("{name} must be true or false"))),
+        }
+    }
+}

@@ -780,3 +780,37 @@ pub fn is_running(pid: i32) -> bool {
 pub fn signal_pid(pid: i32, sig: Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
+
+/// Runs `jetmesh <args>` against `url` to its end; panics unless it
+/// succeeds; returns its standard output.
+pub fn jetmesh_ok(url: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(jetmesh_bin())
+        .args(args)
+        .env("NATS_URL", url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("jetmesh runs");
+    assert!(
+        out.status.success(),
+        "jetmesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the Python `script` with `args` (an independent reader of what jetmesh
+/// wrote); panics unless it succeeds; returns its standard output.
+pub fn python_ok(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

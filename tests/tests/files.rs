@@ -7,7 +7,7 @@
 
 use base64::Engine;
 use jetmesh_shared::config::PoolConfig;
-use jetmesh_tests::{InProcessMesh, NatsServer, jetmesh_bin, python, request_json, test_config};
+use jetmesh_tests::{InProcessMesh, NatsServer, jetmesh_ok, python_ok, request_json, test_config};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -202,35 +202,24 @@ async fn files_stay_in_the_sandbox_and_archives_round_trip() {
         assert_eq!(reference["size"].as_u64(), Some(size), "{v}");
         assert_eq!(reference["bucket"], "mesh_objects");
         let fetched = tmp.path().join("fetched");
-        let out = std::process::Command::new(jetmesh_bin())
-            .args(["obj", "get", reference["key"].as_str().unwrap(), "-o"])
-            .arg(&fetched)
-            .env("NATS_URL", server.url())
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let key = reference["key"].as_str().unwrap();
+        jetmesh_ok(
+            &server.url(),
+            &[
+                "obj".as_ref(),
+                "get".as_ref(),
+                key.as_ref(),
+                "-o".as_ref(),
+                fetched.as_os_str(),
+            ],
         );
         let bytes = std::fs::read(&fetched).unwrap();
         assert_eq!(
             jetmesh_shared::objects::sha256_hex(&bytes),
             reference["sha256"].as_str().unwrap()
         );
-        let out = std::process::Command::new(python())
-            .arg("-c")
-            .arg(reader)
-            .arg(&fetched)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = python_ok(reader, &[fetched.as_os_str()]);
+        let seen: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
             seen,
             json!({"docs/a.md": "# A\n", "docs/c.txt": "c\n", "docs/sub/b.md": "# B\n"}),

@@ -8,7 +8,7 @@
 
 use jetmesh_shared::registry;
 use jetmesh_shared::wire::{ActionSchema, CapabilityEntry};
-use jetmesh_tests::{InProcessMesh, NatsServer, jetmesh_bin, request_json, test_config};
+use jetmesh_tests::{InProcessMesh, NatsServer, request_json, test_config};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -181,18 +181,7 @@ async fn schemas_are_published_enforced_and_printed() {
     );
 
     // `jetmesh caps --actions` prints descriptions and parameters.
-    let out = std::process::Command::new(jetmesh_bin())
-        .args(["caps", "--actions"])
-        .env("NATS_URL", server.url())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = jetmesh_tests::jetmesh_ok(&server.url(), &["caps".as_ref(), "--actions".as_ref()]);
     for needle in [
         "divide",
         "Divides args[0]",

@@ -9,8 +9,7 @@
 use jetmesh_shared::config::{Config, PoolConfig};
 use jetmesh_tests::site::Site;
 use jetmesh_tests::{
-    InProcessMesh, NatsServer, Proc, SIGKILL, SIGSTOP, python, report_task, request_json,
-    test_config,
+    InProcessMesh, NatsServer, Proc, SIGKILL, SIGSTOP, report_task, request_json, test_config,
 };
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -54,18 +53,7 @@ w, h = size
 assert len(raw) >= h * (w * 3 + 1), 'image data'
 print(w, h)
 "#;
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = jetmesh_tests::python_ok(script, &[path.as_os_str()]);
     let mut it = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
     (it.next().unwrap(), it.next().unwrap())
 }

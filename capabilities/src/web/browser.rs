@@ -82,8 +82,9 @@ pub struct Chromium {
 }
 
 impl Chromium {
-    /// Starts the browser with its traffic through `proxy`.
-    pub async fn launch(cfg: &WebConfig, proxy: SocketAddr) -> Result<Chromium, Error> {
+    /// Starts the browser with its traffic through `proxy` (`None`: straight
+    /// out, for the benchmark's raw baseline only).
+    pub async fn launch(cfg: &WebConfig, proxy: Option<SocketAddr>) -> Result<Chromium, Error> {
         let bin = find(cfg)?;
         let profile = tempfile::Builder::new()
             .prefix("jetmesh-chromium-")
@@ -113,17 +114,19 @@ impl Chromium {
             "--hide-scrollbars",
             // Popups and new windows would be pages nobody drives.
             "--block-new-web-contents",
-            // Every request through the guard, loopback included, and no
-            // UDP around it.
-            "--proxy-bypass-list=<-loopback>",
-            "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
         ])
-        .arg(format!("--proxy-server=http://{proxy}"))
         .arg(format!(
             "--window-size={},{}",
             cfg.viewport_width, cfg.viewport_height
         ))
         .arg(format!("--user-data-dir={}", profile.path().display()));
+        if let Some(proxy) = proxy {
+            // Every request through the guard, loopback included, and no
+            // UDP around it.
+            cmd.arg(format!("--proxy-server=http://{proxy}"))
+                .arg("--proxy-bypass-list=<-loopback>")
+                .arg("--force-webrtc-ip-handling-policy=disable_non_proxied_udp");
+        }
         if !cfg.sandbox || nix::unistd::Uid::effective().is_root() {
             static SAID: std::sync::Once = std::sync::Once::new();
             if cfg.sandbox {

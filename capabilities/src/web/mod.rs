@@ -18,7 +18,7 @@
 //! least recently used idle one makes room. Every request goes through the
 //! [`guard`]; large page text and screenshots go to the object store.
 
-mod browser;
+pub mod browser;
 pub mod guard;
 
 use browser::Chromium;
@@ -32,7 +32,7 @@ use chromiumoxide::cdp::js_protocol::runtime::{CallArgument, CallFunctionOnParam
 use chromiumoxide::page::ScreenshotParams;
 use futures::future::BoxFuture;
 use guard::Guard;
-use jetmesh_shared::capability::{Action, Call, Capability};
+use jetmesh_shared::capability::{Action, Call, Capability, params};
 use jetmesh_shared::config::WebConfig;
 use jetmesh_shared::{Error, ErrorCode, Mesh, objects};
 use serde_json::{Map, Value, json};
@@ -175,7 +175,7 @@ impl Web {
                 self.spawn_reaper();
             }
             let proxy = st.proxy.expect("started above");
-            st.browser = Some(Chromium::launch(&self.cfg, proxy).await?);
+            st.browser = Some(Chromium::launch(&self.cfg, Some(proxy)).await?);
             st.generation += 1;
         }
         if let Some(s) = st.sessions.get(id) {
@@ -380,7 +380,7 @@ impl Web {
         p: &Map<String, Value>,
         call: &Call<'_>,
     ) -> Result<Value, Error> {
-        let url = str_param(p, "url")?;
+        let url = params::str(p, "url")?;
         let parsed = target_host(url)?;
         let mark = self.guard.mark();
         let limit = Duration::from_millis(self.cfg.navigation_timeout_ms.max(100));
@@ -430,12 +430,12 @@ impl Web {
                 format!("{url}: the page could not be loaded"),
             ));
         }
-        if opt_str(p, "wait")? == Some("networkidle") {
+        if params::opt_str(p, "wait")? == Some("networkidle") {
             let idle =
                 json!({"op": "idle", "quiet_ms": 500, "timeout_ms": limit.as_millis() as u64});
             self.js(page, idle).await?;
         }
-        if let Some(sel) = opt_str(p, "selector")? {
+        if let Some(sel) = params::opt_str(p, "selector")? {
             let found = self
                 .js(page, json!({"op": "wait_selector", "selector": sel, "timeout_ms": limit.as_millis() as u64}))
                 .await?;
@@ -446,8 +446,12 @@ impl Web {
                 ));
             }
         }
-        let format = opt_str(p, "format")?.unwrap_or("text");
-        let mut out = if format == "none" {
+        let format = params::opt_str(p, "format")?.unwrap_or("text");
+        let waited = p.contains_key("wait") || p.contains_key("selector");
+        let mut out = if format == "none" && !waited && info.is_object() {
+            // Nothing ran since the page was asked about.
+            info
+        } else if format == "none" {
             self.js(page, json!({"op": "info"})).await?
         } else {
             self.js(
@@ -503,7 +507,7 @@ impl Web {
     }
 
     async fn click(&self, page: &Page, p: &Map<String, Value>) -> Result<Value, Error> {
-        let sel = str_param(p, "selector")?;
+        let sel = params::str(p, "selector")?;
         let before = self.js(page, json!({"op": "info"})).await?;
         let el = self.element(page, sel).await?;
         bounded("the click failed", el.click()).await?;
@@ -558,16 +562,16 @@ impl Web {
     async fn extract(&self, page: &Page, p: &Map<String, Value>) -> Result<Value, Error> {
         let args = json!({
             "op": "extract",
-            "selector": opt_str(p, "selector")?,
-            "attribute": opt_str(p, "attribute")?,
-            "as": opt_str(p, "as")?.unwrap_or(if p.contains_key("selector") { "text" } else { "markdown" }),
+            "selector": params::opt_str(p, "selector")?,
+            "attribute": params::opt_str(p, "attribute")?,
+            "as": params::opt_str(p, "as")?.unwrap_or(if p.contains_key("selector") { "text" } else { "markdown" }),
             "limit": p.get("limit").and_then(Value::as_u64).unwrap_or(1000),
         });
         let out = self.js(page, args).await?;
         if out.get("error").and_then(Value::as_str) == Some("invalid_selector") {
             return Err(Error::invalid_args(format!(
                 "selector {:?} is not valid CSS: {}",
-                opt_str(p, "selector")?.unwrap_or(""),
+                params::opt_str(p, "selector")?.unwrap_or(""),
                 out["message"].as_str().unwrap_or("")
             )));
         }
@@ -580,7 +584,7 @@ impl Web {
         p: &Map<String, Value>,
         call: &Call<'_>,
     ) -> Result<Value, Error> {
-        let png = match opt_str(p, "selector")? {
+        let png = match params::opt_str(p, "selector")? {
             Some(sel) => {
                 let el = self.element(page, sel).await?;
                 bounded(
@@ -592,7 +596,7 @@ impl Web {
             None => {
                 let params = ScreenshotParams::builder()
                     .format(CaptureScreenshotFormat::Png)
-                    .full_page(bool_param(p, "full_page")?.unwrap_or(false))
+                    .full_page(params::opt_bool(p, "full_page")?.unwrap_or(false))
                     .build();
                 bounded("the screenshot failed", page.screenshot(params)).await?
             }
@@ -611,7 +615,7 @@ impl Web {
         let args = json!({
             "op": "scroll",
             "pixels": p.get("pixels"),
-            "selector": opt_str(p, "selector")?,
+            "selector": params::opt_str(p, "selector")?,
             "max_rounds": p.get("max_rounds").and_then(Value::as_u64).unwrap_or(10),
             "wait_ms": p.get("wait_ms").and_then(Value::as_u64).unwrap_or(1000),
         });
@@ -621,7 +625,7 @@ impl Web {
                 SELECTOR_NOT_FOUND,
                 format!(
                     "{:?} matches nothing",
-                    opt_str(p, "selector")?.unwrap_or("")
+                    params::opt_str(p, "selector")?.unwrap_or("")
                 ),
             ));
         }
@@ -741,26 +745,6 @@ fn png_size(png: &[u8]) -> Option<(u32, u32)> {
     let w = u32::from_be_bytes(png[16..20].try_into().ok()?);
     let h = u32::from_be_bytes(png[20..24].try_into().ok()?);
     Some((w, h))
-}
-
-fn str_param<'a>(p: &'a Map<String, Value>, name: &str) -> Result<&'a str, Error> {
-    opt_str(p, name)?.ok_or_else(|| Error::invalid_args(format!("{name} is required")))
-}
-
-fn opt_str<'a>(p: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, Error> {
-    match p.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(Error::invalid_args(format!("{name} must be a string"))),
-    }
-}
-
-fn bool_param(p: &Map<String, Value>, name: &str) -> Result<Option<bool>, Error> {
-    match p.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(Error::invalid_args(format!("{name} must be true or false"))),
-    }
 }
 
 #[cfg(test)]
