@@ -127,6 +127,46 @@ async fn a_plan_drives_one_page_through_navigate_click_extract_and_screenshot() 
         (Some(1280), Some(800))
     );
 
+    // The plan's session closed when the plan ended: its page is gone.
+    let plan_id = v["plan_id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    loop {
+        let r = run(&c, "extract", json!({"selector": "h1", "session": plan_id})).await;
+        if code(&r) == "session_lost" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the plan's page outlived it: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Sessions are isolated: a cookie and a stored item set in one are not
+    // seen by another on the same site.
+    let seen = |v: &Value| v["output"]["text"].as_str().unwrap_or("").to_string();
+    let v = run(
+        &c,
+        "navigate",
+        json!({"url": site.url("/cookie?set"), "session": "iso1"}),
+    )
+    .await;
+    assert_eq!(seen(&v), "none / none", "{v}");
+    let v = run(
+        &c,
+        "navigate",
+        json!({"url": site.url("/cookie"), "session": "iso1"}),
+    )
+    .await;
+    assert_eq!(seen(&v), "k=v / v", "{v}");
+    let v = run(
+        &c,
+        "navigate",
+        json!({"url": site.url("/cookie"), "session": "iso2"}),
+    )
+    .await;
+    assert_eq!(seen(&v), "none / none", "{v}");
+
     // Single tasks share a page through an explicit session; sessions are
     // isolated from each other.
     let v = run(

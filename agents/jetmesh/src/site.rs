@@ -130,6 +130,12 @@ async fn route(path: &str) -> (&'static str, String, String) {
             ("302 Found", format!("Location: {to}\r\n"), String::new())
         }
         "/static" => ("200 OK", String::new(), "<html><head><title>Static</title></head><body><h1>Static</h1><p>plain page</p></body></html>".into()),
+        // Sets a cookie and a localStorage item, and shows what the page sees.
+        "/cookie" => ("200 OK", String::new(), r#"<html><head><title>Cookie</title></head><body><p id="seen"></p><script>
+  const seen = (document.cookie || "none") + " / " + (localStorage.getItem("k") || "none");
+  document.getElementById("seen").textContent = seen;
+  if (location.search === "?set") { document.cookie = "k=v; path=/"; localStorage.setItem("k", "v"); }
+</script></body></html>"#.into()),
         _ => ("404 Not Found", String::new(), "<html><head><title>Not found</title></head><body>no such page</body></html>".into()),
     }
 }
