@@ -471,3 +471,52 @@ async fn a_crashed_or_hung_browser_is_relaunched_and_the_navigation_retried() {
     }
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_expire_and_the_page_cap_closes_the_least_recently_used() {
+    let server = NatsServer::start();
+    let site = Site::start().await;
+    let mut config = web_config(&server.url(), &["127.0.0.0/8"]);
+    config.web.max_pages = 2;
+    config.web.session_ttl_secs = 2;
+    let m = InProcessMesh::start(config).await;
+    let c = server.client().await;
+    let open = |s: &'static str| {
+        let c = c.clone();
+        let url = site.url("/static");
+        async move {
+            run(
+                &c,
+                "navigate",
+                json!({"url": url, "session": s, "format": "none"}),
+            )
+            .await
+        }
+    };
+    let h1 = |s: &'static str| {
+        let c = c.clone();
+        async move { run(&c, "extract", json!({"selector": "h1", "session": s})).await }
+    };
+    // At the cap (2 pages), a third session closes the least recently used.
+    assert_eq!(open("a").await["status"], "success");
+    assert_eq!(open("b").await["status"], "success");
+    assert_eq!(
+        h1("a").await["output"]["items"],
+        json!(["Static"]),
+        "a is now the most recent"
+    );
+    assert_eq!(open("c").await["status"], "success");
+    assert_eq!(
+        code(&h1("b").await),
+        "session_lost",
+        "b was the least recently used"
+    );
+    assert_eq!(h1("a").await["output"]["items"], json!(["Static"]));
+    assert_eq!(h1("c").await["output"]["items"], json!(["Static"]));
+    // Unused for longer than session_ttl_secs (2 s): closed by the next
+    // sweep (every 2 s here), so within 4 s at most.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(code(&h1("c").await), "session_lost");
+    assert_eq!(code(&h1("a").await), "session_lost");
+    m.stop().await;
+}
