@@ -479,6 +479,7 @@ async fn idle_sessions_expire_and_the_page_cap_closes_the_least_recently_used() 
     let mut config = web_config(&server.url(), &["127.0.0.0/8"]);
     config.web.max_pages = 2;
     config.web.session_ttl_secs = 2;
+    config.web.max_inline_bytes = 64;
     let m = InProcessMesh::start(config).await;
     let c = server.client().await;
     let open = |s: &'static str| {
@@ -513,6 +514,23 @@ async fn idle_sessions_expire_and_the_page_cap_closes_the_least_recently_used() 
     );
     assert_eq!(h1("a").await["output"]["items"], json!(["Static"]));
     assert_eq!(h1("c").await["output"]["items"], json!(["Static"]));
+    // Page text over max_inline_bytes (64 here) goes to the object store.
+    let v = run(
+        &c,
+        "navigate",
+        json!({"url": site.url("/list"), "session": "c"}),
+    )
+    .await;
+    let o = &v["output"];
+    assert!(o.get("text").is_none(), "{v}");
+    let key = o["text_object"]["key"].as_str().unwrap();
+    let (r, bytes) = jetmesh_shared::objects::get(&m.mesh, key).await.unwrap();
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(
+        text.starts_with("item 1\nitem 2") && text.contains("item 20"),
+        "{text}"
+    );
+    assert_eq!(r.size, text.len() as u64);
     // Unused for longer than session_ttl_secs (2 s): closed by the next
     // sweep (every 2 s here), so within 4 s at most.
     tokio::time::sleep(Duration::from_secs(5)).await;

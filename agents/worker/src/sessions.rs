@@ -37,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 const PING: &str = "Jetmesh-Session-Ping";
 /// How often a forwarding worker checks that the holder is still there.
 const PING_EVERY: Duration = Duration::from_secs(2);
+/// Unanswered pings in a row after which the holder counts as gone.
+const SILENT_PINGS: u32 = 3;
 /// How long a forwarded task may take when the task says nothing.
 const DEFAULT_LIMIT: Duration = Duration::from_secs(600);
 /// A session whose capability closed it is released within this.
@@ -128,6 +130,15 @@ impl Sessions {
 
     /// Listens for the session's tasks from other workers.
     async fn hold(&self, cap: &Arc<dyn Capability>, session: &str, subject: &str) -> Result<()> {
+        if self
+            .held
+            .lock()
+            .expect("sessions lock")
+            .contains_key(session)
+        {
+            // Another task here took it meanwhile.
+            return Ok(());
+        }
         let mut sub = self
             .mesh
             .client
@@ -142,13 +153,26 @@ impl Sessions {
             .await
             .map_err(|e| Error::unavailable("cannot hold a session", e))?;
         let stop = self.stop.child_token();
-        self.held.lock().expect("sessions lock").insert(
-            session.to_string(),
-            Held {
-                cap: cap.clone(),
-                stop: stop.clone(),
-            },
-        );
+        let first = match self
+            .held
+            .lock()
+            .expect("sessions lock")
+            .entry(session.to_string())
+        {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Held {
+                    cap: cap.clone(),
+                    stop: stop.clone(),
+                });
+                true
+            }
+        };
+        if !first {
+            // Another task here became the holder in the meantime.
+            let _ = sub.unsubscribe().await;
+            return Ok(());
+        }
         let (mesh, cap) = (self.mesh.clone(), cap.clone());
         tracing::debug!(session, pool = %self.pool, "This worker holds a session.");
         tokio::spawn(async move {
@@ -206,6 +230,8 @@ impl Sessions {
         tokio::pin!(request);
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        // Pings in a row that got no answer: a holder hung or cut off.
+        let mut silent = 0;
         loop {
             tokio::select! {
                 reply = &mut request => {
@@ -228,10 +254,20 @@ impl Sessions {
                             async_nats::Request::new().headers(headers).timeout(Some(PING_EVERY)),
                         )
                         .await;
-                    if matches!(&pong, Err(e) if e.kind() == RequestErrorKind::NoResponders) {
+                    match &pong {
+                        Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                            return Forwarded::Answered(Err(Error::new(
+                                SESSION_LOST,
+                                "the worker holding this task's session stopped while running it",
+                            )));
+                        }
+                        Err(_) => silent += 1,
+                        Ok(_) => silent = 0,
+                    }
+                    if silent >= SILENT_PINGS {
                         return Forwarded::Answered(Err(Error::new(
                             SESSION_LOST,
-                            "the worker holding this task's session stopped while running it",
+                            "the worker holding this task's session stopped answering",
                         )));
                     }
                 }
@@ -272,8 +308,20 @@ async fn serve(mesh: &Mesh, cap: &dyn Capability, msg: async_nats::Message) {
         Ok(v) => TaskResult::success(v.clone()),
         Err(e) => TaskResult::failure(e),
     };
-    if let Ok(bytes) = codec::to_json(&body) {
-        let _ = mesh.client.publish(reply, bytes).await;
+    let sent = match codec::to_json(&body) {
+        Ok(bytes) => mesh.client.publish(reply.clone(), bytes).await.is_ok(),
+        Err(_) => false,
+    };
+    if !sent {
+        // Too large for one message (or not encodable): the forwarder must
+        // not wait for an answer that never comes.
+        let e = Error::new(
+            ErrorCode::PayloadTooLarge,
+            "the session holder's result does not fit one NATS message",
+        );
+        if let Ok(bytes) = codec::to_json(&TaskResult::failure(&e)) {
+            let _ = mesh.client.publish(reply, bytes).await;
+        }
     }
 }
 

@@ -189,7 +189,12 @@ impl Chromium {
         });
         let config = HandlerConfig {
             ignore_https_errors: false,
-            request_timeout: Duration::from_secs(15),
+            // The driver drops a command older than this: it must outlast the
+            // longest wait a task may ask for (a navigation, a scroll); our
+            // own bounds (shorter) apply first.
+            request_timeout: Duration::from_millis(cfg.navigation_timeout_ms)
+                .max(super::MAX_PAGE_WAIT)
+                + Duration::from_secs(15),
             viewport: Some(chromiumoxide::handler::viewport::Viewport {
                 width: cfg.viewport_width,
                 height: cfg.viewport_height,

@@ -40,6 +40,7 @@ const BLOCKED: &[&str] = &[
     "::1/128",
     "fc00::/7",
     "fe80::/10",
+    "fec0::/10",
     "ff00::/8",
 ];
 
@@ -161,15 +162,35 @@ impl Guard {
     }
 }
 
-/// An IPv4 address mapped into IPv6 is checked as the IPv4 address.
+/// An IPv6 address that carries an IPv4 one is checked as that IPv4
+/// address: mapped (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`), NAT64
+/// (`64:ff9b::a.b.c.d`, and the local-use `64:ff9b:1::/48`) and 6to4
+/// (`2002:AABB:CCDD::`).
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else { return ip };
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        IpAddr::V4(Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        ))
+    };
+    if let Some(mapped) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(mapped);
     }
+    // `::` and `::1` stay themselves; the rest of ::/96 is IPv4-compatible.
+    if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
+        return v4(s[6], s[7]);
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1) {
+        return v4(s[6], s[7]);
+    }
+    if s[0] == 0x2002 {
+        return v4(s[1], s[2]);
+    }
+    ip
 }
 
 /// Starts the proxy on a loopback port; it runs until `stop`.
@@ -234,7 +255,9 @@ async fn serve(guard: &Guard, mut conn: TcpStream) -> std::io::Result<()> {
             Ok(a) => a,
             Err((why, ip)) => return reply(&mut conn, 403, &why, ip).await,
         };
-        let mut upstream = TcpStream::connect(&addrs[..]).await?;
+        let Some(mut upstream) = connect(guard, &host, &addrs).await else {
+            return reply(&mut conn, 502, "the address does not answer", None).await;
+        };
         conn.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             .await?;
         // Bytes the browser sent after the head belong to the tunnel.
@@ -283,8 +306,69 @@ async fn serve(guard: &Guard, mut conn: TcpStream) -> std::io::Result<()> {
     };
     upstream.write_all(head.as_bytes()).await?;
     upstream.write_all(&buf[head_len..]).await?;
-    tokio::io::copy_bidirectional(&mut conn, &mut upstream).await?;
-    Ok(())
+    // One request per connection: the response is told to close it, so the
+    // browser never sends a second request (for another host) down a
+    // connection that leads to this server.
+    let (mut up_read, mut up_write) = upstream.into_split();
+    let (mut c_read, mut c_write) = conn.into_split();
+    let body_up = tokio::io::copy(&mut c_read, &mut up_write);
+    let response = async {
+        let mut head = Vec::with_capacity(4096);
+        let head_end = loop {
+            let mut chunk = [0u8; 4096];
+            let n = up_read.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            head.extend_from_slice(&chunk[..n]);
+            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if head.len() > MAX_HEAD {
+                return Err(std::io::Error::other("response head too large"));
+            }
+        };
+        c_write.write_all(&closing(&head[..head_end])).await?;
+        c_write.write_all(&head[head_end..]).await?;
+        tokio::io::copy(&mut up_read, &mut c_write).await?;
+        c_write.shutdown().await
+    };
+    tokio::pin!(body_up);
+    tokio::select! {
+        r = response => r,
+        // The browser closed its side: nothing more to carry.
+        _ = &mut body_up => Ok(()),
+    }
+}
+
+/// A response head with `Connection: close` in place of whatever it said
+/// about keeping the connection.
+fn closing(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::with_capacity(head.len() + 48);
+    for (i, line) in text.split("\r\n").enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if i > 0
+            && matches!(
+                name.as_str(),
+                "connection" | "keep-alive" | "proxy-connection"
+            )
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\nProxy-Connection: close\r\n\r\n");
+    out.into_bytes()
 }
 
 /// Connects to one of the checked addresses (10 s at most), recording a failure.
@@ -385,6 +469,11 @@ mod tests {
             "100.64.0.1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "64:ff9b::a00:5",
+            "64:ff9b:1::a9fe:a9fe",
+            "::a00:5",
+            "2002:a00:5::1",
+            "fec0::1",
         ] {
             assert!(!g.permits(bad.parse().unwrap()), "{bad} must be refused");
         }
@@ -394,6 +483,8 @@ mod tests {
             "172.32.0.1",
             "2606:4700::1111",
             "8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert!(g.permits(good.parse().unwrap()), "{good} must pass");
         }
@@ -402,6 +493,15 @@ mod tests {
         assert!(g.permits("10.9.9.9".parse().unwrap()));
         assert!(!g.permits("10.9.9.8".parse().unwrap()));
         assert!(!g.permits("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn responses_are_told_to_close() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n";
+        assert_eq!(
+            String::from_utf8(closing(head)).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\nProxy-Connection: close\r\n\r\n"
+        );
     }
 
     #[test]

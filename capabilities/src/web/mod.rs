@@ -57,6 +57,9 @@ pub const SELECTOR_NOT_FOUND: ErrorCode = ErrorCode::capability("selector_not_fo
 /// closed (TTL, page cap, a browser crash).
 pub const SESSION_LOST: ErrorCode = ErrorCode::capability("session_lost");
 
+/// The longest a page helper may wait (a scroll to the bottom of a long list).
+pub(crate) const MAX_PAGE_WAIT: Duration = Duration::from_secs(120);
+
 /// The helpers run in pages.
 const PAGE_JS: &str = include_str!("page.js");
 
@@ -130,6 +133,9 @@ struct Session {
     generation: u64,
     last_used: std::sync::Mutex<Instant>,
     turn: Mutex<()>,
+    /// Set when the session is closed (plan end, TTL, the page cap): a task
+    /// that got it just before then finds out once it holds its turn.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Web {
@@ -225,13 +231,20 @@ impl Web {
             .browser_context_id(context.clone())
             .build()
             .map_err(|e| Error::new(ErrorCode::Internal, e))?;
-        let page = bounded("cannot open a page", b.new_page(target)).await?;
+        let page = match bounded("cannot open a page", b.new_page(target)).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = bounded("", b.dispose_browser_context(context)).await;
+                return Err(e);
+            }
+        };
         let s = Arc::new(Session {
             context,
             page,
             generation: st.generation,
             last_used: std::sync::Mutex::new(Instant::now()),
             turn: Mutex::new(()),
+            closed: Default::default(),
         });
         st.sessions.insert(id.to_string(), s.clone());
         Ok(s)
@@ -358,8 +371,16 @@ impl Web {
     async fn run_once(&self, call: &Call<'_>) -> Result<Value, Error> {
         let p = call.params;
         let open = call.action == "navigate";
-        let session = self.session(call.session, open).await?;
-        let _turn = session.turn.lock().await;
+        let mut session = self.session(call.session, open).await?;
+        let mut turn = session.turn.lock().await;
+        if session.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            // Closed while this task waited for its turn: a navigation opens
+            // the session again; anything else has lost its page.
+            drop(turn);
+            session = self.session(call.session, open).await?;
+            turn = session.turn.lock().await;
+        }
+        let _turn = turn;
         let page = &session.page;
         match call.action {
             "navigate" => self.navigate(page, p, call).await,
@@ -612,12 +633,16 @@ impl Web {
     }
 
     async fn scroll(&self, page: &Page, p: &Map<String, Value>) -> Result<Value, Error> {
+        let rounds = p.get("max_rounds").and_then(Value::as_u64).unwrap_or(10);
+        let wait_ms = p.get("wait_ms").and_then(Value::as_u64).unwrap_or(1000);
         let args = json!({
             "op": "scroll",
             "pixels": p.get("pixels"),
             "selector": params::opt_str(p, "selector")?,
-            "max_rounds": p.get("max_rounds").and_then(Value::as_u64).unwrap_or(10),
-            "wait_ms": p.get("wait_ms").and_then(Value::as_u64).unwrap_or(1000),
+            "max_rounds": rounds,
+            "wait_ms": wait_ms,
+            // The whole scroll, bounded.
+            "timeout_ms": (rounds.saturating_mul(wait_ms) + 5000).min(MAX_PAGE_WAIT.as_millis() as u64),
         });
         let out = self.js(page, args).await?;
         if out.get("error").and_then(Value::as_str) == Some("selector_not_found") {
@@ -635,6 +660,7 @@ impl Web {
 
 /// Closes a session's page and its browser context (cookies, storage).
 async fn close(browser: Option<&Chromium>, s: Arc<Session>) {
+    s.closed.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = bounded("", s.page.clone().close()).await;
     if let Some(b) = browser {
         let _ = bounded("", b.browser.dispose_browser_context(s.context.clone())).await;

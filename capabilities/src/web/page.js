@@ -162,8 +162,9 @@ async (a) => {
       }
       // To the bottom, again while the page grows (an infinite list), up to max_rounds.
       const first = el.scrollHeight;
+      const deadline = Date.now() + a.timeout_ms;
       let rounds = 0;
-      for (; rounds < a.max_rounds; rounds++) {
+      for (; rounds < a.max_rounds && Date.now() < deadline; rounds++) {
         const before = el.scrollHeight;
         window.scrollTo(0, before);
         const until = Date.now() + a.wait_ms;
