@@ -26,8 +26,19 @@ pub struct Plan {
     /// An execution plan (seed 2), opaque here: the coordination layer
     /// (`jetmesh-coord`) reads it, compiles it into `subtasks` (one
     /// `agent.bead` task per bead) and keeps it here for the workers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `null` is no epic, in either encoding (MessagePack's nil would
+    /// otherwise read as `Some(Null)`, and JSON's `null` as `None`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "non_null"
+    )]
     pub epic: Option<Value>,
+}
+
+/// An optional value where `null` means absent.
+fn non_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Ok(Option::<Value>::deserialize(d)?.filter(|v| !v.is_null()))
 }
 
 /// A plan without its tasks' parameters (see [`PlanRecord`]).
@@ -82,7 +93,7 @@ struct SubmitRequestWire {
     subtasks: Vec<Subtask>,
     #[serde(default)]
     deadline_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     epic: Option<Value>,
     #[serde(default)]
     wait: bool,
