@@ -440,6 +440,16 @@ impl Names {
         self.bucket("objects")
     }
 
+    /// `OBJ_<bucket>`: the stream behind any object store.
+    pub fn object_stream_of(bucket: &str) -> String {
+        format!("OBJ_{bucket}")
+    }
+
+    /// The subjects of an object store's stream: chunks and metadata.
+    pub fn object_subjects_of(bucket: &str) -> Vec<String> {
+        vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")]
+    }
+
     /// `<plan>/<task>/<name>` in `mesh_objects`: an output of a task.
     pub fn object_key(&self, plan_id: &str, task_id: &str, name: &str) -> String {
         format!("{plan_id}/{task_id}/{name}")

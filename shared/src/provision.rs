@@ -67,7 +67,7 @@ impl Desired {
         match self {
             Desired::Stream(c) => c.name.clone(),
             Desired::Bucket(c) => Names::kv_stream_of(&c.bucket),
-            Desired::Objects(c) => format!("OBJ_{}", c.bucket),
+            Desired::Objects(c) => Names::object_stream_of(&c.bucket),
         }
     }
 }
@@ -281,32 +281,43 @@ impl Shape {
         }
     }
 
+    /// The stream behind a KV bucket or an object store.
+    fn store(
+        subjects: Vec<String>,
+        max_age: Duration,
+        storage: stream::StorageType,
+        replicas: usize,
+        history: i64,
+    ) -> Shape {
+        Shape {
+            subjects,
+            retention: "limits".into(),
+            max_age,
+            duplicate_window: Duration::ZERO,
+            max_message_size: -1,
+            storage: format!("{storage:?}").to_lowercase(),
+            replicas: replicas.max(1),
+            history,
+        }
+    }
+
     fn wanted(d: &Desired) -> Shape {
         match d {
             Desired::Stream(c) => Shape::of(c),
-            Desired::Bucket(c) => Shape {
-                subjects: vec![Names::kv_subject_of(&c.bucket, ">")],
-                retention: "limits".into(),
-                max_age: c.max_age,
-                duplicate_window: Duration::ZERO,
-                max_message_size: -1,
-                storage: format!("{:?}", c.storage).to_lowercase(),
-                replicas: c.num_replicas.max(1),
-                history: c.history.max(1),
-            },
-            Desired::Objects(c) => Shape {
-                subjects: vec![
-                    format!("$O.{}.C.>", c.bucket),
-                    format!("$O.{}.M.>", c.bucket),
-                ],
-                retention: "limits".into(),
-                max_age: c.max_age,
-                duplicate_window: Duration::ZERO,
-                max_message_size: -1,
-                storage: format!("{:?}", c.storage).to_lowercase(),
-                replicas: c.num_replicas.max(1),
-                history: 1,
-            },
+            Desired::Bucket(c) => Shape::store(
+                vec![Names::kv_subject_of(&c.bucket, ">")],
+                c.max_age,
+                c.storage,
+                c.num_replicas,
+                c.history.max(1),
+            ),
+            Desired::Objects(c) => Shape::store(
+                Names::object_subjects_of(&c.bucket),
+                c.max_age,
+                c.storage,
+                c.num_replicas,
+                1,
+            ),
         }
     }
 }
