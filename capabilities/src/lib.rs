@@ -1,7 +1,7 @@
 //! The built-in capabilities, one module each, each behind a cargo feature
 //! of the same name (all on by default): a build without `agent` leaves git
 //! worktrees and the coordination crate out, and the capabilities still to
-//! come keep their heavy dependencies (a browser driver, mail, databases)
+//! come keep their heavy dependencies (a browser driver, mail)
 //! behind theirs. The worker runtime sees them only through
 //! [`jetmesh_shared::capability::Capability`], found through [`Builtin`].
 
@@ -9,6 +9,8 @@
 pub mod agent;
 #[cfg(feature = "date")]
 pub mod date;
+#[cfg(feature = "db")]
+pub mod db;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(feature = "math")]
@@ -41,6 +43,8 @@ impl Catalog for Builtin {
             "file",
             #[cfg(feature = "web")]
             "web",
+            #[cfg(feature = "db")]
+            "db",
         ]
     }
 
@@ -71,6 +75,8 @@ impl Catalog for Builtin {
             "file" => Some(Arc::new(file::File::new(mesh.clone()))),
             #[cfg(feature = "web")]
             "web" => Some(Arc::new(web::Web::new(mesh.clone()))),
+            #[cfg(feature = "db")]
+            "db" => Some(Arc::new(db::Db::new(mesh))),
             _ => None,
         }
     }

@@ -50,6 +50,8 @@ pub struct Config {
     pub file: FileConfig,
     /// The `web` capability: the browser, its network policy and limits.
     pub web: WebConfig,
+    /// The `db` capability: named databases (SQLite, PostgreSQL) and limits.
+    pub db: DbConfig,
     /// The process's async runtime.
     pub runtime: RuntimeConfig,
 }
@@ -72,6 +74,7 @@ impl Default for Config {
             agent: AgentConfig::default(),
             file: FileConfig::default(),
             web: WebConfig::default(),
+            db: DbConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -530,6 +533,75 @@ impl Default for WebConfig {
     }
 }
 
+/// The `db` capability: the databases a pool process serves, by name, and
+/// the limits every statement runs under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbConfig {
+    /// The databases, by the name tasks give in `database`. `main` is always
+    /// there: SQLite under `.jetmesh/db`, DDL allowed, unless configured otherwise.
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    /// Every database of this process is read-only (for a reporting pool
+    /// process): as if each had `read_only = true`.
+    pub read_only: bool,
+    /// How long one statement may run before it is cancelled (`timeout`).
+    pub statement_timeout_ms: u64,
+    /// How long a task may wait for a free connection before it fails
+    /// (`unavailable`, retryable).
+    pub acquire_timeout_ms: u64,
+    /// Connections per database per process, unless the database sets its own.
+    pub max_connections: u32,
+    /// The most rows a result returns; the rest are not read (`truncated`).
+    pub max_rows: usize,
+    /// The most bytes of row data (as JSON) a result returns; rows past it are
+    /// not read (`truncated`).
+    pub max_result_bytes: usize,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        let mut databases = BTreeMap::new();
+        databases.insert(
+            "main".to_string(),
+            DatabaseConfig {
+                url: "sqlite:.jetmesh/db/main.db".into(),
+                allow_ddl: true,
+                ..DatabaseConfig::default()
+            },
+        );
+        DbConfig {
+            databases,
+            read_only: false,
+            statement_timeout_ms: 30_000,
+            acquire_timeout_ms: 10_000,
+            max_connections: 8,
+            max_rows: 10_000,
+            max_result_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// One database of the `db` capability.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:PATH` (created on first use unless read-only; a relative path
+    /// is relative to the working folder) or `postgres://user@host:port/db`.
+    /// Never logged, and never in an error.
+    pub url: String,
+    /// Statements run in a read-only transaction (PostgreSQL) or on a
+    /// read-only connection (SQLite); writes fail with `read_only`.
+    pub read_only: bool,
+    /// CREATE, ALTER, DROP and the like are refused (`ddl_refused`) unless true.
+    pub allow_ddl: bool,
+    /// The password, read from this environment variable when the URL has none.
+    pub password_env: Option<String>,
+    /// The password, read from this file (its first line) when the URL has none.
+    pub password_file: Option<PathBuf>,
+    /// Connections to this database per process (default: `db.max_connections`).
+    pub max_connections: Option<u32>,
+}
+
 /// Leader leases (`mesh_leases`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -743,6 +815,28 @@ impl Config {
                     "web.allow_networks: {net:?} is not a network like 127.0.0.0/8 or an address"
                 )));
             }
+        }
+        for (name, db) in &self.db.databases {
+            ids::validate("database name", name)?;
+            let url = db.url.trim();
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(Error::bad_request(format!(
+                    "db.databases.{name}.url must start with sqlite:, postgres:// or postgresql://"
+                )));
+            }
+            if db.max_connections == Some(0) {
+                return Err(Error::bad_request(format!(
+                    "db.databases.{name}.max_connections must be at least 1"
+                )));
+            }
+        }
+        if self.db.max_connections == 0 || self.db.max_rows == 0 {
+            return Err(Error::bad_request(
+                "db.max_connections and db.max_rows must be at least 1",
+            ));
         }
         if self.coord.lease_ttl_secs < 2 {
             return Err(Error::bad_request(

@@ -12,6 +12,9 @@ use tempfile::TempDir;
 
 pub use jetmesh::site;
 
+pub mod postgres;
+pub use postgres::Postgres;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

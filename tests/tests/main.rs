@@ -5,6 +5,7 @@ mod bad_input;
 mod bundles;
 mod cluster;
 mod connection_loss;
+mod db;
 mod dead_letters;
 mod deadlines;
 mod epics;
