@@ -1,7 +1,7 @@
 //! The built-in capabilities, one module each, each behind a cargo feature
 //! of the same name (all on by default): a build without `agent` leaves git
 //! worktrees and the coordination crate out, and the capabilities still to
-//! come keep their heavy dependencies (a browser driver, mail)
+//! come keep their heavy dependencies (a browser driver, mail, databases)
 //! behind theirs. The worker runtime sees them only through
 //! [`jetmesh_shared::capability::Capability`], found through [`Builtin`].
 
@@ -11,6 +11,8 @@ pub mod agent;
 pub mod date;
 #[cfg(feature = "db")]
 pub mod db;
+#[cfg(feature = "email")]
+pub mod email;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(feature = "math")]
@@ -45,6 +47,8 @@ impl Catalog for Builtin {
             "web",
             #[cfg(feature = "db")]
             "db",
+            #[cfg(feature = "email")]
+            "email",
         ]
     }
 
@@ -53,6 +57,10 @@ impl Catalog for Builtin {
         match capability {
             #[cfg(feature = "web")]
             "web" => web::Web::available(&config.web).err().map(|e| e.message),
+            #[cfg(feature = "email")]
+            "email" => email::Email::available(&config.email)
+                .err()
+                .map(|e| e.message),
             _ => None,
         }
     }
@@ -77,6 +85,8 @@ impl Catalog for Builtin {
             "web" => Some(Arc::new(web::Web::new(mesh.clone()))),
             #[cfg(feature = "db")]
             "db" => Some(Arc::new(db::Db::new(mesh))),
+            #[cfg(feature = "email")]
+            "email" => Some(Arc::new(email::Email::new(mesh.clone()))),
             _ => None,
         }
     }

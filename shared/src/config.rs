@@ -52,6 +52,8 @@ pub struct Config {
     pub web: WebConfig,
     /// The `db` capability: named databases (SQLite, PostgreSQL) and limits.
     pub db: DbConfig,
+    /// The `email` capability: named accounts (SMTP and IMAP) and limits.
+    pub email: EmailConfig,
     /// The process's async runtime.
     pub runtime: RuntimeConfig,
 }
@@ -75,6 +77,7 @@ impl Default for Config {
             file: FileConfig::default(),
             web: WebConfig::default(),
             db: DbConfig::default(),
+            email: EmailConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -602,6 +605,93 @@ pub struct DatabaseConfig {
     pub max_connections: Option<u32>,
 }
 
+/// The `email` capability: the accounts a pool process sends and reads
+/// mail with, by name. A task may name an account, never a server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// The accounts, by the name tasks give in `account`.
+    pub accounts: BTreeMap<String, AccountConfig>,
+    /// The account of tasks that name none; empty: the only account, when
+    /// there is exactly one.
+    pub default_account: String,
+    /// How long connecting and each SMTP or IMAP command may take.
+    pub timeout_ms: u64,
+    /// Attempts of a send that the server answers with a temporary (4xx)
+    /// error, spaced by the mesh's backoff; a permanent (5xx) one is not retried.
+    pub send_attempts: u32,
+    /// The largest message `send`, `draft` and `reply` build, attachments
+    /// included, in bytes.
+    pub max_message_bytes: usize,
+    /// Bodies up to this size come back inline from `read`; a larger one,
+    /// and every attachment, goes to the object store as a reference.
+    pub max_inline_bytes: usize,
+    /// The most messages `read` returns, and `search` summarises.
+    pub max_messages: usize,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            accounts: BTreeMap::new(),
+            default_account: String::new(),
+            timeout_ms: 30_000,
+            send_attempts: 4,
+            max_message_bytes: 25 * 1024 * 1024,
+            max_inline_bytes: 256 * 1024,
+            max_messages: 100,
+        }
+    }
+}
+
+/// How a mail connection is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTls {
+    /// TLS from the first byte (SMTP 465, IMAP 993).
+    #[default]
+    Tls,
+    /// Plain, upgraded with STARTTLS, which must succeed (SMTP 587, IMAP 143).
+    Starttls,
+    /// No encryption at all: only for servers on this machine.
+    None,
+}
+
+/// One mail account of the `email` capability.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountConfig {
+    /// The sender address (`From`), e.g. `agent@example.com`.
+    pub address: String,
+    /// The sender's display name.
+    pub name: String,
+    /// The login for SMTP and IMAP (default: `address`).
+    pub username: String,
+    /// The password, from this environment variable. Never logged.
+    pub password_env: Option<String>,
+    /// The password, from the first line of this file. Never logged.
+    pub password_file: Option<PathBuf>,
+    pub smtp_host: String,
+    /// Default: 465 with `tls`, 587 with `starttls`, 25 with `none`.
+    pub smtp_port: Option<u16>,
+    pub smtp_tls: MailTls,
+    /// Empty: the account cannot read (`read`, `search`, `draft`, `reply`).
+    pub imap_host: String,
+    /// Default: 993 with `tls`, 143 otherwise.
+    pub imap_port: Option<u16>,
+    pub imap_tls: MailTls,
+    /// A PEM file of certificates to trust besides the system's (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Messages this account may send per minute; more wait for
+    /// `rate_limited` (with a retry hint). 0: no limit.
+    pub send_per_minute: u32,
+    /// When not empty, every recipient must match one of these
+    /// (`someone@example.com`, or `*@example.com` for a domain).
+    pub allow_recipients: Vec<String>,
+    /// The folder drafts go to; empty: the folder marked `\Drafts`, else `Drafts`.
+    pub drafts_folder: String,
+}
+
 /// Leader leases (`mesh_leases`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -832,6 +922,37 @@ impl Config {
                     "db.databases.{name}.max_connections must be at least 1"
                 )));
             }
+        }
+        for (name, a) in &self.email.accounts {
+            ids::validate("email account name", name)?;
+            if !a.address.contains('@') {
+                return Err(Error::bad_request(format!(
+                    "email.accounts.{name}.address must be a mail address"
+                )));
+            }
+            if a.smtp_host.is_empty() && a.imap_host.is_empty() {
+                return Err(Error::bad_request(format!(
+                    "email.accounts.{name} needs smtp_host, imap_host or both"
+                )));
+            }
+            for r in &a.allow_recipients {
+                if !r.contains('@') {
+                    return Err(Error::bad_request(format!(
+                        "email.accounts.{name}.allow_recipients: {r:?} is not an address or *@domain"
+                    )));
+                }
+            }
+        }
+        if !self.email.default_account.is_empty()
+            && !self
+                .email
+                .accounts
+                .contains_key(&self.email.default_account)
+        {
+            return Err(Error::bad_request(format!(
+                "email.default_account {:?} is not in email.accounts",
+                self.email.default_account
+            )));
         }
         if self.db.max_connections == 0 || self.db.max_rows == 0 {
             return Err(Error::bad_request(
