@@ -6,6 +6,7 @@
 //! an idle `jetmesh up` (without nats-server); the failure figures
 //! ([`failures`]), the pool figures ([`pools`]) and the web figures ([`web`]).
 
+mod db;
 mod failures;
 mod pools;
 mod web;
@@ -58,6 +59,12 @@ pub struct BenchArgs {
     /// Only the web figures.
     #[arg(long)]
     pub web_only: bool,
+    /// Skip the db figures (queries/s against slots, SQLite and PostgreSQL).
+    #[arg(long)]
+    pub no_db: bool,
+    /// Only the db figures.
+    #[arg(long)]
+    pub db_only: bool,
 }
 
 struct Figure {
@@ -98,6 +105,8 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
     let server_pid = server.as_ref().and_then(|s| s.pid());
     let result = if args.web_only {
         web::measure(&config).await
+    } else if args.db_only {
+        db::measure(&config).await
     } else {
         measure(config, &args, server_pid).await
     };
@@ -337,6 +346,9 @@ async fn measure(
     }
     if !args.no_web {
         figures.extend(web::measure(&config).await?);
+    }
+    if !args.no_db {
+        figures.extend(db::measure(&config).await?);
     }
 
     if !args.no_memory {

@@ -171,7 +171,7 @@ async fn mesh_rates(config: &Config, site: &Site) -> Result<Vec<f64>> {
     let roles = tokio::spawn(jetmesh::run_all_roles(mesh.clone(), shutdown.clone()));
     jetmesh::up::wait_ready(&mesh, Duration::from_secs(30)).await?;
     let out = async {
-        let instance = process(&mesh).await?;
+        let instance = process(&mesh, "web").await?;
         let mut out = Vec::new();
         for (round, slots) in SLOTS.into_iter().enumerate() {
             let decision = ScaleDecision {
@@ -236,11 +236,11 @@ fn plan(site: &Site, slots: usize, per: usize, tag: &str) -> Result<SubmitReques
     })
 }
 
-/// The web pool's process instance.
-async fn process(mesh: &Mesh) -> Result<String> {
+/// The instance of `pool`'s one process.
+pub(crate) async fn process(mesh: &Mesh, pool: &str) -> Result<String> {
     for _ in 0..100 {
         let beats = mesh
-            .scan(&mesh.health, &mesh.names.pool_health_keys("web"))
+            .scan(&mesh.health, &mesh.names.pool_health_keys(pool))
             .await?;
         if let Some(b) = beats
             .iter()
@@ -250,7 +250,7 @@ async fn process(mesh: &Mesh) -> Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("the web pool did not heartbeat")
+    anyhow::bail!("the {pool} pool did not heartbeat")
 }
 
 /// The proportional set size of `pid` and every process below it, in MB:

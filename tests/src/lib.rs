@@ -12,7 +12,9 @@ use tempfile::TempDir;
 
 pub use jetmesh::site;
 
+pub mod mail;
 pub mod postgres;
+pub use mail::MailServer;
 pub use postgres::Postgres;
 
 /// The workspace root.

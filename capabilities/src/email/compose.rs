@@ -9,8 +9,9 @@ use jetmesh_shared::capability::params;
 use jetmesh_shared::config::EmailConfig;
 use jetmesh_shared::{Error, ErrorCode, Mesh, objects};
 use lettre::Message;
+use lettre::message::header::ContentTransferEncoding;
 use lettre::message::header::ContentType;
-use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::message::{Attachment, Body as MimeBody, Mailbox, MultiPart, SinglePart};
 use serde_json::{Map, Value};
 
 /// A message to build: what the task asked for.
@@ -315,8 +316,11 @@ pub fn build(
             Body::Multi(m) => MultiPart::mixed().multipart(m),
         };
         for (name, ctype, bytes) in &d.attachments {
-            mixed =
-                mixed.singlepart(Attachment::new(name.clone()).body(bytes.clone(), ctype.clone()));
+            // Base64 always: the bytes arrive exactly as they were (a text
+            // attachment sent as 7bit would have its line ends rewritten).
+            let body = MimeBody::new_with_encoding(bytes.clone(), ContentTransferEncoding::Base64)
+                .map_err(|_| Error::internal("base64 takes any bytes"))?;
+            mixed = mixed.singlepart(Attachment::new(name.clone()).body(body, ctype.clone()));
         }
         b.multipart(mixed)
     };
