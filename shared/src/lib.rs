@@ -22,6 +22,7 @@ pub mod objects;
 pub mod plan;
 pub mod pools;
 pub mod provision;
+pub mod refs;
 pub mod registry;
 pub mod results;
 pub mod service;

@@ -87,6 +87,18 @@ pub fn normalize(plan: &mut Plan, max_subtasks: usize) -> Result<()> {
                 ));
             }
         }
+        // An output a task uses must be stored before it runs.
+        let uses = crate::refs::referenced(&task.params)
+            .map_err(|e| Error::invalid_args(format!("task {}: {}", task.id, e.message)))?;
+        if let Some(r) = uses.iter().find(|r| !task.depends_on.contains(r)) {
+            return Err(Error::new(
+                ErrorCode::UnknownDependency,
+                format!(
+                    "task {} uses the output of {r:?} ($ref or {{{{{r}}}}}), which is not in its depends_on",
+                    task.id
+                ),
+            ));
+        }
     }
     check_acyclic(plan)
 }
@@ -179,17 +191,18 @@ pub fn order_sessions(plan: &mut Plan, keeps: impl Fn(&str) -> bool) -> Result<u
 }
 
 /// Checks every subtask's capability, action and parameters against the
-/// registry (the action's schema, where the entry has one).
+/// registry (the action's schema, where the entry has one). A task that uses
+/// earlier outputs ([`crate::refs`]) meets its schema when the router has
+/// put them in, before it is dispatched.
 pub fn check_capabilities<'a>(
     plan: &Plan,
     lookup: impl Fn(&str) -> Option<&'a Registered>,
 ) -> Result<()> {
     for task in &plan.subtasks {
-        check_one(&task.id, &task.capability, &task.action, &lookup)?.check_params(
-            &task.id,
-            &task.action,
-            &task.params,
-        )?;
+        let entry = check_one(&task.id, &task.capability, &task.action, &lookup)?;
+        if !crate::refs::has_refs(&task.params) {
+            entry.check_params(&task.id, &task.action, &task.params)?;
+        }
     }
     Ok(())
 }
@@ -223,6 +236,28 @@ pub fn check_one<'a>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn outputs_used_must_be_dependencies() {
+        let mut ok: Plan = serde_json::from_value(json!({"subtasks": [
+            {"id": "a", "type": "m", "action": "x"},
+            {"id": "b", "type": "m", "action": "x", "depends_on": ["a"], "args": {"$ref": "a"}, "s": "{{a/rows/0}}"}
+        ]}))
+        .unwrap();
+        normalize(&mut ok, 100).unwrap();
+        for params in [json!({"args": {"$ref": "a"}}), json!({"s": "total: {{a}}"})] {
+            let mut p: Plan = serde_json::from_value(json!({"subtasks": [
+                {"id": "a", "type": "m", "action": "x"},
+                {"id": "b", "type": "m", "action": "x"}
+            ]}))
+            .unwrap();
+            p.subtasks[1].params = params.as_object().unwrap().clone();
+            assert_eq!(
+                normalize(&mut p, 100).unwrap_err().code,
+                ErrorCode::UnknownDependency
+            );
+        }
+    }
 
     #[test]
     fn a_deadline_counts_from_acceptance() {

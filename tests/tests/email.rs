@@ -334,3 +334,77 @@ async fn wait_for_file(dir: &Path, text: &str) -> std::path::PathBuf {
     }
     panic!("no message with {text:?} in {}", dir.display());
 }
+
+/// `examples/orders-report.json` as the README runs it: rows from the
+/// embedded SQLite db, their sum by `math` (the rows passed with `$ref`), and
+/// a draft whose body takes the total (`{{total}}`); then the same plan with
+/// a reference to a task it does not depend on is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orders_example_sums_db_rows_and_drafts_the_total() {
+    let mail = MailServer::start();
+    let server = NatsServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let mut config = test_config(&server.url());
+    config.pools.insert("db".into(), PoolConfig::new("db", 2));
+    config
+        .pools
+        .insert("email".into(), PoolConfig::new("email", 2));
+    config.db.databases.get_mut("main").unwrap().url =
+        format!("sqlite:{}", tmp.path().join("db/main.db").display());
+    config
+        .email
+        .accounts
+        .insert("alice".into(), account("alice", &pw, &mail));
+    let m = InProcessMesh::start(config).await;
+    let c = server.client().await;
+
+    let path = jetmesh_tests::root().join("examples/orders-report.json");
+    let mut plan: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    plan["wait"] = json!(true);
+    let report = request_json(&c, "mesh.plans.submit", &plan, Duration::from_secs(60)).await;
+    assert_eq!(report["failed"], 0, "{report}");
+    let task = |id: &str| jetmesh_tests::report_task(&report, id);
+    assert_eq!(task("total")["output"], 7.75, "{report}");
+    let uid = task("mail")["output"]["uid"]
+        .as_u64()
+        .expect("the draft's UID");
+    let read = ok(&c, "read", json!({"folder": "Drafts", "uid": uid})).await;
+    assert_eq!(
+        read["messages"][0]["text"].as_str().map(str::trim),
+        Some("The 3 orders add up to 7.75.")
+    );
+
+    // A reference outside depends_on is refused when the plan is submitted.
+    let mut bad = plan.clone();
+    bad["subtasks"][4]["depends_on"] = json!(["rows"]);
+    let reply = request_json(&c, "mesh.plans.submit", &bad, T).await;
+    assert_eq!(reply["error"]["code"], "unknown_dependency", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"total\""),
+        "{reply}"
+    );
+    // A path that names nothing fails the task (invalid_args), and its
+    // dependents with it.
+    let mut missing = plan.clone();
+    missing["subtasks"][3]["args"]["path"] = json!("/rows/*/price");
+    let report = request_json(&c, "mesh.plans.submit", &missing, Duration::from_secs(60)).await;
+    let total = jetmesh_tests::report_task(&report, "total");
+    assert_eq!(total["error"]["code"], "invalid_args", "{report}");
+    assert!(
+        total["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/rows/*/price"),
+        "{total}"
+    );
+    assert_eq!(
+        jetmesh_tests::report_task(&report, "mail")["error"]["code"],
+        "dependency_failed"
+    );
+    m.stop().await;
+}

@@ -10,7 +10,8 @@ use async_nats::jetstream::message::PublishMessage;
 use jetmesh_shared::backoff::Policy;
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::wire::{Subtask, TaskMessageRef, TaskResult};
-use jetmesh_shared::{Error, Mesh, results, telemetry};
+use jetmesh_shared::{Error, ErrorCode, Mesh, refs, results, telemetry};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -70,10 +71,18 @@ impl Dispatcher {
     /// outlasts the retries, is recorded as the task's result, so its plan
     /// still completes.
     pub async fn dispatch(&self, plan_id: &str, task: &Subtask, deadline: Option<jiff::Timestamp>) {
+        let uses_outputs = refs::has_refs(&task.params);
         let sent = DISPATCH
             .retry(
                 "dispatching a task",
                 || async {
+                    let resolved;
+                    let task = if uses_outputs {
+                        resolved = self.with_outputs(plan_id, task).await?;
+                        &resolved
+                    } else {
+                        task
+                    };
                     self.send(plan_id, task, deadline, false)
                         .await?
                         .await
@@ -86,6 +95,34 @@ impl Dispatcher {
             tracing::info!(plan_id, task_id = %task.id, error = %e, "A task cannot be dispatched; it is recorded as failed.");
             self.record_failure(plan_id, &task.id, &e).await;
         }
+    }
+
+    /// `task` with the outputs of earlier tasks put into its parameters
+    /// ([`refs`]), checked against its action's schema. The tasks it uses
+    /// are in its `depends_on`, so their results are stored and successful.
+    async fn with_outputs(&self, plan_id: &str, task: &Subtask) -> Result<Subtask> {
+        let named = |e: Error| Error::new(e.code, format!("task {}: {}", task.id, e.message));
+        let mut outputs = HashMap::new();
+        for id in refs::referenced(&task.params).map_err(named)? {
+            match results::get(&self.mesh, plan_id, &id).await? {
+                Some(r) if r.is_success() => {
+                    outputs.insert(id, r.output.unwrap_or(serde_json::Value::Null));
+                }
+                _ => {
+                    return Err(Error::new(
+                        ErrorCode::DependencyFailed,
+                        format!("task {}: {id} has no successful result to use", task.id),
+                    ));
+                }
+            }
+        }
+        let params = refs::resolve(&task.params, &|t| outputs.get(t).cloned()).map_err(named)?;
+        let task = Subtask {
+            params,
+            ..task.clone()
+        };
+        self.picker.check_params(&task).await?;
+        Ok(task)
     }
 
     /// Records an error result for a task that will not run, kept up until

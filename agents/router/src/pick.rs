@@ -46,6 +46,19 @@ impl Picker {
         }
     }
 
+    /// Checks `task`'s parameters against its action's schema: a plan's task
+    /// whose parameters were completed with earlier outputs at dispatch.
+    pub async fn check_params(&self, task: &Subtask) -> Result<()> {
+        let candidates = self.registry.candidates(&task.capability).await?;
+        if let Some(e) = candidates
+            .iter()
+            .find(|e| e.actions.iter().any(|a| a == &task.action))
+        {
+            e.check_params(&task.id, &task.action, &task.params)?;
+        }
+        Ok(())
+    }
+
     /// The pool entry to queue `task` on, and whether a place was reserved
     /// for it in the gate. `fresh` is new work (a single task), which may be
     /// refused.

@@ -1,0 +1,271 @@
+//! Outputs of earlier tasks in a task's parameters: data flows through a
+//! plan. Two forms, both public protocol:
+//!
+//! - a value `{"$ref": "t1"}` is replaced by task `t1`'s output, or with
+//!   `"path": "/rows/*/amount"` by the part a JSON Pointer (RFC 6901)
+//!   names; a `*` segment maps the rest of the path over an array;
+//! - in a string, `{{t1}}` or `{{t1/rows/0/item}}` is replaced by that value:
+//!   a string as it is, anything else as compact JSON.
+//!
+//! A task may only refer to tasks in its `depends_on` (checked when the plan
+//! is accepted, `unknown_dependency`), so every output it names is stored,
+//! and successful, when the router dispatches it; the router resolves the
+//! references then and checks the result against the action's schema.
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::ids;
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+
+/// The key of a reference object.
+pub const REF: &str = "$ref";
+/// The optional JSON Pointer of a reference object.
+pub const PATH: &str = "path";
+
+/// The tasks `params` refers to. Errors (`invalid_args`) on a malformed
+/// reference object.
+pub fn referenced(params: &Map<String, Value>) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for v in params.values() {
+        collect(v, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn collect(v: &Value, out: &mut BTreeSet<String>) -> Result<()> {
+    match v {
+        Value::Object(o) if o.contains_key(REF) => {
+            let (task, _) = reference(o)?;
+            out.insert(task.to_string());
+        }
+        Value::Object(o) => {
+            for v in o.values() {
+                collect(v, out)?;
+            }
+        }
+        Value::Array(a) => {
+            for v in a {
+                collect(v, out)?;
+            }
+        }
+        Value::String(s) => {
+            for (_, task, _) in templates(s) {
+                out.insert(task.to_string());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether `params` holds a reference of either form.
+pub fn has_refs(params: &Map<String, Value>) -> bool {
+    referenced(params).map_or(true, |r| !r.is_empty())
+}
+
+/// `(task, pointer)` of a reference object.
+fn reference(o: &Map<String, Value>) -> Result<(&str, &str)> {
+    let task = o
+        .get(REF)
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::invalid_args("\"$ref\" must name a task of the plan (a string)"))?;
+    ids::validate("\"$ref\"", task)?;
+    let path = match o.get(PATH) {
+        None => "",
+        Some(Value::String(p)) if p.is_empty() || p.starts_with('/') => p,
+        Some(_) => {
+            return Err(Error::invalid_args(format!(
+                "the \"path\" of a \"$ref\" to {task} must be a JSON Pointer like /rows/0/amount"
+            )));
+        }
+    };
+    if let Some(k) = o.keys().find(|k| *k != REF && *k != PATH) {
+        return Err(Error::invalid_args(format!(
+            "a \"$ref\" object takes only \"$ref\" and \"path\", not {k:?}"
+        )));
+    }
+    Ok((task, path))
+}
+
+/// The `{{task/pointer}}` templates of `s`: (byte range, task, pointer).
+fn templates(s: &str) -> Vec<(std::ops::Range<usize>, &str, &str)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(start) = s[from..].find("{{").map(|i| from + i) {
+        let Some(end) = s[start + 2..].find("}}").map(|i| start + 2 + i) else {
+            break;
+        };
+        let inner = s[start + 2..end].trim();
+        let (task, pointer) = match inner.find('/') {
+            Some(i) => (&inner[..i], &inner[i..]),
+            None => (inner, ""),
+        };
+        if ids::is_valid(task) && !pointer.contains(char::is_whitespace) {
+            out.push((start..end + 2, task, pointer));
+            from = end + 2;
+        } else {
+            // Not a reference: `{{` that is just text.
+            from = start + 2;
+        }
+    }
+    out
+}
+
+/// `params` with every reference replaced, `output(task)` giving each
+/// referenced task's output. Errors (`invalid_args`) when a path names
+/// nothing in the output.
+pub fn resolve(
+    params: &Map<String, Value>,
+    output: &dyn Fn(&str) -> Option<Value>,
+) -> Result<Map<String, Value>> {
+    params
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), resolve_value(v, output)?)))
+        .collect()
+}
+
+fn resolve_value(v: &Value, output: &dyn Fn(&str) -> Option<Value>) -> Result<Value> {
+    Ok(match v {
+        Value::Object(o) if o.contains_key(REF) => {
+            let (task, path) = reference(o)?;
+            select(&fetch(task, output)?, path, task)?
+        }
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| Ok((k.clone(), resolve_value(v, output)?)))
+                .collect::<Result<_>>()?,
+        ),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|v| resolve_value(v, output))
+                .collect::<Result<_>>()?,
+        ),
+        Value::String(s) => {
+            let found = templates(s);
+            if found.is_empty() {
+                return Ok(v.clone());
+            }
+            let mut text = String::with_capacity(s.len());
+            let mut last = 0;
+            for (range, task, path) in found {
+                text.push_str(&s[last..range.start]);
+                match select(&fetch(task, output)?, path, task)? {
+                    Value::String(t) => text.push_str(&t),
+                    other => text.push_str(&other.to_string()),
+                }
+                last = range.end;
+            }
+            text.push_str(&s[last..]);
+            Value::String(text)
+        }
+        other => other.clone(),
+    })
+}
+
+fn fetch(task: &str, output: &dyn Fn(&str) -> Option<Value>) -> Result<Value> {
+    output(task).ok_or_else(|| {
+        Error::new(
+            ErrorCode::InvalidArgs,
+            format!("the output of {task} is not there (is {task} in depends_on?)"),
+        )
+    })
+}
+
+/// The part of `v` that `pointer` names; `*` maps over an array.
+fn select(v: &Value, pointer: &str, task: &str) -> Result<Value> {
+    if pointer.is_empty() {
+        return Ok(v.clone());
+    }
+    let segments: Vec<String> = pointer[1..]
+        .split('/')
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    walk(v, &segments, pointer, task)
+}
+
+fn walk(v: &Value, segments: &[String], pointer: &str, task: &str) -> Result<Value> {
+    let Some((first, rest)) = segments.split_first() else {
+        return Ok(v.clone());
+    };
+    let missing = || {
+        Error::invalid_args(format!(
+            "{task}{pointer} names nothing in the output of {task}"
+        ))
+    };
+    match v {
+        Value::Array(a) if first == "*" => Ok(Value::Array(
+            a.iter()
+                .map(|e| walk(e, rest, pointer, task))
+                .collect::<Result<_>>()?,
+        )),
+        Value::Array(a) => {
+            let i: usize = first.parse().map_err(|_| missing())?;
+            walk(a.get(i).ok_or_else(missing)?, rest, pointer, task)
+        }
+        Value::Object(o) => walk(o.get(first).ok_or_else(missing)?, rest, pointer, task),
+        _ => Err(missing()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn outputs(task: &str) -> Option<Value> {
+        match task {
+            "rows" => Some(
+                json!({"rows": [{"item": "pen", "amount": 1.5}, {"item": "ink", "amount": 2.25}], "row_count": 2}),
+            ),
+            "total" => Some(json!(3.75)),
+            "name" => Some(json!("Ada")),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn references_and_templates_are_found_and_resolved() {
+        let p = json!({
+            "args": {"$ref": "rows", "path": "/rows/*/amount"},
+            "first": {"$ref": "rows", "path": "/rows/0/item"},
+            "all": {"$ref": "total"},
+            "nested": [{"x": {"$ref": "name"}}],
+            "body": "Dear {{name}}, the total is {{total}} ({{ rows/row_count }} rows). {{not a ref}} {{}}",
+        });
+        let p = p.as_object().unwrap();
+        assert_eq!(
+            referenced(p).unwrap().into_iter().collect::<Vec<_>>(),
+            ["name", "rows", "total"]
+        );
+        let r = resolve(p, &outputs).unwrap();
+        assert_eq!(r["args"], json!([1.5, 2.25]));
+        assert_eq!(r["first"], "pen");
+        assert_eq!(r["all"], 3.75);
+        assert_eq!(r["nested"], json!([{"x": "Ada"}]));
+        assert_eq!(
+            r["body"],
+            "Dear Ada, the total is 3.75 (2 rows). {{not a ref}} {{}}"
+        );
+    }
+
+    #[test]
+    fn bad_references_are_named() {
+        let missing = json!({"a": {"$ref": "rows", "path": "/rows/5/item"}});
+        let e = resolve(missing.as_object().unwrap(), &outputs).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgs);
+        assert!(e.message.contains("rows/rows/5/item"), "{e}");
+        for bad in [
+            json!({"a": {"$ref": 5}}),
+            json!({"a": {"$ref": "t 1"}}),
+            json!({"a": {"$ref": "t1", "path": "rows"}}),
+            json!({"a": {"$ref": "t1", "extra": 1}}),
+        ] {
+            assert!(referenced(bad.as_object().unwrap()).is_err(), "{bad}");
+        }
+        let unknown = json!({"a": "{{nope}}"});
+        assert!(resolve(unknown.as_object().unwrap(), &outputs).is_err());
+        assert!(!has_refs(
+            json!({"a": "{{ not one }}", "b": [1]}).as_object().unwrap()
+        ));
+    }
+}
