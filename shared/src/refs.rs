@@ -5,10 +5,12 @@
 //!   `"path": "/rows/*/amount"` by the part a JSON Pointer (RFC 6901)
 //!   names; a `*` segment maps the rest of the path over an array;
 //! - in a string, `{{t1}}` or `{{t1/rows/0/item}}` is replaced by that value:
-//!   a string as it is, anything else as compact JSON.
+//!   a string as it is, anything else as compact JSON. Only a task in the
+//!   task's `depends_on` is taken this way: other `{{…}}` is text (a
+//!   template the task writes, say).
 //!
-//! A task may only refer to tasks in its `depends_on` (checked when the plan
-//! is accepted, `unknown_dependency`), so every output it names is stored,
+//! A `$ref` may only name a task in `depends_on` (checked when the plan is
+//! accepted, `unknown_dependency`), so every output a task uses is stored,
 //! and successful, when the router dispatches it; the router resolves the
 //! references then and checks the result against the action's schema.
 
@@ -22,17 +24,18 @@ pub const REF: &str = "$ref";
 /// The optional JSON Pointer of a reference object.
 pub const PATH: &str = "path";
 
-/// The tasks `params` refers to. Errors (`invalid_args`) on a malformed
-/// reference object.
-pub fn referenced(params: &Map<String, Value>) -> Result<BTreeSet<String>> {
+/// The tasks `params` uses: every `$ref`, and the `{{…}}` that name a task
+/// of `deps` (the task's `depends_on`). Errors (`invalid_args`) on a
+/// malformed reference object.
+pub fn referenced(params: &Map<String, Value>, deps: &[String]) -> Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     for v in params.values() {
-        collect(v, &mut out)?;
+        collect(v, deps, &mut out)?;
     }
     Ok(out)
 }
 
-fn collect(v: &Value, out: &mut BTreeSet<String>) -> Result<()> {
+fn collect(v: &Value, deps: &[String], out: &mut BTreeSet<String>) -> Result<()> {
     match v {
         Value::Object(o) if o.contains_key(REF) => {
             let (task, _) = reference(o)?;
@@ -40,16 +43,16 @@ fn collect(v: &Value, out: &mut BTreeSet<String>) -> Result<()> {
         }
         Value::Object(o) => {
             for v in o.values() {
-                collect(v, out)?;
+                collect(v, deps, out)?;
             }
         }
         Value::Array(a) => {
             for v in a {
-                collect(v, out)?;
+                collect(v, deps, out)?;
             }
         }
         Value::String(s) => {
-            for (_, task, _) in templates(s) {
+            for (_, task, _) in templates(s, deps) {
                 out.insert(task.to_string());
             }
         }
@@ -58,9 +61,9 @@ fn collect(v: &Value, out: &mut BTreeSet<String>) -> Result<()> {
     Ok(())
 }
 
-/// Whether `params` holds a reference of either form.
-pub fn has_refs(params: &Map<String, Value>) -> bool {
-    referenced(params).map_or(true, |r| !r.is_empty())
+/// Whether `params` uses an earlier output (see [`referenced`]).
+pub fn has_refs(params: &Map<String, Value>, deps: &[String]) -> bool {
+    referenced(params, deps).map_or(true, |r| !r.is_empty())
 }
 
 /// `(task, pointer)` of a reference object.
@@ -87,8 +90,9 @@ fn reference(o: &Map<String, Value>) -> Result<(&str, &str)> {
     Ok((task, path))
 }
 
-/// The `{{task/pointer}}` templates of `s`: (byte range, task, pointer).
-fn templates(s: &str) -> Vec<(std::ops::Range<usize>, &str, &str)> {
+/// The `{{task/pointer}}` templates of `s` whose task is in `deps`: (byte
+/// range, task, pointer).
+fn templates<'a>(s: &'a str, deps: &[String]) -> Vec<(std::ops::Range<usize>, &'a str, &'a str)> {
     let mut out = Vec::new();
     let mut from = 0;
     while let Some(start) = s[from..].find("{{").map(|i| from + i) {
@@ -100,7 +104,7 @@ fn templates(s: &str) -> Vec<(std::ops::Range<usize>, &str, &str)> {
             Some(i) => (&inner[..i], &inner[i..]),
             None => (inner, ""),
         };
-        if ids::is_valid(task) && !pointer.contains(char::is_whitespace) {
+        if deps.iter().any(|d| d == task) && !pointer.contains(char::is_whitespace) {
             out.push((start..end + 2, task, pointer));
             from = end + 2;
         } else {
@@ -116,15 +120,20 @@ fn templates(s: &str) -> Vec<(std::ops::Range<usize>, &str, &str)> {
 /// nothing in the output.
 pub fn resolve(
     params: &Map<String, Value>,
+    deps: &[String],
     output: &dyn Fn(&str) -> Option<Value>,
 ) -> Result<Map<String, Value>> {
     params
         .iter()
-        .map(|(k, v)| Ok((k.clone(), resolve_value(v, output)?)))
+        .map(|(k, v)| Ok((k.clone(), resolve_value(v, deps, output)?)))
         .collect()
 }
 
-fn resolve_value(v: &Value, output: &dyn Fn(&str) -> Option<Value>) -> Result<Value> {
+fn resolve_value(
+    v: &Value,
+    deps: &[String],
+    output: &dyn Fn(&str) -> Option<Value>,
+) -> Result<Value> {
     Ok(match v {
         Value::Object(o) if o.contains_key(REF) => {
             let (task, path) = reference(o)?;
@@ -132,16 +141,16 @@ fn resolve_value(v: &Value, output: &dyn Fn(&str) -> Option<Value>) -> Result<Va
         }
         Value::Object(o) => Value::Object(
             o.iter()
-                .map(|(k, v)| Ok((k.clone(), resolve_value(v, output)?)))
+                .map(|(k, v)| Ok((k.clone(), resolve_value(v, deps, output)?)))
                 .collect::<Result<_>>()?,
         ),
         Value::Array(a) => Value::Array(
             a.iter()
-                .map(|v| resolve_value(v, output))
+                .map(|v| resolve_value(v, deps, output))
                 .collect::<Result<_>>()?,
         ),
         Value::String(s) => {
-            let found = templates(s);
+            let found = templates(s, deps);
             if found.is_empty() {
                 return Ok(v.clone());
             }
@@ -233,11 +242,15 @@ mod tests {
             "body": "Dear {{name}}, the total is {{total}} ({{ rows/row_count }} rows). {{not a ref}} {{}}",
         });
         let p = p.as_object().unwrap();
+        let deps = ["rows".to_string(), "total".to_string(), "name".to_string()];
         assert_eq!(
-            referenced(p).unwrap().into_iter().collect::<Vec<_>>(),
+            referenced(p, &deps)
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
             ["name", "rows", "total"]
         );
-        let r = resolve(p, &outputs).unwrap();
+        let r = resolve(p, &deps, &outputs).unwrap();
         assert_eq!(r["args"], json!([1.5, 2.25]));
         assert_eq!(r["first"], "pen");
         assert_eq!(r["all"], 3.75);
@@ -250,8 +263,9 @@ mod tests {
 
     #[test]
     fn bad_references_are_named() {
+        let deps = ["rows".to_string()];
         let missing = json!({"a": {"$ref": "rows", "path": "/rows/5/item"}});
-        let e = resolve(missing.as_object().unwrap(), &outputs).unwrap_err();
+        let e = resolve(missing.as_object().unwrap(), &deps, &outputs).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgs);
         assert!(e.message.contains("rows/rows/5/item"), "{e}");
         for bad in [
@@ -260,12 +274,19 @@ mod tests {
             json!({"a": {"$ref": "t1", "path": "rows"}}),
             json!({"a": {"$ref": "t1", "extra": 1}}),
         ] {
-            assert!(referenced(bad.as_object().unwrap()).is_err(), "{bad}");
+            assert!(
+                referenced(bad.as_object().unwrap(), &deps).is_err(),
+                "{bad}"
+            );
         }
-        let unknown = json!({"a": "{{nope}}"});
-        assert!(resolve(unknown.as_object().unwrap(), &outputs).is_err());
-        assert!(!has_refs(
-            json!({"a": "{{ not one }}", "b": [1]}).as_object().unwrap()
-        ));
+        // {{…}} naming no dependency is text, left as it is.
+        let text = json!({"a": "Hello {{name}}, {{ rows/row_count }}"});
+        let text = text.as_object().unwrap();
+        assert!(has_refs(text, &deps));
+        assert_eq!(referenced(text, &deps).unwrap().len(), 1);
+        let r = resolve(text, &deps, &outputs).unwrap();
+        assert_eq!(r["a"], "Hello {{name}}, 2");
+        let none = json!({"a": "{{ not one }}", "b": [1]});
+        assert!(!has_refs(none.as_object().unwrap(), &deps));
     }
 }

@@ -378,15 +378,22 @@ async fn the_orders_example_sums_db_rows_and_drafts_the_total() {
 
     // A reference outside depends_on is refused when the plan is submitted.
     let mut bad = plan.clone();
-    bad["subtasks"][4]["depends_on"] = json!(["rows"]);
+    bad["subtasks"][3]["depends_on"] = json!(["orders"]);
     let reply = request_json(&c, "mesh.plans.submit", &bad, T).await;
     assert_eq!(reply["error"]["code"], "unknown_dependency", "{reply}");
-    assert!(
-        reply["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("\"total\""),
-        "{reply}"
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"rows\""), "{reply}");
+    // {{…}} that names no dependency stays text.
+    let mut text = plan.clone();
+    text["subtasks"][4]["depends_on"] = json!(["rows"]);
+    let report = request_json(&c, "mesh.plans.submit", &text, Duration::from_secs(60)).await;
+    let uid = jetmesh_tests::report_task(&report, "mail")["output"]["uid"]
+        .as_u64()
+        .unwrap();
+    let read = ok(&c, "read", json!({"folder": "Drafts", "uid": uid})).await;
+    assert_eq!(
+        read["messages"][0]["text"].as_str().map(str::trim),
+        Some("The 3 orders add up to {{total}}.")
     );
     // A path that names nothing fails the task (invalid_args), and its
     // dependents with it.

@@ -71,7 +71,7 @@ impl Dispatcher {
     /// outlasts the retries, is recorded as the task's result, so its plan
     /// still completes.
     pub async fn dispatch(&self, plan_id: &str, task: &Subtask, deadline: Option<jiff::Timestamp>) {
-        let uses_outputs = refs::has_refs(&task.params);
+        let uses_outputs = refs::has_refs(&task.params, &task.depends_on);
         let sent = DISPATCH
             .retry(
                 "dispatching a task",
@@ -103,7 +103,7 @@ impl Dispatcher {
     async fn with_outputs(&self, plan_id: &str, task: &Subtask) -> Result<Subtask> {
         let named = |e: Error| Error::new(e.code, format!("task {}: {}", task.id, e.message));
         let mut outputs = HashMap::new();
-        for id in refs::referenced(&task.params).map_err(named)? {
+        for id in refs::referenced(&task.params, &task.depends_on).map_err(named)? {
             match results::get(&self.mesh, plan_id, &id).await? {
                 Some(r) if r.is_success() => {
                     outputs.insert(id, r.output.unwrap_or(serde_json::Value::Null));
@@ -116,7 +116,8 @@ impl Dispatcher {
                 }
             }
         }
-        let params = refs::resolve(&task.params, &|t| outputs.get(t).cloned()).map_err(named)?;
+        let params = refs::resolve(&task.params, &task.depends_on, &|t| outputs.get(t).cloned())
+            .map_err(named)?;
         let task = Subtask {
             params,
             ..task.clone()

@@ -433,7 +433,12 @@ impl Database {
                 pg::execute(pool, sql, values, self.read_only, kind, limits).await
             }
         };
-        result.map_err(|e| self.error(e, &limits))
+        let mut out = result.map_err(|e| self.error(e, &limits))?;
+        if kind == Kind::Ddl {
+            // SQLite's change count is the last write's, whatever DDL ran since.
+            out.rows_affected = 0;
+        }
+        Ok(out)
     }
 
     /// A failure as a stable code, with the URL and password cut out.
