@@ -54,6 +54,9 @@ pub struct Config {
     pub db: DbConfig,
     /// The `email` capability: named accounts (SMTP and IMAP) and limits.
     pub email: EmailConfig,
+    /// The optional archive of plans, results, reports and the audit log to
+    /// PostgreSQL.
+    pub archive: ArchiveConfig,
     /// The process's async runtime.
     pub runtime: RuntimeConfig,
 }
@@ -78,6 +81,7 @@ impl Default for Config {
             web: WebConfig::default(),
             db: DbConfig::default(),
             email: EmailConfig::default(),
+            archive: ArchiveConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -692,6 +696,20 @@ pub struct AccountConfig {
     pub drafts_folder: String,
 }
 
+/// The archiver: JetStream stays the system of record, and a copy of plans,
+/// task results, reports and `MESH_AUDIT` goes to PostgreSQL tables.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// `postgres://user@host:port/db`; empty: no archive (and `jetmesh up`
+    /// runs no archiver). Never logged.
+    pub url: String,
+    /// The password, from this environment variable, when the URL has none.
+    pub password_env: Option<String>,
+    /// The password, from the first line of this file, when the URL has none.
+    pub password_file: Option<PathBuf>,
+}
+
 /// Leader leases (`mesh_leases`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -953,6 +971,15 @@ impl Config {
                 "email.default_account {:?} is not in email.accounts",
                 self.email.default_account
             )));
+        }
+        let archive = &self.archive.url;
+        if !(archive.is_empty()
+            || archive.starts_with("postgres://")
+            || archive.starts_with("postgresql://"))
+        {
+            return Err(Error::bad_request(
+                "archive.url must start with postgres:// or postgresql://",
+            ));
         }
         if self.db.max_connections == 0 || self.db.max_rows == 0 {
             return Err(Error::bad_request(

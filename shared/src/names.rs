@@ -47,6 +47,9 @@ pub enum Role {
     Aggregator,
     Summary,
     Autoscaler,
+    /// Copies plans, results, reports and the audit log to PostgreSQL
+    /// (only where `[archive] url` is set).
+    Archiver,
     /// A person's or a script's connection (`jetmesh submit`, `caps`, …).
     Client,
 }
@@ -72,6 +75,7 @@ impl Role {
             Role::Aggregator => "aggregator",
             Role::Summary => "summary",
             Role::Autoscaler => "autoscaler",
+            Role::Archiver => "archiver",
             Role::Client => "cli",
         }
     }
@@ -335,6 +339,12 @@ impl Names {
     /// The summary's durable consumer on `aggregation_ready` events.
     pub fn summary_consumer(&self) -> String {
         "summary".to_string()
+    }
+
+    /// The archiver's durable consumers: on `mesh_plans`' stream, on
+    /// `mesh_results`' stream, and on `MESH_AUDIT`.
+    pub fn archiver_consumer(&self, what: &str) -> String {
+        format!("archiver_{what}")
     }
 
     /// The chief's durable consumer on `final_report` events.

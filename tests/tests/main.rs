@@ -1,6 +1,7 @@
 //! Every integration test, in one binary (see tests/Cargo.toml): run one file's
 //! tests with `./dev test epics::`.
 
+mod archive;
 mod bad_input;
 mod bundles;
 mod cluster;

@@ -49,6 +49,9 @@ pub enum Command {
     Aggregator,
     /// Run the summary role.
     Summary,
+    /// Run the archiver: plans, results, reports and the audit log copied to
+    /// the PostgreSQL database of `[archive] url`.
+    Archiver,
     /// Run the autoscaler role (pool status, scaling rules, alerts, worker
     /// health; one leads, others stand by).
     Autoscaler,
@@ -211,6 +214,11 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
             jetmesh_summary::run(mesh, s).await?;
             Ok(0)
         }
+        Command::Archiver => {
+            let (mesh, s) = role(Role::Archiver.into()).await?;
+            jetmesh_archiver::run(mesh, s).await?;
+            Ok(0)
+        }
         Command::Autoscaler => {
             let (mesh, s) = role(Role::Autoscaler.into()).await?;
             jetmesh_autoscaler::run(mesh, s).await?;
@@ -295,6 +303,16 @@ pub async fn run_all_roles(mesh: Mesh, shutdown: CancellationToken) -> Result<()
         set.spawn(async move {
             let r = on_own_connection(&config, role.into(), |m| f(m, s)).await;
             (role.to_string(), r)
+        });
+    }
+    if !mesh.config.archive.url.is_empty() {
+        let (config, s) = (mesh.config.clone(), shutdown.clone());
+        set.spawn(async move {
+            let r = on_own_connection(&config, Role::Archiver.into(), |m| {
+                jetmesh_archiver::run(m, s)
+            })
+            .await;
+            (Role::Archiver.to_string(), r)
         });
     }
     for pool in mesh.config.pools.keys() {
