@@ -1102,6 +1102,9 @@ mod tests {
         assert_eq!(config.agent, defaults.agent);
         assert_eq!(config.file, defaults.file);
         assert_eq!(config.web, defaults.web);
+        assert_eq!(config.db, defaults.db);
+        assert_eq!(config.email, defaults.email);
+        assert_eq!(config.archive, defaults.archive);
         assert_eq!(config.runtime, defaults.runtime);
         assert_eq!(config.pools["math"], defaults.pools["math"]);
         assert_eq!(config.pools["date"], defaults.pools["date"]);
@@ -1116,6 +1119,7 @@ mod tests {
             [
                 ("agent", 1, 8),
                 ("date", 1, 3),
+                ("db", 1, 8),
                 ("email", 1, 5),
                 ("file", 1, 4),
                 ("math", 1, 10),

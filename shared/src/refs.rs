@@ -116,37 +116,75 @@ fn templates<'a>(s: &'a str, deps: &[String]) -> Vec<(std::ops::Range<usize>, &'
 }
 
 /// `params` with every reference replaced, `output(task)` giving each
-/// referenced task's output. Errors (`invalid_args`) when a path names
-/// nothing in the output.
+/// referenced task's output. Errors: `invalid_args` when a path names
+/// nothing in the output; `payload_too_large` when what is put in comes to
+/// more than `budget` bytes of JSON (counted before anything is copied, so a
+/// large output used many times costs nothing).
 pub fn resolve(
     params: &Map<String, Value>,
     deps: &[String],
     output: &dyn Fn(&str) -> Option<Value>,
+    budget: usize,
 ) -> Result<Map<String, Value>> {
+    let mut left = budget;
     params
         .iter()
-        .map(|(k, v)| Ok((k.clone(), resolve_value(v, deps, output)?)))
+        .map(|(k, v)| Ok((k.clone(), resolve_value(v, deps, output, &mut left)?)))
         .collect()
+}
+
+/// Takes `v`'s size as JSON out of `left`, or fails once it runs out
+/// (serializing into a counter that stops at the limit: nothing is built).
+fn spend(v: &Value, left: &mut usize, budget: usize) -> Result<()> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if b.len() > self.0 {
+                return Err(std::io::Error::other("over"));
+            }
+            self.0 -= b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter(*left);
+    serde_json::to_writer(&mut c, v).map_err(|_| {
+        Error::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the outputs put into the parameters come to more than {budget} bytes (mesh.max_request_bytes); pass large outputs as object-store references"
+            ),
+        )
+    })?;
+    *left = c.0;
+    Ok(())
 }
 
 fn resolve_value(
     v: &Value,
     deps: &[String],
     output: &dyn Fn(&str) -> Option<Value>,
+    left: &mut usize,
 ) -> Result<Value> {
     Ok(match v {
         Value::Object(o) if o.contains_key(REF) => {
             let (task, path) = reference(o)?;
-            select(&fetch(task, output)?, path, task)?
+            let out = fetch(task, output)?;
+            let picked = select_ref(&out, path, task)?;
+            let budget = *left;
+            spend(&picked, left, budget)?;
+            picked
         }
         Value::Object(o) => Value::Object(
             o.iter()
-                .map(|(k, v)| Ok((k.clone(), resolve_value(v, deps, output)?)))
+                .map(|(k, v)| Ok((k.clone(), resolve_value(v, deps, output, left)?)))
                 .collect::<Result<_>>()?,
         ),
         Value::Array(a) => Value::Array(
             a.iter()
-                .map(|v| resolve_value(v, deps, output))
+                .map(|v| resolve_value(v, deps, output, left))
                 .collect::<Result<_>>()?,
         ),
         Value::String(s) => {
@@ -158,7 +196,11 @@ fn resolve_value(
             let mut last = 0;
             for (range, task, path) in found {
                 text.push_str(&s[last..range.start]);
-                match select(&fetch(task, output)?, path, task)? {
+                let out = fetch(task, output)?;
+                let picked = select_ref(&out, path, task)?;
+                let budget = *left;
+                spend(&picked, left, budget)?;
+                match picked {
                     Value::String(t) => text.push_str(&t),
                     other => text.push_str(&other.to_string()),
                 }
@@ -181,7 +223,7 @@ fn fetch(task: &str, output: &dyn Fn(&str) -> Option<Value>) -> Result<Value> {
 }
 
 /// The part of `v` that `pointer` names; `*` maps over an array.
-fn select(v: &Value, pointer: &str, task: &str) -> Result<Value> {
+fn select_ref(v: &Value, pointer: &str, task: &str) -> Result<Value> {
     if pointer.is_empty() {
         return Ok(v.clone());
     }
@@ -250,7 +292,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["name", "rows", "total"]
         );
-        let r = resolve(p, &deps, &outputs).unwrap();
+        let r = resolve(p, &deps, &outputs, 1 << 20).unwrap();
         assert_eq!(r["args"], json!([1.5, 2.25]));
         assert_eq!(r["first"], "pen");
         assert_eq!(r["all"], 3.75);
@@ -265,7 +307,7 @@ mod tests {
     fn bad_references_are_named() {
         let deps = ["rows".to_string()];
         let missing = json!({"a": {"$ref": "rows", "path": "/rows/5/item"}});
-        let e = resolve(missing.as_object().unwrap(), &deps, &outputs).unwrap_err();
+        let e = resolve(missing.as_object().unwrap(), &deps, &outputs, 1 << 20).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgs);
         assert!(e.message.contains("rows/rows/5/item"), "{e}");
         for bad in [
@@ -284,8 +326,13 @@ mod tests {
         let text = text.as_object().unwrap();
         assert!(has_refs(text, &deps));
         assert_eq!(referenced(text, &deps).unwrap().len(), 1);
-        let r = resolve(text, &deps, &outputs).unwrap();
+        let r = resolve(text, &deps, &outputs, 1 << 20).unwrap();
         assert_eq!(r["a"], "Hello {{name}}, 2");
+        // Many uses of one output stop at the budget, before copying.
+        let many: Vec<Value> = (0..10_000).map(|_| json!({"$ref": "rows"})).collect();
+        let many = json!({"a": many, "b": "{{rows}}".repeat(10_000)});
+        let e = resolve(many.as_object().unwrap(), &deps, &outputs, 64 * 1024).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
         let none = json!({"a": "{{ not one }}", "b": [1]});
         assert!(!has_refs(none.as_object().unwrap(), &deps));
     }

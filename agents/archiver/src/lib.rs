@@ -166,22 +166,29 @@ async fn migrate(pool: &PgPool, shutdown: &CancellationToken) -> Result<()> {
         .map_err(|e| Error::internal(format!("the archive's migrations: {e}")))?;
     let mut delays = backoff::Policy::RESTART.delays();
     loop {
-        match migrator.run(pool).await {
+        let error = match migrator.run(pool).await {
             Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(e))) => {
+            // Only a database that cannot be reached is waited for; a
+            // migration that fails, or a schema that does not match the
+            // migrations (dirty, changed), needs a person.
+            Err(sqlx::migrate::MigrateError::Execute(
+                e @ (sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)),
+            )) => e,
+            Err(e) => {
                 return Err(Error::internal(format!(
                     "the archive's migrations fail: {}",
-                    e.message()
+                    redact(&e.to_string())
                 )));
             }
-            Err(e) => {
-                let wait = delays.next_or_max(&backoff::Policy::RESTART);
-                tracing::warn!(error = %redact(&e.to_string()), ?wait, "The archive database is not reachable yet.");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
+        };
+        let wait = delays.next_or_max(&backoff::Policy::RESTART);
+        tracing::warn!(error = %redact(&error.to_string()), ?wait, "The archive database is not reachable yet.");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -195,12 +202,30 @@ fn redact(s: &str) -> String {
     }
 }
 
+/// Replaces NUL characters (which jsonb cannot hold) with U+FFFD.
+fn strip_nul(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),
+        Value::Array(a) => a.iter_mut().for_each(strip_nul),
+        Value::Object(o) => {
+            if o.keys().any(|k| k.contains('\0')) {
+                *o = std::mem::take(o)
+                    .into_iter()
+                    .map(|(k, v)| (k.replace('\0', "\u{fffd}"), v))
+                    .collect();
+            }
+            o.values_mut().for_each(strip_nul);
+        }
+        _ => {}
+    }
+}
+
 /// Copies one message into its table; acked only once the row is committed.
 async fn copy(pool: &PgPool, msg: &Message) -> Outcome {
     match write(pool, msg).await {
         Ok(()) => Outcome::Ack,
         Err(e) if e.code == ErrorCode::BadRequest => {
-            tracing::error!(subject = %msg.subject, error = %e, "A message cannot be archived; skipped.");
+            tracing::error!(subject = %msg.subject, error = %e, "A message cannot be archived; it is left out of the archive (it stays in its stream).");
             Outcome::Terminate(e.to_string())
         }
         Err(e) => {
@@ -226,10 +251,25 @@ async fn write(pool: &PgPool, msg: &Message) -> Result<()> {
     {
         return Ok(());
     }
-    let body: Value = serde_json::from_slice(&msg.payload)
+    let mut body: Value = serde_json::from_slice(&msg.payload)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&msg.payload).into_owned()));
+    // jsonb holds no NUL character (a string a task returned may).
+    strip_nul(&mut body);
     let subject = msg.subject.as_str();
-    let db = |e: sqlx::Error| Error::new(ErrorCode::Unavailable, redact(&e.to_string()));
+    let db = |e: sqlx::Error| {
+        // A row the database refuses for its content will be refused every
+        // time (data, constraint, syntax): it is not retried forever.
+        let permanent = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("42"));
+        let code = if permanent {
+            ErrorCode::BadRequest
+        } else {
+            ErrorCode::Unavailable
+        };
+        Error::new(code, redact(&e.to_string()))
+    };
     if !stream.starts_with("KV_") {
         sqlx::query(
             "INSERT INTO jetmesh_audit (stream_seq, subject, body, published_at) VALUES ($1, $2, $3, $4)
@@ -286,7 +326,11 @@ async fn write(pool: &PgPool, msg: &Message) -> Result<()> {
             .bind(text("worker"))
             .bind(int("attempt").map(|n| n as i32))
             .bind(int("duration_ms"))
-            .bind(text("finished_at"))
+            .bind(
+                text("finished_at")
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map(|t| t.to_string()),
+            )
             .bind(Json(&body))
             .bind(seq)
             .bind(at)
@@ -333,6 +377,16 @@ mod tests {
             "error connecting to postgres://***@h:5432/db"
         );
         assert_eq!(redact("connection refused"), "connection refused");
+    }
+
+    #[test]
+    fn nul_characters_are_replaced() {
+        let mut v = serde_json::json!({"a": "x\0y", "b\0": ["\0"]});
+        strip_nul(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"a": "x\u{fffd}y", "b\u{fffd}": ["\u{fffd}"]})
+        );
     }
 
     #[tokio::test]

@@ -116,8 +116,13 @@ impl Dispatcher {
                 }
             }
         }
-        let params = refs::resolve(&task.params, &task.depends_on, &|t| outputs.get(t).cloned())
-            .map_err(named)?;
+        let params = refs::resolve(
+            &task.params,
+            &task.depends_on,
+            &|t| outputs.get(t).cloned(),
+            self.mesh.config.mesh.max_request_bytes,
+        )
+        .map_err(named)?;
         let task = Subtask {
             params,
             ..task.clone()

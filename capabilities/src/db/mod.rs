@@ -153,6 +153,8 @@ struct Database {
     backend: Backend,
     read_only: bool,
     allow_ddl: bool,
+    /// How long a task may wait for a connection.
+    acquire: Duration,
     /// The URL and password, cut out of every error message.
     secrets: Vec<String>,
 }
@@ -395,12 +397,20 @@ impl Database {
         let mut secrets = vec![cfg.url.clone()];
         secrets.extend(password.clone());
         if let Some(pw) = url_password(&cfg.url) {
+            secrets.push(percent_decode(&pw));
             secrets.push(pw);
         }
         let max = cfg.max_connections.unwrap_or(all.max_connections);
         let acquire = Duration::from_millis(all.acquire_timeout_ms);
         let backend = if cfg.url.starts_with("sqlite:") {
-            Backend::Sqlite(sqlite::pool(name, &cfg.url, read_only, max, acquire)?)
+            Backend::Sqlite(sqlite::pool(
+                name,
+                &cfg.url,
+                read_only,
+                max,
+                acquire,
+                all.max_result_bytes,
+            )?)
         } else {
             Backend::Postgres(pg::pool(name, &cfg.url, password.as_deref(), max, acquire)?)
         };
@@ -409,6 +419,7 @@ impl Database {
             backend,
             read_only,
             allow_ddl: cfg.allow_ddl && !read_only,
+            acquire,
             secrets,
         })
     }
@@ -427,12 +438,27 @@ impl Database {
         kind: Kind,
         limits: Limits,
     ) -> Result<Output, Error> {
-        let result = match &self.backend {
-            Backend::Sqlite(pool) => sqlite::execute(pool, sql, values, kind, limits).await,
-            Backend::Postgres(pool) => {
-                pg::execute(pool, sql, values, self.read_only, kind, limits).await
+        let run = async {
+            match &self.backend {
+                Backend::Sqlite(pool) => sqlite::execute(pool, sql, values, kind, limits).await,
+                Backend::Postgres(pool) => {
+                    pg::execute(pool, sql, values, self.read_only, kind, limits).await
+                }
             }
         };
+        // The server's statement timeout, and this one for a database that
+        // stops answering at all: a task never holds its slot for good.
+        let bound = limits.timeout + self.acquire + Duration::from_secs(5);
+        let result = tokio::time::timeout(bound, run).await.unwrap_or_else(|_| {
+            Err(Failure::Task(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "database {} did not answer within {} ms",
+                    self.name,
+                    bound.as_millis()
+                ),
+            )))
+        });
         let mut out = result.map_err(|e| self.error(e, &limits))?;
         if kind == Kind::Ddl {
             // SQLite's change count is the last write's, whatever DDL ran since.
@@ -554,6 +580,31 @@ fn password(name: &str, cfg: &DatabaseConfig) -> Result<Option<String>, Error> {
         return Ok(Some(text.lines().next().unwrap_or("").to_string()));
     }
     Ok(None)
+}
+
+/// `%XX` escapes decoded (as a URL's password is sent).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The password part of `scheme://user:password@host/…`, to redact.

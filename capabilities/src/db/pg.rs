@@ -39,7 +39,25 @@ pub(super) fn pool(
     Ok(PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire)
+        // What a task may leave on its connection (a session setting made
+        // with set_config, an advisory lock, a LISTEN) is undone before the
+        // next task gets it.
+        .after_release(reset)
         .connect_lazy_with(opts))
+}
+
+/// Undoes what a task may have left on its connection before it goes back
+/// to the pool.
+fn reset(
+    conn: &mut sqlx::PgConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        // A plain string is sent as a simple query: three statements, one trip.
+        conn.execute("RESET ALL; SELECT pg_advisory_unlock_all(); UNLISTEN *")
+            .await
+            .map(|_| true)
+    })
 }
 
 /// Runs `sql` with `values` bound, in a transaction of its own.
@@ -51,6 +69,8 @@ pub(super) async fn execute(
     kind: Kind,
     limits: Limits,
 ) -> Result<Output, Failure> {
+    // On a writable database a SELECT may write (nextval, a function), as
+    // PostgreSQL allows; what it may do is the database role's to limit.
     let begin = format!(
         "BEGIN{}; SET LOCAL statement_timeout = {}",
         if read_only { " READ ONLY" } else { "" },
@@ -86,7 +106,7 @@ pub(super) async fn execute(
         let mut rows = query.fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
             if !out.truncated {
-                out.push(decode(&row)?, kind, &limits);
+                out.push(decode(&row, limits.max_bytes)?, kind, &limits);
             } else {
                 out.count(kind);
             }
@@ -248,10 +268,17 @@ fn time(s: &str) -> Result<Time, String> {
 }
 
 /// A row as a JSON object, each value typed by its column.
-fn decode(row: &PgRow) -> Result<Map<String, Value>, Error> {
+fn decode(row: &PgRow, max_bytes: usize) -> Result<Map<String, Value>, Error> {
     let mut out = Map::with_capacity(row.len());
     for (i, col) in row.columns().iter().enumerate() {
-        let v = value(row, i, col.type_info().name()).map_err(|e| match e {
+        let v = value(row, i, col.type_info().name(), max_bytes).map_err(|e| match e {
+            Decode::TooLarge => Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "column {:?} holds a value larger than db.max_result_bytes ({max_bytes})",
+                    col.name()
+                ),
+            ),
             Decode::Unsupported => Error::new(
                 UNSUPPORTED_TYPE,
                 format!(
@@ -273,16 +300,21 @@ fn decode(row: &PgRow) -> Result<Map<String, Value>, Error> {
 
 enum Decode {
     Unsupported,
+    TooLarge,
     Failed(String),
 }
 
-fn value(row: &PgRow, i: usize, ty: &str) -> Result<Value, Decode> {
-    if row
+fn value(row: &PgRow, i: usize, ty: &str, max_bytes: usize) -> Result<Value, Decode> {
+    let raw = row
         .try_get_raw(i)
-        .map_err(|e| Decode::Failed(e.to_string()))?
-        .is_null()
-    {
+        .map_err(|e| Decode::Failed(e.to_string()))?;
+    if raw.is_null() {
         return Ok(Value::Null);
+    }
+    // Measured before it is decoded (a gigabyte text would be copied, then
+    // base64 or escaped, before the result's byte limit saw it).
+    if raw.as_bytes().map_or(0, <[u8]>::len) > max_bytes {
+        return Err(Decode::TooLarge);
     }
     macro_rules! get {
         ($t:ty) => {

@@ -35,20 +35,31 @@ struct Word {
     depth: u32,
 }
 
-/// The words of `sql` outside strings, quoted identifiers and comments, and
-/// whether anything but blanks and comments follows a top-level `;`.
-fn words(sql: &str, dialect: Dialect) -> (Vec<Word>, bool) {
+/// The words of `sql` outside strings, quoted identifiers, variables and
+/// comments, read by the dialect's own rules, and whether anything but
+/// blanks and comments follows the first `;` (at any depth: SQLite ends a
+/// statement at any `;` its tokenizer sees). Text the database would not
+/// read to its end (an unterminated string, quoted name or comment) is a
+/// `syntax_error`: where it ends is where the two readings could differ.
+fn words(sql: &str, dialect: Dialect) -> Result<(Vec<Word>, bool), Error> {
     let b = sql.as_bytes();
+    let pg = dialect == Dialect::Postgres;
     let (mut i, mut depth) = (0usize, 0u32);
     let mut out = Vec::new();
     let mut ended = false;
-    let mut more = false;
+    let unterminated = |what: &str| {
+        Err(Error::new(
+            SYNTAX_ERROR,
+            format!("the sql has an unterminated {what}"),
+        ))
+    };
     while i < b.len() {
         let c = b[i];
         let next = b.get(i + 1).copied();
         match c {
+            // PostgreSQL ends a line comment at \n or \r, SQLite at \n.
             b'-' if next == Some(b'-') => {
-                while i < b.len() && b[i] != b'\n' {
+                while i < b.len() && b[i] != b'\n' && !(pg && b[i] == b'\r') {
                     i += 1;
                 }
                 continue;
@@ -56,9 +67,12 @@ fn words(sql: &str, dialect: Dialect) -> (Vec<Word>, bool) {
             b'/' if next == Some(b'*') => {
                 // PostgreSQL nests block comments; SQLite does not.
                 let mut level = 0u32;
-                while i < b.len() {
+                loop {
+                    if i >= b.len() {
+                        return unterminated("comment");
+                    }
                     if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        if level == 0 || dialect == Dialect::Postgres {
+                        if level == 0 || pg {
                             level += 1;
                         }
                         i += 2;
@@ -81,28 +95,43 @@ fn words(sql: &str, dialect: Dialect) -> (Vec<Word>, bool) {
             _ => {}
         }
         if ended {
-            more = true;
-            break;
+            return Ok((out, true));
         }
         match c {
-            b';' if depth == 0 => {
+            b';' => {
                 ended = true;
                 i += 1;
             }
             b'\'' => {
                 // E'…' strings take backslash escapes (PostgreSQL).
-                let escapes = dialect == Dialect::Postgres
+                let escapes = pg
                     && i > 0
                     && matches!(b[i - 1], b'e' | b'E')
-                    && (i < 2 || !is_word_byte(b[i - 2]));
-                i = skip_quoted(b, i, b'\'', escapes);
+                    && (i < 2 || !is_word_byte(b[i - 2], pg));
+                match skip_quoted(b, i, b'\'', escapes) {
+                    Some(end) => i = end,
+                    None => return unterminated("string"),
+                }
             }
-            b'"' => i = skip_quoted(b, i, b'"', false),
-            b'`' if dialect == Dialect::Sqlite => i = skip_quoted(b, i, b'`', false),
-            b'[' if dialect == Dialect::Sqlite => {
-                i = sql[i..].find(']').map_or(b.len(), |e| i + e + 1);
-            }
-            b'$' if dialect == Dialect::Postgres => i = skip_dollar(sql, i),
+            b'"' => match skip_quoted(b, i, b'"', false) {
+                Some(end) => i = end,
+                None => return unterminated("quoted name"),
+            },
+            b'`' if !pg => match skip_quoted(b, i, b'`', false) {
+                Some(end) => i = end,
+                None => return unterminated("quoted name"),
+            },
+            b'[' if !pg => match sql[i..].find(']') {
+                Some(e) => i += e + 1,
+                None => return unterminated("quoted name"),
+            },
+            b'$' if pg => match skip_dollar(sql, i) {
+                Some(end) => i = end,
+                None => return unterminated("dollar-quoted string"),
+            },
+            // SQLite's variables: `?NNN`, `:name`, `@name`, `#name`, and
+            // Tcl-style `$name::name(anything up to a closing parenthesis)`.
+            b'$' | b':' | b'@' | b'#' if !pg => i = skip_variable(b, i),
             b'(' => {
                 depth += 1;
                 i += 1;
@@ -111,9 +140,9 @@ fn words(sql: &str, dialect: Dialect) -> (Vec<Word>, bool) {
                 depth = depth.saturating_sub(1);
                 i += 1;
             }
-            c if is_word_byte(c) && !c.is_ascii_digit() => {
+            c if is_word_byte(c, pg) && !c.is_ascii_digit() && c != b'$' => {
                 let start = i;
-                while i < b.len() && is_word_byte(b[i]) {
+                while i < b.len() && is_word_byte(b[i], pg) {
                     i += 1;
                 }
                 // E'…' and U&'…' prefixes are read with their string.
@@ -125,19 +154,27 @@ fn words(sql: &str, dialect: Dialect) -> (Vec<Word>, bool) {
                     depth,
                 });
             }
+            // A number: digits and what may follow them in one token.
+            c if c.is_ascii_digit() => {
+                while i < b.len() && is_word_byte(b[i], pg) {
+                    i += 1;
+                }
+            }
             _ => i += 1,
         }
     }
-    (out, more)
+    Ok((out, false))
 }
 
-fn is_word_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+/// Bytes of a name: letters, digits, `_`, `$` after the first, and every
+/// byte of a non-ASCII character.
+fn is_word_byte(c: u8, _pg: bool) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
 
 /// The index after the quoted run starting at `i` (doubled quotes escape;
-/// backslashes too when `escapes`). An unterminated run takes the rest.
-fn skip_quoted(b: &[u8], mut i: usize, q: u8, escapes: bool) -> usize {
+/// backslashes too when `escapes`); `None` when it never ends.
+fn skip_quoted(b: &[u8], mut i: usize, q: u8, escapes: bool) -> Option<usize> {
     i += 1;
     while i < b.len() {
         if escapes && b[i] == b'\\' {
@@ -146,40 +183,68 @@ fn skip_quoted(b: &[u8], mut i: usize, q: u8, escapes: bool) -> usize {
             if b.get(i + 1) == Some(&q) {
                 i += 2;
             } else {
-                return i + 1;
+                return Some(i + 1);
             }
         } else {
             i += 1;
         }
     }
-    b.len()
+    None
 }
 
-/// After a `$`: a dollar-quoted string (`$tag$ … $tag$`), or a placeholder.
-fn skip_dollar(sql: &str, i: usize) -> usize {
-    let rest = &sql[i + 1..];
-    let tag_len = rest
-        .bytes()
-        .take_while(|&c| c.is_ascii_alphanumeric() || c == b'_')
+/// After a `$` (PostgreSQL): a dollar-quoted string (`$tag$ … $tag$`, the
+/// tag an identifier without `$`), or a placeholder `$1`. `None` when a
+/// dollar quote never ends.
+fn skip_dollar(sql: &str, i: usize) -> Option<usize> {
+    let b = sql.as_bytes();
+    let tag_len = b[i + 1..]
+        .iter()
+        .take_while(|&&c| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80)
         .count();
-    let tag = &rest[..tag_len];
-    if rest.as_bytes().get(tag_len) != Some(&b'$') || tag.starts_with(|c: char| c.is_ascii_digit())
-    {
-        return i + 1 + tag_len;
+    let after = i + 1 + tag_len;
+    if b.get(after) != Some(&b'$') || b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+        return Some(after);
     }
-    let delim = &sql[i..i + tag_len + 2];
-    let body = i + tag_len + 2;
-    sql[body..]
-        .find(delim)
-        .map_or(sql.len(), |e| body + e + delim.len())
+    let delim = &sql[i..after + 1];
+    let body = after + 1;
+    sql[body..].find(delim).map(|e| body + e + delim.len())
+}
+
+/// After SQLite's `$`, `:`, `@` or `#`: the variable's name, with `::`
+/// parts and, for any of them, a `(…)` suffix up to its `)` as SQLite's
+/// tokenizer reads it.
+fn skip_variable(b: &[u8], mut i: usize) -> usize {
+    i += 1;
+    loop {
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] >= 0x80) {
+            i += 1;
+        }
+        if b.get(i) == Some(&b':') && b.get(i + 1) == Some(&b':') {
+            i += 2;
+            continue;
+        }
+        break;
+    }
+    if b.get(i) == Some(&b'(') {
+        while i < b.len() && b[i] != b')' && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b.get(i) == Some(&b')') {
+            i += 1;
+        }
+    }
+    i
 }
 
 /// What `sql` does, or why it may not run: empty, several statements
-/// (`multiple_statements`), a statement jetmesh never runs for a task
-/// (`statement_refused`: transaction control, SET, COPY, ATTACH, …), or DDL
-/// where it is not allowed (`ddl_refused`).
+/// (`multiple_statements`), text that does not end (`syntax_error`), a
+/// statement jetmesh never runs for a task (`statement_refused`:
+/// transaction control, SET, COPY, ATTACH, …), or DDL where it is not
+/// allowed (`ddl_refused`). This is a first line: read-only databases are
+/// read-only in the database, and the database's role is what must not be
+/// allowed what a pool should never do.
 pub fn check(sql: &str, dialect: Dialect, allow_ddl: bool) -> Result<Kind, Error> {
-    let (words, more) = words(sql, dialect);
+    let (words, more) = words(sql, dialect)?;
     if more {
         return Err(Error::new(
             MULTIPLE_STATEMENTS,
@@ -199,10 +264,7 @@ pub fn check(sql: &str, dialect: Dialect, allow_ddl: bool) -> Result<Kind, Error
     Ok(kind)
 }
 
-fn classify(words: &[Word], dialect: Dialect) -> Result<Kind, Error> {
-    let Some(first) = words.first() else {
-        return Err(Error::invalid_args("sql holds no statement"));
-    };
+fn classify(mut words: &[Word], dialect: Dialect) -> Result<Kind, Error> {
     let pg = dialect == Dialect::Postgres;
     let refused = |what: &str| {
         Err(Error::new(
@@ -212,21 +274,26 @@ fn classify(words: &[Word], dialect: Dialect) -> Result<Kind, Error> {
             ),
         ))
     };
-    let kind = match first.text.as_str() {
-        "SELECT" | "VALUES" | "TABLE" => {
-            if pg && top_level(words, "INTO") {
-                Kind::Ddl
-            } else {
-                Kind::Read
+    // EXPLAIN and WITH lead to the statement that decides, in a loop: each
+    // turn drops at least one word.
+    loop {
+        let Some(first) = words.first() else {
+            return Err(Error::invalid_args("sql holds no statement"));
+        };
+        let at = |w: &Word| w.depth == first.depth;
+        let kind = match first.text.as_str() {
+            "SELECT" | "VALUES" | "TABLE" => {
+                if pg && words.iter().any(|w| at(w) && w.text == "INTO") {
+                    Kind::Ddl
+                } else {
+                    Kind::Read
+                }
             }
-        }
-        "SHOW" if pg => Kind::Read,
-        "WITH" => {
-            // The statement after the common table expressions decides.
-            let main = words[1..]
-                .iter()
-                .position(|w| {
-                    w.depth == first.depth
+            "SHOW" if pg => Kind::Read,
+            "WITH" => {
+                // The statement after the common table expressions decides.
+                match words[1..].iter().position(|w| {
+                    at(w)
                         && matches!(
                             w.text.as_str(),
                             "SELECT"
@@ -238,58 +305,57 @@ fn classify(words: &[Word], dialect: Dialect) -> Result<Kind, Error> {
                                 | "REPLACE"
                                 | "TABLE"
                         )
-                })
-                .map(|p| p + 1);
-            match main {
-                Some(p) => classify(&words[p..], dialect)?,
-                None => return Err(Error::invalid_args("WITH is not followed by a statement")),
+                }) {
+                    Some(p) => {
+                        words = &words[p + 1..];
+                        continue;
+                    }
+                    None => return Err(Error::invalid_args("WITH is not followed by a statement")),
+                }
             }
-        }
-        "EXPLAIN" => {
-            let skip = words[1..]
-                .iter()
-                .position(|w| {
-                    w.depth == first.depth
+            "EXPLAIN" => {
+                match words[1..].iter().position(|w| {
+                    at(w)
                         && !matches!(
                             w.text.as_str(),
                             "ANALYZE" | "VERBOSE" | "QUERY" | "PLAN" | "COSTS" | "BUFFERS"
                         )
-                })
-                .map_or(words.len(), |p| p + 1);
-            if skip >= words.len() {
-                return Err(Error::invalid_args(
-                    "EXPLAIN is not followed by a statement",
+                }) {
+                    Some(p) => {
+                        words = &words[p + 1..];
+                        continue;
+                    }
+                    None => {
+                        return Err(Error::invalid_args(
+                            "EXPLAIN is not followed by a statement",
+                        ));
+                    }
+                }
+            }
+            "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "CALL" => Kind::Write,
+            "REPLACE" if !pg => Kind::Write,
+            "CREATE" | "ALTER" | "DROP" | "TRUNCATE" | "COMMENT" | "GRANT" | "REVOKE"
+            | "REINDEX" | "ANALYZE" | "CLUSTER" | "REFRESH" => Kind::Ddl,
+            // Settings that persist on the connection; never VACUUM INTO a file.
+            "PRAGMA" if !pg => Kind::Ddl,
+            "VACUUM" if !words.iter().any(|w| w.text == "INTO") => Kind::Ddl,
+            other @ ("BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT"
+            | "RELEASE" | "SET" | "RESET" | "COPY" | "DO" | "ATTACH" | "DETACH"
+            | "LISTEN" | "UNLISTEN" | "NOTIFY" | "LOCK" | "PREPARE" | "EXECUTE"
+            | "DEALLOCATE" | "DISCARD" | "LOAD" | "CHECKPOINT" | "SECURITY" | "IMPORT"
+            | "VACUUM" | "PRAGMA" | "SHOW" | "REPLACE" | "FETCH" | "MOVE" | "CLOSE"
+            | "DECLARE" | "REASSIGN") => {
+                return refused(other);
+            }
+            other => {
+                return Err(Error::new(
+                    SYNTAX_ERROR,
+                    format!("{other:?} does not begin an SQL statement"),
                 ));
             }
-            classify(&words[skip..], dialect)?
-        }
-        "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "CALL" => Kind::Write,
-        "REPLACE" if !pg => Kind::Write,
-        "CREATE" | "ALTER" | "DROP" | "TRUNCATE" | "COMMENT" | "GRANT" | "REVOKE" | "REINDEX"
-        | "ANALYZE" | "CLUSTER" | "REFRESH" => Kind::Ddl,
-        // Settings that persist on the connection; never VACUUM INTO a file.
-        "PRAGMA" if !pg => Kind::Ddl,
-        "VACUUM" if !top_level(words, "INTO") => Kind::Ddl,
-        other @ ("BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT"
-        | "RELEASE" | "SET" | "RESET" | "COPY" | "DO" | "ATTACH" | "DETACH" | "LISTEN"
-        | "UNLISTEN" | "NOTIFY" | "LOCK" | "PREPARE" | "EXECUTE" | "DEALLOCATE"
-        | "DISCARD" | "LOAD" | "CHECKPOINT" | "SECURITY" | "IMPORT" | "VACUUM"
-        | "PRAGMA" | "SHOW" | "REPLACE" | "FETCH" | "MOVE" | "CLOSE" | "DECLARE"
-        | "REASSIGN") => {
-            return refused(other);
-        }
-        other => {
-            return Err(Error::new(
-                SYNTAX_ERROR,
-                format!("{other:?} does not begin an SQL statement"),
-            ));
-        }
-    };
-    Ok(kind)
-}
-
-fn top_level(words: &[Word], word: &str) -> bool {
-    words.iter().any(|w| w.depth == 0 && w.text == word)
+        };
+        return Ok(kind);
+    }
 }
 
 /// `name` quoted as an identifier, after checking its form: letters, digits,
@@ -542,6 +608,39 @@ mod tests {
         );
         assert_eq!(kind("SELECT [a;b], `c;d` FROM t", Lite), Ok(Kind::Read));
         assert_eq!(kind("  ", Lite), Err("invalid_args".into()));
+        // SQLite's Tcl variables may hold parentheses and brackets.
+        assert_eq!(
+            kind("SELECT $1(();DROP TABLE t", Lite),
+            Err("multiple_statements".into())
+        );
+        assert_eq!(
+            kind("SELECT $1([);DROP TABLE t;SELECT $1(])", Lite),
+            Err("multiple_statements".into())
+        );
+        assert_eq!(
+            kind("SELECT (1; DROP TABLE t", Lite),
+            Err("multiple_statements".into())
+        );
+        // PostgreSQL: \r ends a line comment, $ may be inside a name, a
+        // dollar tag may be non-ASCII.
+        assert_eq!(kind("SELECT 1 AS a --\rINTO t2", Pg), Ok(Kind::Ddl));
+        assert_eq!(
+            kind("SELECT 1 AS a$x$ INTO t2 FROM t AS b$x$", Pg),
+            Ok(Kind::Ddl)
+        );
+        assert_eq!(kind("SELECT $é$'$é$ AS a INTO t2 --'", Pg), Ok(Kind::Ddl));
+        assert_eq!(kind("(SELECT 1 AS a INTO t2)", Pg), Ok(Kind::Ddl));
+        assert_eq!(
+            kind("--\rCOPY (--\nSELECT 1) TO PROGRAM 'id'", Pg),
+            Err("statement_refused".into())
+        );
+        // Text that does not end is refused, not guessed at.
+        for open in ["SELECT 'a", "SELECT \"a", "SELECT /* a", "SELECT $$ a"] {
+            assert_eq!(kind(open, Pg), Err("syntax_error".into()), "{open}");
+        }
+        // A thousand EXPLAINs are a loop, not a deep recursion.
+        let deep = format!("{}SELECT 1", "EXPLAIN ".repeat(200_000));
+        assert_eq!(kind(&deep, Pg), Ok(Kind::Read));
         assert_eq!(kind("-- nothing", Pg), Err("invalid_args".into()));
     }
 
@@ -600,6 +699,57 @@ mod tests {
             "ddl_refused"
         );
         assert_eq!(check("SELECT 1", Lite, false).unwrap(), Kind::Read);
+    }
+
+    #[test]
+    fn any_text_is_read_without_panicking_and_a_second_statement_is_seen() {
+        // Pieces that open and close every kind of quoting, with multi-byte
+        // characters between them, glued at random (a fixed-seed LCG).
+        const PIECES: [&str; 22] = [
+            "SELECT ",
+            "'",
+            "''",
+            "\"",
+            "`",
+            "[",
+            "]",
+            "$$",
+            "$t$",
+            "$1",
+            "E'",
+            "\\",
+            "--",
+            "\n",
+            "/*",
+            "*/",
+            "(",
+            ")",
+            ";",
+            "é€😀",
+            " x ",
+            "U&'",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut sql = String::new();
+            for _ in 0..(seed % 12) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                sql.push_str(PIECES[(seed >> 33) as usize % PIECES.len()]);
+            }
+            for d in [Lite, Pg] {
+                // A panic here fails the test; any answer is fine.
+                let _ = check(&sql, d, true);
+            }
+        }
+        for d in [Lite, Pg] {
+            assert_eq!(
+                kind("SELECT 'é€😀;' ; DROP TABLE t", d),
+                Err("multiple_statements".into())
+            );
+            assert_eq!(kind("SELECT \"😀;\" FROM t", d), Ok(Kind::Read));
+        }
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub(super) fn pool(
     read_only: bool,
     max: u32,
     acquire: Duration,
+    max_value_bytes: usize,
 ) -> Result<SqlitePool, Error> {
+    let max_value_bytes = i32::try_from(max_value_bytes.max(1024)).unwrap_or(i32::MAX);
     let opts = SqliteConnectOptions::from_str(url).map_err(|e| {
         Error::new(
             DB_ERROR,
@@ -54,6 +56,23 @@ pub(super) fn pool(
     Ok(SqlitePoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire)
+        // No value larger than a result may hold: SQLite refuses to make one
+        // (SQLITE_TOOBIG) instead of handing over a gigabyte to be cut.
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                let mut handle = conn.lock_handle().await?;
+                // SAFETY: the handle is a live connection, held locked for the
+                // call; sqlite3_limit only reads and sets an integer on it.
+                unsafe {
+                    libsqlite3_sys::sqlite3_limit(
+                        handle.as_raw_handle().as_ptr(),
+                        libsqlite3_sys::SQLITE_LIMIT_LENGTH,
+                        max_value_bytes,
+                    );
+                }
+                Ok(())
+            })
+        })
         .connect_lazy_with(opts))
 }
 
@@ -118,7 +137,8 @@ pub(super) fn code(code: &str, message: &str) -> ErrorCode {
         8 => READ_ONLY,
         5 | 6 => ErrorCode::Unavailable,
         19 => super::CONSTRAINT_VIOLATION,
-        20 | 25 | 18 => INVALID_VALUE,
+        18 => ErrorCode::PayloadTooLarge,
+        20 | 25 => INVALID_VALUE,
         23 => super::PERMISSION_DENIED,
         1 if message.contains("syntax error") || message.contains("incomplete input") => {
             SYNTAX_ERROR

@@ -23,6 +23,9 @@ use tokio_util::either::Either;
 
 type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 
+/// The most UIDs `search` lists (the newest); `count` has them all.
+const MAX_UIDS: usize = 10_000;
+
 /// A logged-in IMAP session of one task.
 pub struct Session {
     inner: async_imap::Session<Stream>,
@@ -215,6 +218,20 @@ impl Session {
         set: &str,
         query: &str,
     ) -> Result<Vec<(u32, Vec<String>, Vec<u8>)>, Error> {
+        Ok(self
+            .fetch_sized(set, query)
+            .await?
+            .into_iter()
+            .map(|(uid, flags, bytes, _)| (uid, flags, bytes))
+            .collect())
+    }
+
+    /// `(uid, flags, raw bytes, RFC822.SIZE)` of the messages in `set`.
+    async fn fetch_sized(
+        &mut self,
+        set: &str,
+        query: &str,
+    ) -> Result<Vec<(u32, Vec<String>, Vec<u8>, Option<u32>)>, Error> {
         let (timeout, account) = (self.timeout, self.account.clone());
         bounded(timeout, "FETCH", async {
             let fetches: Vec<async_imap::types::Fetch> = self
@@ -231,7 +248,7 @@ impl Session {
                     let uid = f.uid?;
                     let flags = f.flags().map(|fl| flag_name(&fl)).collect();
                     let bytes = f.body().or_else(|| f.header()).unwrap_or_default().to_vec();
-                    Some((uid, flags, bytes))
+                    Some((uid, flags, bytes, f.size))
                 })
                 .collect())
         })
@@ -326,8 +343,11 @@ impl Session {
                 }));
             }
         }
+        // Every match is counted; the UIDs listed are the newest MAX_UIDS.
+        let listed = &uids[uids.len().saturating_sub(MAX_UIDS)..];
         Ok(
-            json!({"folder": folder, "query": query, "count": uids.len(), "uids": uids, "messages": summaries}),
+            json!({"folder": folder, "query": query, "count": uids.len(), "uids": listed,
+                  "truncated": listed.len() < uids.len(), "messages": summaries}),
         )
     }
 
