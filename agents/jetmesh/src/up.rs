@@ -122,6 +122,7 @@ pub async fn demo(config: Config, mut args: UpArgs) -> Result<i32> {
 }
 
 const DEMO_PLAN: &str = include_str!("../../../examples/plan.json");
+const ORDERS_PLAN: &str = include_str!("../../../examples/orders-report.json");
 
 /// The roles a plan needs to run end to end.
 pub const FLOW_ROLES: [Role; 6] = [
@@ -225,6 +226,23 @@ async fn run_demo(mesh: &Mesh, site: &crate::site::Site, web: bool) -> Result<i3
         site.url("/")
     );
     let mut failed = show(mesh, request).await?;
+
+    // Data through a plan: rows from the embedded SQLite database, their sum
+    // by math (a $ref to the rows), and an email draft with the total when
+    // an email account is configured.
+    let (caps, _) = registry::list(mesh).await?;
+    let has = |c: &str| caps.iter().any(|e| e.capability == c);
+    if has("db") {
+        let mut request: SubmitRequest = serde_json::from_str(ORDERS_PLAN)?;
+        if !has("email") {
+            request.plan.subtasks.retain(|t| t.capability != "email");
+            println!("(The email draft is left out: no [email.accounts] is configured.)");
+        }
+        println!(
+            "== mesh.plans.submit examples/orders-report.json: db rows → math sum of a column → email draft"
+        );
+        failed += show(mesh, request).await?;
+    }
 
     if web {
         // One browser page through four steps: the text JavaScript wrote,
