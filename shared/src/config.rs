@@ -708,6 +708,8 @@ pub struct ArchiveConfig {
     pub password_env: Option<String>,
     /// The password, from the first line of this file, when the URL has none.
     pub password_file: Option<PathBuf>,
+    /// Connections one archiver process opens (0: the default, 8).
+    pub max_connections: u32,
 }
 
 /// Leader leases (`mesh_leases`).

@@ -1,7 +1,8 @@
 //! The archiver against a real PostgreSQL: plans, task results, reports and
 //! `MESH_AUDIT` copied into tables; the archiver process killed with SIGKILL
-//! mid-stream and started again; then every table compared with what
-//! JetStream holds: the same rows, the same contents, no duplicates, no gaps.
+//! mid-stream and started again as two processes sharing the work; then
+//! every table compared with what JetStream holds: the same rows, the same
+//! contents, no duplicates, no gaps.
 
 use futures::StreamExt;
 use jetmesh_tests::{InProcessMesh, NatsServer, Postgres, Proc, request_json, test_config};
@@ -111,8 +112,10 @@ async fn the_archive_matches_the_streams_after_the_archiver_is_killed() {
         "the archiver finished before it was killed ({at_kill} of {audit_total}); nothing was proved"
     );
 
-    // Started again, it goes on where the durable consumers stand.
+    // Started again, twice: the two share the durable consumers and go on
+    // where they stand.
     let archiver = Proc::jetmesh_env(&server.url(), &["archiver"], &env);
+    let second = Proc::jetmesh_env(&server.url(), &["archiver"], &env);
     let started = Instant::now();
     while count(&pg, "jetmesh_audit") < audit_total
         || count(&pg, "jetmesh_task_results") < PLANS * TASKS
@@ -120,8 +123,9 @@ async fn the_archive_matches_the_streams_after_the_archiver_is_killed() {
     {
         assert!(
             started.elapsed() < Duration::from_secs(90),
-            "the archive did not catch up: {}",
-            archiver.stderr()
+            "the archive did not catch up: {}\n{}",
+            archiver.stderr(),
+            second.stderr()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -173,5 +177,5 @@ async fn the_archive_matches_the_streams_after_the_archiver_is_killed() {
     assert_eq!(statuses, format!("completed {TASKS}"));
     let errors = pg.psql("SELECT count(*) FROM jetmesh_task_results WHERE status <> 'success' OR finished_at IS NULL");
     assert_eq!(errors, "0");
-    drop(archiver);
+    drop((archiver, second));
 }

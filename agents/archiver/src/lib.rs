@@ -124,8 +124,13 @@ fn connect(mesh: &Mesh) -> Result<PgPool> {
         })?;
         opts = opts.password(text.lines().next().unwrap_or(""));
     }
+    let max = if cfg.max_connections == 0 {
+        8
+    } else {
+        cfg.max_connections
+    };
     Ok(PgPoolOptions::new()
-        .max_connections(CONCURRENCY as u32)
+        .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))
         .connect_lazy_with(opts))
 }
