@@ -92,6 +92,9 @@ async fn mail_is_sent_found_read_replied_and_drafted_on_real_servers() {
     limited.allow_recipients = vec!["*@example.test".into()];
     limited.send_per_minute = 2;
     accounts.insert("limited".into(), limited);
+    let mut german = account("alice", &pw, &mail);
+    german.drafts_folder = "Entwürfe".into();
+    accounts.insert("german".into(), german);
     config.email.default_account = "alice".into();
     config.email.send_attempts = 3;
     let m = InProcessMesh::start(config).await;
@@ -204,6 +207,22 @@ async fn mail_is_sent_found_read_replied_and_drafted_on_real_servers() {
     assert!(flags.contains("\\\\Draft"), "{flags}");
     assert_eq!(read["messages"][0]["subject"], "Draft only");
     assert_eq!(mail.received().len(), sent_before, "a draft is not sent");
+
+    // A folder with a non-ASCII name (made by an independent client, in
+    // IMAP's modified UTF-7), drafted into and read by its name.
+    let port = mail.imap_port().to_string();
+    python_ok(
+        "import imaplib, sys\n\
+         c = imaplib.IMAP4('127.0.0.1', int(sys.argv[1]))\n\
+         c.login('alice', sys.argv[2])\n\
+         assert c.create('Entw&APw-rfe')[0] == 'OK'\n\
+         c.logout()",
+        &[port.as_ref(), PASSWORD.as_ref()],
+    );
+    let out = ok(&c, "draft", json!({"account": "german", "to": "bob@example.test", "subject": "Grüße", "body": "Noch nicht."})).await;
+    assert_eq!(out["folder"], "Entwürfe", "{out}");
+    let read = ok(&c, "read", json!({"folder": "Entwürfe", "uid": out["uid"]})).await;
+    assert_eq!(read["messages"][0]["subject"], "Grüße", "{read}");
 
     // The plain account (no TLS) sends and reads too.
     ok(

@@ -7,6 +7,7 @@ use super::compose::{Built, Original};
 use super::{
     AUTH_FAILED, Account, FOLDER_NOT_FOUND, IMAP_ERROR, MESSAGE_NOT_FOUND, NOT_CONFIGURED,
 };
+use base64::Engine;
 use futures::TryStreamExt;
 use jetmesh_shared::capability::{Call, params};
 use jetmesh_shared::config::{EmailConfig, MailTls};
@@ -186,13 +187,18 @@ impl Session {
         }
         let (timeout, account) = (self.timeout, self.account.clone());
         bounded(timeout, "SELECT", async {
-            self.inner.select(folder).await.map_err(|e| match e {
-                async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_) => Error::new(
-                    FOLDER_NOT_FOUND,
-                    format!("account {account} has no folder {folder:?}"),
-                ),
-                other => imap_error(&account, "SELECT", other),
-            })
+            self.inner
+                .select(mailbox_name(folder))
+                .await
+                .map_err(|e| match e {
+                    async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_) => {
+                        Error::new(
+                            FOLDER_NOT_FOUND,
+                            format!("account {account} has no folder {folder:?}"),
+                        )
+                    }
+                    other => imap_error(&account, "SELECT", other),
+                })
         })
         .await
     }
@@ -406,7 +412,7 @@ impl Session {
         let (timeout, name) = (self.timeout, self.account.clone());
         bounded(timeout, "APPEND", async {
             self.inner
-                .append(&folder, Some("(\\Draft \\Seen)"), None, &raw)
+                .append(mailbox_name(&folder), Some("(\\Draft \\Seen)"), None, &raw)
                 .await
                 .map_err(|e| match e {
                     async_imap::error::Error::No(_) => Error::new(
@@ -434,6 +440,7 @@ impl Session {
         if !account.cfg.drafts_folder.is_empty() {
             return Ok(account.cfg.drafts_folder.clone());
         }
+        // Names from LIST are on the wire's form: shown as text.
         let (timeout, name) = (self.timeout, self.account.clone());
         let names: Vec<async_imap::types::Name> = bounded(timeout, "LIST", async {
             self.inner
@@ -452,7 +459,7 @@ impl Session {
                     .iter()
                     .any(|a| matches!(a, async_imap::types::NameAttribute::Drafts))
             })
-            .map_or_else(|| "Drafts".to_string(), |n| n.name().to_string()))
+            .map_or_else(|| "Drafts".to_string(), |n| mailbox_text(n.name())))
     }
 }
 
@@ -479,6 +486,73 @@ fn flag_name(f: &async_imap::types::Flag<'_>) -> String {
         Flag::MayCreate => "\\*".into(),
         Flag::Custom(c) => c.to_string(),
     }
+}
+
+/// A mailbox name as IMAP writes it: modified UTF-7 (RFC 3501 5.1.3), so
+/// `Entwürfe` is `Entw&APw-rfe` and `&` is `&-`.
+pub fn mailbox_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut run: Vec<u16> = Vec::new();
+    let flush = |run: &mut Vec<u16>, out: &mut String| {
+        if run.is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = run.iter().flat_map(|u| u.to_be_bytes()).collect();
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes);
+        out.push('&');
+        out.push_str(&b64.replace('/', ","));
+        out.push('-');
+        run.clear();
+    };
+    for c in name.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut run, &mut out);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut buf = [0u16; 2];
+            run.extend_from_slice(c.encode_utf16(&mut buf));
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// A mailbox name the server wrote (modified UTF-7) as text; a name that is
+/// not valid modified UTF-7 is shown as it came.
+pub fn mailbox_text(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(start) = rest.find('&') {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start + 1..].find('-') else {
+            return name.to_string();
+        };
+        let encoded = &rest[start + 1..start + 1 + len];
+        if encoded.is_empty() {
+            out.push('&');
+        } else {
+            let Ok(bytes) =
+                base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded.replace(',', "/"))
+            else {
+                return name.to_string();
+            };
+            let units: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|p| u16::from_be_bytes([p[0], p[1]]))
+                .collect();
+            match String::from_utf16(&units) {
+                Ok(t) => out.push_str(&t),
+                Err(_) => return name.to_string(),
+            }
+        }
+        rest = &rest[start + 2 + len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An IMAP quoted string: `"` and `\` escaped; control characters refused.
@@ -694,6 +768,28 @@ mod tests {
         assert_eq!(search_query(&Map::new()).unwrap(), "ALL");
         let bad_date = json!({"before": "yesterday"});
         assert!(search_query(bad_date.as_object().unwrap()).is_err());
+    }
+
+    #[test]
+    fn mailbox_names_are_modified_utf7() {
+        // RFC 3501's example, and German, French and plain names.
+        assert_eq!(
+            mailbox_name("~peter/mail/台北/日本語"),
+            "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+        );
+        assert_eq!(mailbox_name("Entwürfe"), "Entw&APw-rfe");
+        assert_eq!(mailbox_name("Brouillons & co"), "Brouillons &- co");
+        assert_eq!(mailbox_name("INBOX"), "INBOX");
+        for n in [
+            "~peter/mail/台北/日本語",
+            "Entwürfe",
+            "a & b",
+            "😀 mail",
+            "INBOX",
+        ] {
+            assert_eq!(mailbox_text(&mailbox_name(n)), n);
+        }
+        assert_eq!(mailbox_text("&bogus"), "&bogus");
     }
 
     #[test]
