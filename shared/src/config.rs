@@ -859,6 +859,28 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// A password kept out of the config text: from the environment variable
+/// `env`, else from the first line of `file`; `None` when neither is set.
+/// `section` names the setting in the error (`db.databases.main`), which
+/// never holds the password.
+pub fn password(
+    section: &str,
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> std::result::Result<Option<String>, String> {
+    if let Some(var) = env {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("{section}.password_env names {var}, which is not set"));
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{section}.password_file {}: {e}", path.display()))?;
+        return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+    }
+    Ok(None)
+}
+
 impl Config {
     /// Loads defaults < file < environment. `path` is `--config`.
     pub fn load(path: Option<&Path>) -> Result<Config> {

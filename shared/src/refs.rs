@@ -61,9 +61,19 @@ fn collect(v: &Value, deps: &[String], out: &mut BTreeSet<String>) -> Result<()>
     Ok(())
 }
 
-/// Whether `params` uses an earlier output (see [`referenced`]).
+/// Whether `params` uses an earlier output (see [`referenced`]). Asked of
+/// every task the router dispatches: it allocates nothing unless a value
+/// holds `$ref` or `{{`.
 pub fn has_refs(params: &Map<String, Value>, deps: &[String]) -> bool {
-    referenced(params, deps).map_or(true, |r| !r.is_empty())
+    fn any(v: &Value, deps: &[String]) -> bool {
+        match v {
+            Value::Object(o) => o.contains_key(REF) || o.values().any(|v| any(v, deps)),
+            Value::Array(a) => a.iter().any(|v| any(v, deps)),
+            Value::String(s) => s.contains("{{") && !templates(s, deps).is_empty(),
+            _ => false,
+        }
+    }
+    params.values().any(|v| any(v, deps))
 }
 
 /// `(task, pointer)` of a reference object.

@@ -111,18 +111,14 @@ fn connect(mesh: &Mesh) -> Result<PgPool> {
     let mut opts = PgConnectOptions::from_str(&cfg.url)
         .map_err(|_| Error::bad_request("archive.url is not a valid PostgreSQL URL"))?
         .application_name("jetmesh-archiver");
-    if let Some(var) = &cfg.password_env {
-        let pw = std::env::var(var).map_err(|_| {
-            Error::bad_request(format!(
-                "archive.password_env names {var}, which is not set"
-            ))
-        })?;
+    if let Some(pw) = jetmesh_shared::config::password(
+        "archive",
+        cfg.password_env.as_deref(),
+        cfg.password_file.as_deref(),
+    )
+    .map_err(Error::bad_request)?
+    {
         opts = opts.password(&pw);
-    } else if let Some(path) = &cfg.password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::bad_request(format!("archive.password_file {}: {e}", path.display()))
-        })?;
-        opts = opts.password(text.lines().next().unwrap_or(""));
     }
     let max = if cfg.max_connections == 0 {
         8

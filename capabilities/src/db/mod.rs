@@ -393,7 +393,12 @@ fn string_list(p: &Map<String, Value>, name: &str) -> Result<Vec<String>, Error>
 impl Database {
     fn open(name: &str, cfg: &DatabaseConfig, all: &DbConfig) -> Result<Database, Error> {
         let read_only = cfg.read_only || all.read_only;
-        let password = password(name, cfg)?;
+        let password = jetmesh_shared::config::password(
+            &format!("db.databases.{name}"),
+            cfg.password_env.as_deref(),
+            cfg.password_file.as_deref(),
+        )
+        .map_err(|e| Error::new(DB_ERROR, e))?;
         let mut secrets = vec![cfg.url.clone()];
         secrets.extend(password.clone());
         if let Some(pw) = url_password(&cfg.url) {
@@ -558,28 +563,6 @@ fn classify(db: &str, e: sqlx::Error, limits: &Limits) -> Error {
         }
         other => Error::new(DB_ERROR, format!("database {db}: {other}")),
     }
-}
-
-/// The password from `password_env` or `password_file`, if configured.
-fn password(name: &str, cfg: &DatabaseConfig) -> Result<Option<String>, Error> {
-    if let Some(var) = &cfg.password_env {
-        return std::env::var(var).map(Some).map_err(|_| {
-            Error::new(
-                DB_ERROR,
-                format!("db.databases.{name}.password_env names {var}, which is not set"),
-            )
-        });
-    }
-    if let Some(path) = &cfg.password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(
-                DB_ERROR,
-                format!("db.databases.{name}.password_file {}: {e}", path.display()),
-            )
-        })?;
-        return Ok(Some(text.lines().next().unwrap_or("").to_string()));
-    }
-    Ok(None)
 }
 
 /// `%XX` escapes decoded (as a URL's password is sent).

@@ -212,7 +212,13 @@ impl Email {
         Ok(Account {
             name,
             cfg,
-            password: password(name, cfg)?,
+            password: jetmesh_shared::config::password(
+                &format!("email.accounts.{name}"),
+                cfg.password_env.as_deref(),
+                cfg.password_file.as_deref(),
+            )
+            .map_err(|e| Error::new(NOT_CONFIGURED, e))?
+            .unwrap_or_default(),
         })
     }
 
@@ -363,32 +369,6 @@ impl Email {
             )),
         }
     }
-}
-
-/// The account's password from `password_env` or `password_file` (empty
-/// when neither is set: a server that takes no login).
-fn password(name: &str, cfg: &AccountConfig) -> Result<String, Error> {
-    if let Some(var) = &cfg.password_env {
-        return std::env::var(var).map_err(|_| {
-            Error::new(
-                NOT_CONFIGURED,
-                format!("email.accounts.{name}.password_env names {var}, which is not set"),
-            )
-        });
-    }
-    if let Some(path) = &cfg.password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(
-                NOT_CONFIGURED,
-                format!(
-                    "email.accounts.{name}.password_file {}: {e}",
-                    path.display()
-                ),
-            )
-        })?;
-        return Ok(text.lines().next().unwrap_or("").to_string());
-    }
-    Ok(String::new())
 }
 
 /// The trust roots of an account's TLS: the system's, and its `ca_file`.
