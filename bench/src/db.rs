@@ -226,5 +226,6 @@ fn plan(query: &str, n: usize) -> Result<SubmitRequest> {
         },
         wait: true,
         wait_timeout_ms: Some(300_000),
+        dry_run: false,
     })
 }

@@ -8,6 +8,7 @@
 
 mod db;
 mod failures;
+mod planning;
 mod pools;
 mod web;
 
@@ -65,6 +66,12 @@ pub struct BenchArgs {
     /// Only the db figures.
     #[arg(long)]
     pub db_only: bool,
+    /// Skip the planning figures (planner overhead per goal, goals/s).
+    #[arg(long)]
+    pub no_planning: bool,
+    /// Only the planning figures.
+    #[arg(long)]
+    pub planning_only: bool,
 }
 
 struct Figure {
@@ -107,6 +114,8 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<()> {
         web::measure(&config).await
     } else if args.db_only {
         db::measure(&config).await
+    } else if args.planning_only {
+        planning::measure(&config).await
     } else {
         measure(config, &args, server_pid).await
     };
@@ -346,6 +355,9 @@ async fn measure(
     }
     if !args.no_web {
         figures.extend(web::measure(&config).await?);
+    }
+    if !args.no_planning {
+        figures.extend(planning::measure(&config).await?);
     }
     if !args.no_db {
         figures.extend(db::measure(&config).await?);
@@ -617,6 +629,7 @@ async fn big_plan(mesh: &Mesh, n: usize) -> Result<(f64, String)> {
         },
         wait: true,
         wait_timeout_ms: Some(300_000),
+        dry_run: false,
     };
     let event = |kind| mesh.names.event(kind, &plan_id);
     let ready = mesh.client.subscribe(event(EventKind::PlanReady)).await?;

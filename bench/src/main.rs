@@ -38,7 +38,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            jetmesh_shared::telemetry::init(&telemetry);
-            jetmesh_bench::run(config, cli.args).await
+            jetmesh_shared::telemetry::init(&telemetry, "jetmesh-bench");
+            let outcome = jetmesh_bench::run(config, cli.args).await;
+            jetmesh_shared::telemetry::shutdown().await;
+            outcome
         })
 }

@@ -82,6 +82,7 @@ fn request(subtasks: Vec<Subtask>, wait: bool) -> SubmitRequest {
         },
         wait,
         wait_timeout_ms: Some(120_000),
+        dry_run: false,
     }
 }
 

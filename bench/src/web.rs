@@ -233,6 +233,7 @@ fn plan(site: &Site, slots: usize, per: usize, tag: &str) -> Result<SubmitReques
         },
         wait: true,
         wait_timeout_ms: Some(300_000),
+        dry_run: false,
     })
 }
 

@@ -57,6 +57,11 @@ pub struct Config {
     /// The optional archive of plans, results, reports and the audit log to
     /// PostgreSQL.
     pub archive: ArchiveConfig,
+    /// The LLM planner: providers, the fallback chain, limits and budgets.
+    /// The summary's narrative uses the same providers.
+    pub planner: PlannerConfig,
+    /// The summary role.
+    pub summary: SummaryConfig,
     /// The process's async runtime.
     pub runtime: RuntimeConfig,
 }
@@ -82,6 +87,8 @@ impl Default for Config {
             db: DbConfig::default(),
             email: EmailConfig::default(),
             archive: ArchiveConfig::default(),
+            planner: PlannerConfig::default(),
+            summary: SummaryConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -712,6 +719,227 @@ pub struct ArchiveConfig {
     pub max_connections: u32,
 }
 
+/// The LLM planner (and the summary's narrative).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlannerConfig {
+    /// The fallback chain: provider names from `providers`, tried in this
+    /// order. Empty: a goal gets `no_planner_provider`, and reports have no
+    /// narrative.
+    pub order: Vec<String>,
+    /// The providers, by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Price per model (the name the provider is asked for), in US dollars
+    /// per million tokens. A model without a price costs 0.
+    pub prices: BTreeMap<String, PriceConfig>,
+    /// The most tasks a plan made from a goal may have.
+    pub max_tasks: usize,
+    /// How often an invalid plan is sent back to the model with the
+    /// validation errors before the goal fails with `planning_failed`.
+    pub repair_rounds: u32,
+    /// How long planning one goal may take in all (every attempt and
+    /// repair round); the chief waits this long for a goal's plan.
+    pub timeout_ms: u64,
+    /// The most tokens a model may answer with.
+    pub max_output_tokens: u32,
+    /// Goals one planner process plans at once; more wait.
+    pub max_concurrent: usize,
+    /// Consecutive failures after which a provider is skipped (its circuit
+    /// breaker opens).
+    pub breaker_failures: u32,
+    /// How long an open breaker skips its provider before one trial call.
+    pub breaker_cooldown_ms: u64,
+    /// The most a plan's LLM calls (planning, repairs, narrative) may cost,
+    /// in US dollars; once spent, planning fails with `budget_exceeded` and
+    /// the report has no narrative. 0: no limit.
+    pub budget_per_plan_usd: f64,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            order: Vec::new(),
+            providers: BTreeMap::new(),
+            prices: BTreeMap::new(),
+            max_tasks: 20,
+            repair_rounds: 2,
+            timeout_ms: 120_000,
+            max_output_tokens: 4096,
+            max_concurrent: 64,
+            breaker_failures: 3,
+            breaker_cooldown_ms: 30_000,
+            budget_per_plan_usd: 0.0,
+        }
+    }
+}
+
+impl PlannerConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::bad_request(m));
+        for name in &self.order {
+            if !self.providers.contains_key(name) {
+                return bad(format!(
+                    "planner.order names {name:?}, which is not in [planner.providers]"
+                ));
+            }
+        }
+        for (name, p) in &self.providers {
+            ids::validate("planner provider name", name)?;
+            if p.model.trim().is_empty() {
+                return bad(format!("planner.providers.{name}.model is empty"));
+            }
+            let http = p.base_url.starts_with("http://") || p.base_url.starts_with("https://");
+            if !p.base_url.is_empty() && !http {
+                return bad(format!(
+                    "planner.providers.{name}.base_url must start with http:// or https://"
+                ));
+            }
+            if p.timeout_ms == 0 || p.max_concurrent == 0 {
+                return bad(format!(
+                    "planner.providers.{name}: timeout_ms and max_concurrent must be above 0"
+                ));
+            }
+            if p.daily_budget_usd < 0.0 || !p.daily_budget_usd.is_finite() {
+                return bad(format!(
+                    "planner.providers.{name}.daily_budget_usd must be 0 or more"
+                ));
+            }
+        }
+        for (model, price) in &self.prices {
+            let valid = |p: f64| p.is_finite() && p >= 0.0;
+            if !valid(price.input_per_mtok) || !valid(price.output_per_mtok) {
+                return bad(format!(
+                    "planner.prices.{model:?}: prices must be 0 or more"
+                ));
+            }
+        }
+        if self.max_tasks == 0 || self.timeout_ms == 0 || self.max_concurrent == 0 {
+            return bad(
+                "planner.max_tasks, planner.timeout_ms and planner.max_concurrent must be above 0"
+                    .into(),
+            );
+        }
+        if self.budget_per_plan_usd < 0.0 || !self.budget_per_plan_usd.is_finite() {
+            return bad("planner.budget_per_plan_usd must be 0 or more".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions, and every server that speaks it (Ollama,
+    /// vLLM, llama.cpp's server, LM Studio, …).
+    #[default]
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini `generateContent`.
+    Gemini,
+}
+
+/// How a provider is asked for a structured answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Structured {
+    /// The provider's native mode: JSON schema for OpenAI and Gemini, a
+    /// forced tool call for Anthropic.
+    #[default]
+    Native,
+    /// A forced tool (function) call whose parameters are the schema.
+    Tool,
+    /// Only the prompt asks for JSON (for servers with neither).
+    Prompt,
+}
+
+/// One LLM provider of `[planner.providers.<name>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// `openai`, `anthropic` or `gemini`.
+    pub kind: ProviderKind,
+    /// The API's base URL, version included. Empty: the provider's own
+    /// (`https://api.openai.com/v1`, `https://api.anthropic.com/v1`,
+    /// `https://generativelanguage.googleapis.com/v1beta`).
+    pub base_url: String,
+    pub model: String,
+    /// The environment variable holding the API key. Never logged.
+    pub api_key_env: Option<String>,
+    /// A file whose first line is the API key. Never logged.
+    pub api_key_file: Option<PathBuf>,
+    /// How long one call may take.
+    pub timeout_ms: u64,
+    /// Calls per minute this process makes to it; past it the chain moves
+    /// on. 0: no limit.
+    pub requests_per_minute: u32,
+    /// Tokens (input and output) per minute this process spends on it; past
+    /// it the chain moves on. 0: no limit.
+    pub tokens_per_minute: u64,
+    /// Calls in flight at once from this process; when all are busy the
+    /// chain moves on (and waits for one only when every provider is busy).
+    pub max_concurrent: usize,
+    /// The most this provider may cost per UTC day, across all planner and
+    /// summary processes, in US dollars. 0: no limit.
+    pub daily_budget_usd: f64,
+    /// How the structured plan is asked for.
+    pub structured: Structured,
+    /// Sampling temperature; unset: the provider's default.
+    pub temperature: Option<f32>,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            kind: ProviderKind::Openai,
+            base_url: String::new(),
+            model: String::new(),
+            api_key_env: None,
+            api_key_file: None,
+            timeout_ms: 60_000,
+            requests_per_minute: 0,
+            tokens_per_minute: 0,
+            max_concurrent: 8,
+            daily_budget_usd: 0.0,
+            structured: Structured::Native,
+            temperature: None,
+        }
+    }
+}
+
+/// A model's price, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriceConfig {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+/// The summary role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SummaryConfig {
+    /// Add an LLM-written narrative above the template report when
+    /// `planner.order` names a provider.
+    pub narrative: bool,
+    /// The most characters of one task's output shown to the model; a longer
+    /// output, and every binary or stored one, is given as a reference.
+    pub max_output_chars: usize,
+    /// Reports written at once per summary process.
+    pub concurrency: usize,
+}
+
+impl Default for SummaryConfig {
+    fn default() -> Self {
+        SummaryConfig {
+            narrative: true,
+            max_output_chars: 2_000,
+            concurrency: 8,
+        }
+    }
+}
+
 /// Leader leases (`mesh_leases`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -847,6 +1075,22 @@ pub struct TelemetryConfig {
     pub log_format: String,
     /// Address of the Prometheus `/metrics` listener; empty turns it off.
     pub metrics_listen: String,
+    /// Where OpenTelemetry traces go over OTLP; empty (the default) turns
+    /// trace export off, at no cost. The collector's base URL:
+    /// `http://127.0.0.1:4318` for `http` (`/v1/traces` is appended unless
+    /// the URL already ends with it), `http://127.0.0.1:4317` for `grpc`.
+    /// Request headers (a collector's or Langfuse's `Authorization=Basic …`)
+    /// come from the standard `OTEL_EXPORTER_OTLP_HEADERS` (or
+    /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`): `key1=value1,key2=value2`,
+    /// values URL-decoded; they are kept out of the config file on purpose.
+    pub otlp_endpoint: String,
+    /// `http` (OTLP/HTTP with protobuf, the default) or `grpc` (plain
+    /// `http://` only: TLS collectors take `http` with an `https://` URL).
+    pub otlp_protocol: String,
+    /// The `service.name` of this process's spans; empty: `jetmesh-<role>`
+    /// (`jetmesh-router`, `jetmesh-up` for every role in one process,
+    /// `jetmesh` for the CLI).
+    pub service_name: String,
 }
 
 impl Default for TelemetryConfig {
@@ -855,6 +1099,9 @@ impl Default for TelemetryConfig {
             log: "info".into(),
             log_format: "text".into(),
             metrics_listen: String::new(),
+            otlp_endpoint: String::new(),
+            otlp_protocol: "http".into(),
+            service_name: String::new(),
         }
     }
 }
@@ -948,6 +1195,7 @@ impl Config {
                 )));
             }
         }
+        self.planner.validate()?;
         for (name, db) in &self.db.databases {
             ids::validate("database name", name)?;
             let url = db.url.trim();
@@ -995,6 +1243,20 @@ impl Config {
                 "email.default_account {:?} is not in email.accounts",
                 self.email.default_account
             )));
+        }
+        if !matches!(self.telemetry.otlp_protocol.as_str(), "http" | "grpc") {
+            return Err(Error::bad_request(format!(
+                "telemetry.otlp_protocol {:?} must be \"http\" or \"grpc\"",
+                self.telemetry.otlp_protocol
+            )));
+        }
+        if self.telemetry.otlp_protocol == "grpc"
+            && self.telemetry.otlp_endpoint.trim().starts_with("https:")
+        {
+            return Err(Error::bad_request(
+                "telemetry.otlp_endpoint: gRPC over TLS is not built in; \
+                 use otlp_protocol = \"http\" for an https:// collector",
+            ));
         }
         let archive = &self.archive.url;
         if !(archive.is_empty()
@@ -1186,6 +1448,25 @@ mod tests {
         assert!(Config::from_toml("[pools.math]\nmin = 5\nmax = 2").is_err());
         assert!(Config::from_toml("[pools.math]\nspill_to = \"math\"").is_err());
         assert!(Config::from_toml("[router]\nstrategy = \"random\"").is_err());
+    }
+
+    #[test]
+    fn trace_export_is_off_by_default_and_its_protocol_is_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint, "");
+        assert_eq!(c.telemetry.otlp_protocol, "http");
+        let c = Config::from_toml(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\notlp_protocol = \"grpc\"",
+        )
+        .unwrap();
+        assert_eq!(c.telemetry.otlp_protocol, "grpc");
+        let e = Config::from_toml("[telemetry]\notlp_protocol = \"udp\"").unwrap_err();
+        assert!(e.message.contains("otlp_protocol"), "{}", e.message);
+        let e = Config::from_toml(
+            "[telemetry]\notlp_endpoint = \"https://c:4317\"\notlp_protocol = \"grpc\"",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("otlp_endpoint"), "{}", e.message);
     }
 
     #[test]

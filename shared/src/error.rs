@@ -40,6 +40,17 @@ pub enum ErrorCode {
     DuplicatePlan,
     /// The request had a goal only, and no planner provider is configured.
     NoPlannerProvider,
+    /// The LLM planner's answers did not make a valid plan within its repair
+    /// rounds; the error's `details` hold the last answer and the errors.
+    PlanningFailed,
+    /// The model declined the goal (it cannot be done with the registered
+    /// capabilities, or the provider refused it); the message says why.
+    GoalRefused,
+    /// No configured LLM provider could answer (rate limits, errors,
+    /// timeouts, open circuit breakers); `retry_after_ms` when one is known.
+    LlmUnavailable,
+    /// An LLM budget (per plan, or per provider per day) is spent.
+    BudgetExceeded,
     /// No plan or task has that id.
     NotFound,
     /// The task was delivered as often as its pool allows without a result (or
@@ -106,7 +117,7 @@ pub fn is_code(s: &str) -> bool {
 
 impl ErrorCode {
     /// Every protocol code, in the order the README lists them.
-    pub const PROTOCOL: [ErrorCode; 30] = [
+    pub const PROTOCOL: [ErrorCode; 34] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidId,
         ErrorCode::PayloadTooLarge,
@@ -120,6 +131,10 @@ impl ErrorCode {
         ErrorCode::DependencyFailed,
         ErrorCode::DuplicatePlan,
         ErrorCode::NoPlannerProvider,
+        ErrorCode::PlanningFailed,
+        ErrorCode::GoalRefused,
+        ErrorCode::LlmUnavailable,
+        ErrorCode::BudgetExceeded,
         ErrorCode::NotFound,
         ErrorCode::DeadLettered,
         ErrorCode::Timeout,
@@ -159,6 +174,10 @@ impl ErrorCode {
             ErrorCode::DependencyFailed => "dependency_failed",
             ErrorCode::DuplicatePlan => "duplicate_plan",
             ErrorCode::NoPlannerProvider => "no_planner_provider",
+            ErrorCode::PlanningFailed => "planning_failed",
+            ErrorCode::GoalRefused => "goal_refused",
+            ErrorCode::LlmUnavailable => "llm_unavailable",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::NotFound => "not_found",
             ErrorCode::DeadLettered => "dead_lettered",
             ErrorCode::Timeout => "timeout",
@@ -198,7 +217,10 @@ impl ErrorCode {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Overloaded
+            ErrorCode::Unavailable
+                | ErrorCode::Timeout
+                | ErrorCode::Overloaded
+                | ErrorCode::LlmUnavailable
         )
     }
 }
@@ -236,6 +258,10 @@ pub struct Error {
     /// When to try again, for `overloaded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// Structured detail for the caller (`planning_failed`: the model's
+    /// last answer and the validation errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Box<serde_json::Value>>,
     #[serde(skip)]
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
@@ -269,8 +295,15 @@ impl Error {
             code,
             message: message.into(),
             retry_after_ms: None,
+            details: None,
             source: None,
         }
+    }
+
+    /// Adds structured detail (see [`Error::details`]).
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(Box::new(details));
+        self
     }
 
     /// Adds a retry hint (for `overloaded`).

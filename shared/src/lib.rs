@@ -3,7 +3,8 @@
 //! every subject and bucket name ([`names`]), error codes ([`error`]), id rules
 //! ([`ids`]), leader leases ([`lease`]), plan validation ([`plan`]), configuration ([`config`]), the
 //! connection and stream setup ([`mesh`]), the live capability view
-//! ([`registry`]), service API registration ([`service`]) and telemetry.
+//! ([`registry`]), service API registration ([`service`]), telemetry and trace
+//! context across roles ([`trace`]).
 //! Roles depend on this crate and never on each other.
 
 pub mod backoff;
@@ -29,6 +30,7 @@ pub mod service;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;
+pub mod trace;
 pub mod wire;
 
 pub use config::Config;

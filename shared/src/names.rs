@@ -596,6 +596,12 @@ impl Names {
         format!("bundle.{plan_id}.{part}")
     }
 
+    /// `spend.<provider>.<YYYY-MM-DD>` in `mesh_plans`: what an LLM provider
+    /// cost on one UTC day, for its daily budget.
+    pub fn llm_spend_key(&self, provider: &str, day: &str) -> String {
+        format!("spend.{provider}.{day}")
+    }
+
     pub fn report_key(&self, plan_id: &str) -> String {
         format!("report.{plan_id}")
     }

@@ -358,6 +358,19 @@ impl Registry {
             .cloned()
     }
 
+    /// Every capability in the view (`cap.<capability>` entries), by name.
+    pub fn all(&self) -> Vec<Arc<Registered>> {
+        let mut all: Vec<Arc<Registered>> = self
+            .caps
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.capability.cmp(&b.capability));
+        all
+    }
+
     /// Every pool some capability is registered for.
     pub fn pools(&self) -> std::collections::BTreeSet<String> {
         let mut out: std::collections::BTreeSet<String> = self

@@ -12,7 +12,9 @@ use tempfile::TempDir;
 
 pub use jetmesh::site;
 
+pub mod llm;
 pub mod mail;
+pub mod otlp;
 pub mod postgres;
 pub use mail::MailServer;
 pub use postgres::Postgres;
@@ -493,7 +495,7 @@ impl InProcessMesh {
     pub async fn start(config: Config) -> InProcessMesh {
         let mut telemetry = config.telemetry.clone();
         telemetry.log = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
-        jetmesh_shared::telemetry::init(&telemetry);
+        jetmesh_shared::telemetry::init(&telemetry, "jetmesh-test");
         let mesh = Mesh::connect(config, "test").await.expect("mesh connects");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(jetmesh::run_all_roles(mesh.clone(), shutdown.clone()));

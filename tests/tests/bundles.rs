@@ -174,7 +174,7 @@ async fn a_missing_damaged_or_incomplete_bundle_is_set_aside_for_the_scan() {
                 .unwrap();
         }
         m.results.purge("report.damaged").await.unwrap();
-        jetmesh_summary::summarize(m, "damaged", parts)
+        jetmesh_summary::summarize(m, None, "damaged", parts)
             .await
             .unwrap_or_else(|e| panic!("{case}: {e}"));
         let rebuilt = stored_report(m, "damaged")
@@ -198,7 +198,7 @@ async fn a_missing_damaged_or_incomplete_bundle_is_set_aside_for_the_scan() {
     }
     let parts = whole.parts(300).unwrap().len() as u32;
     assert!(parts > 1);
-    jetmesh_summary::summarize(m, "damaged", parts)
+    jetmesh_summary::summarize(m, None, "damaged", parts)
         .await
         .unwrap();
     let rebuilt = stored_report(m, "damaged").await.unwrap();

@@ -212,6 +212,8 @@ async fn a_new_leader_resumes_a_plan_stored_but_never_announced() {
         finished_at: None,
         accepted_by: Some("chief-dead".into()),
         term: Some(1),
+        llm: Vec::new(),
+        trace: None,
     };
     mesh.plans
         .create("plan.orphan", codec::to_json(&record).unwrap())

@@ -26,12 +26,13 @@ use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::wire::{
     AggregationReady, PlanCounts, PlanOutline, PlanRecord, PlanStatus, ResultBundle, TaskResult,
 };
-use jetmesh_shared::{Mesh, results, service, telemetry};
+use jetmesh_shared::{Mesh, results, service, telemetry, trace};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// A result of a followed plan: plan id, task id, success, the result as stored.
 type ResultNote = (String, String, bool, bytes::Bytes);
@@ -53,6 +54,9 @@ struct Tally {
     stall: Duration,
     /// The counted results, for the summary; `None` once over the budget.
     bundle: Option<ResultBundle>,
+    /// The plan's trace context (`PlanRecord::trace`), the parent of its
+    /// `plan.complete` span.
+    trace: Option<String>,
 }
 
 impl Tally {
@@ -169,7 +173,21 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
                     let bundle = tally.bundle.take();
                     budget.held -= bundle.as_ref().map_or(0, ResultBundle::size);
                     let (mesh, shutdown) = (mesh.clone(), shutdown.clone());
-                    announcing.spawn(async move { finish(&mesh, tally, bundle, &plan_id, &shutdown).await });
+                    // In the plan's trace (results carry no trace context:
+                    // the plan record's is the one).
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "plan.complete",
+                        plan_id = %plan_id,
+                        tasks = tally.tasks.len() as i64,
+                        completed = tracing::field::Empty,
+                        failed = tracing::field::Empty,
+                    );
+                    trace::set_parent_from(&span, tally.trace.as_deref());
+                    announcing.spawn(
+                        async move { finish(&mesh, tally, bundle, &plan_id, &shutdown).await }
+                            .instrument(span),
+                    );
                 }
             }
             Some(change) = plans.recv() => match change {
@@ -258,6 +276,7 @@ fn track(
         progress: tokio::time::Instant::now(),
         stall: STALL,
         bundle: (mesh.config.aggregator.bundle_budget_bytes > 0).then(ResultBundle::default),
+        trace: record.trace,
     }
 }
 
@@ -355,6 +374,12 @@ async fn finish(
 ) {
     tally.stop.cancel();
     let counts = tally.counts(plan_id, PlanStatus::Completed);
+    if trace::enabled() {
+        let span = tracing::Span::current();
+        // As i64: OpenTelemetry attributes have no unsigned integers.
+        span.record("completed", counts.completed as i64);
+        span.record("failed", counts.failed as i64);
+    }
     let bundle_parts = match bundle {
         Some(bundle) => store_bundle(mesh, plan_id, &bundle).await,
         None => 0,

@@ -1,7 +1,9 @@
 //! The chief role: the front of the mesh. It answers
 //! - `mesh.plans.submit`: announce the request (`task_available`), have the
-//!   planner turn it into a valid plan, store it in `mesh_plans`, announce
-//!   `plan_ready`, and reply `accepted` — or, with `"wait": true`, the final report;
+//!   planner turn it into a valid plan (from its goal, with an LLM, when it
+//!   has no subtasks), store it in `mesh_plans`, announce `plan_ready`, and
+//!   reply `accepted` — or, with `"wait": true`, the final report; with
+//!   `"dry_run": true`, only the plan, with nothing announced or stored;
 //! - `mesh.plans.get.<plan_id>`: the plan's status with every task's result;
 //!
 //! and it follows `final_report` events to close each plan's lifecycle.
@@ -22,8 +24,8 @@ use jetmesh_shared::lease::Lease;
 use jetmesh_shared::names::{self, EventKind};
 use jetmesh_shared::supervise::Tasks;
 use jetmesh_shared::wire::{
-    self, Plan, PlanCounts, PlanReady, PlanRecord, PlanStatus, PlanView, PlannerReply,
-    PlannerRequest, Report, SubmitReply, SubmitRequest, TaskAvailable, TaskResult,
+    self, DryRunReply, LlmUsage, Plan, PlanCounts, PlanReady, PlanRecord, PlanStatus, PlanView,
+    PlannerReply, PlannerRequest, Report, SubmitReply, SubmitRequest, TaskAvailable, TaskResult,
 };
 use jetmesh_shared::{Error, ErrorCode, Mesh, Role, ids, service, telemetry};
 use serde_json::{Map, Value, json};
@@ -31,6 +33,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 /// Runs the chief until `shutdown`. Any number of chiefs may run: they all
 /// answer `mesh.plans.get`, and the one holding the `chief` lease takes
@@ -287,7 +290,14 @@ async fn resume_plans(mesh: &Mesh, lease: &Lease) {
 
 async fn on_submit(mesh: Mesh, lease: Lease, request: async_nats::Message) {
     let enc = Encoding::from_headers(request.headers.as_ref()).unwrap_or(Encoding::Json);
-    let result = submit(&mesh, &lease, &request).await;
+    // The root of the plan's trace, unless the client sent a `traceparent`.
+    let span = tracing::info_span!(
+        "plan.submit",
+        otel.kind = "server",
+        plan_id = tracing::field::Empty
+    );
+    jetmesh_shared::trace::set_parent(&span, request.headers.as_ref());
+    let result = submit(&mesh, &lease, &request).instrument(span).await;
     let status = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!(telemetry::REQUESTS, "endpoint" => "submit", "status" => status).increment(1);
     match result {
@@ -296,6 +306,9 @@ async fn on_submit(mesh: Mesh, lease: Lease, request: async_nats::Message) {
         }
         Ok(Submitted::Report(report)) => {
             service::reply_json_bytes(&mesh.client, &request, enc, report).await
+        }
+        Ok(Submitted::DryRun(reply)) => {
+            service::reply(&mesh.client, &request, enc, &Ok(reply)).await
         }
         Err((error, plan_id)) => {
             metrics::counter!(telemetry::PLANS_REJECTED, "code" => error.code.to_string())
@@ -331,6 +344,8 @@ enum Submitted {
     Accepted(SubmitReply),
     /// The final report, as the summary published it (JSON).
     Report(bytes::Bytes),
+    /// The plan of a dry run.
+    DryRun(DryRunReply),
 }
 
 type SubmitError = (Error, Option<String>);
@@ -366,6 +381,7 @@ async fn submit(
     }
     ids::validate("plan id", &plan.plan_id).map_err(|e| (e, None))?;
     let plan_id = plan.plan_id.clone();
+    tracing::Span::current().record("plan_id", plan_id.as_str());
     let fail = |e: Error| (e, Some(plan_id.clone()));
 
     let announced = TaskAvailable {
@@ -374,19 +390,31 @@ async fn submit(
         subtasks: plan.subtasks.len(),
         at: jiff::Timestamp::now(),
     };
+    let planning = async {
+        if !plan.subtasks.is_empty() {
+            jetmesh_shared::plan::normalize(&mut plan, mesh.config.mesh.max_subtasks)?;
+        }
+        ask_planner(mesh, &plan, req.dry_run).await
+    };
+    if req.dry_run {
+        let reply = planning.await.map_err(fail)?;
+        let plan = reply.plan.unwrap_or(plan);
+        return Ok(Submitted::DryRun(DryRunReply {
+            plan_id,
+            status: "planned".into(),
+            plan,
+            llm: LlmUsage::of(reply.llm),
+        }));
+    }
     // Announced while the plan is normalized (ids, defaults; so an explicit
     // plan is one the planner only has to confirm) and checked by the planner.
     let (announced, planned) = tokio::join!(
         mesh.publish_event(EventKind::TaskAvailable, &plan_id, &announced),
-        async {
-            if !plan.subtasks.is_empty() {
-                jetmesh_shared::plan::normalize(&mut plan, mesh.config.mesh.max_subtasks)?;
-            }
-            ask_planner(mesh, &plan).await
-        }
+        planning
     );
     announced.map_err(fail)?;
-    let plan = planned.map_err(fail)?.unwrap_or(plan);
+    let planned = planned.map_err(fail)?;
+    let plan = planned.plan.unwrap_or(plan);
     let total = plan.subtasks.len();
     let record = PlanRecord {
         v: wire::PROTOCOL_VERSION,
@@ -397,6 +425,8 @@ async fn submit(
         accepted_by: Some(lease.holder().to_string()),
         // Fenced: only the lease holder stores plans.
         term: Some(lease.fence().map_err(fail)?),
+        llm: planned.llm,
+        trace: jetmesh_shared::trace::traceparent(),
     };
     match mesh
         .plans
@@ -491,15 +521,22 @@ async fn submit(
 }
 
 /// Asks the planner for a valid plan. Internal traffic, so MessagePack: a plan
-/// of thousands of subtasks crosses twice.
-/// `None`: the plan is valid as sent.
-async fn ask_planner(mesh: &Mesh, plan: &Plan) -> Result<Option<Plan>> {
+/// of thousands of subtasks crosses twice. The reply's plan is `None` when
+/// the plan is valid as sent.
+async fn ask_planner(mesh: &Mesh, plan: &Plan, dry_run: bool) -> Result<PlannerReply> {
     let enc = Encoding::Msgpack;
-    let body = enc.encode(&PlannerRequest { plan })?;
-    let timeout = Duration::from_millis(mesh.config.chief.planner_timeout_ms);
+    let body = enc.encode(&PlannerRequest { plan, dry_run })?;
+    // A goal takes as long as its LLM calls may, and a little more.
+    let timeout = if plan.subtasks.is_empty() {
+        Duration::from_millis(mesh.config.planner.timeout_ms + 5_000)
+    } else {
+        Duration::from_millis(mesh.config.chief.planner_timeout_ms)
+    };
+    let mut headers = enc.headers().unwrap_or_default();
+    jetmesh_shared::trace::inject(&mut headers);
     let request = async_nats::Request::new()
         .payload(body)
-        .headers(enc.headers().unwrap_or_default())
+        .headers(headers)
         .timeout(Some(timeout));
     let reply = mesh
         .client
@@ -515,8 +552,7 @@ async fn ask_planner(mesh: &Mesh, plan: &Plan) -> Result<Option<Plan>> {
             _ => Error::unavailable("cannot reach the planner", e),
         })?;
     let enc = Encoding::from_headers(reply.headers.as_ref())?;
-    let reply: PlannerReply = wire::decode_reply(enc, &reply.payload)?;
-    Ok(reply.plan)
+    wire::decode_reply(enc, &reply.payload)
 }
 
 async fn on_get(mesh: Mesh, request: Request) {
@@ -567,6 +603,7 @@ pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
                 .map(|(id, r)| (id.clone(), view(r)))
                 .collect(),
             goal: None,
+            llm: None,
             report: None,
         });
     };
@@ -609,6 +646,11 @@ pub async fn plan_view(mesh: &Mesh, plan_id: &str) -> Result<PlanView> {
         pending,
         tasks,
         goal: record.plan.goal.clone(),
+        // The report's figures include the narrative's calls.
+        llm: report
+            .as_ref()
+            .and_then(|r| r.llm.clone())
+            .or_else(|| LlmUsage::of(record.llm.clone())),
         report,
     })
 }

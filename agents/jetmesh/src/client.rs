@@ -603,6 +603,9 @@ pub async fn status(config: Config, plan_id: &str, json: bool) -> Result<i32> {
         view.failed,
         view.pending
     );
+    if let Some(n) = view.report.as_ref().and_then(|r| r.narrative.as_ref()) {
+        println!("\n{n}\n");
+    }
     let mut t = table(&["TASK", "STATUS", "RESULT"]);
     for (id, v) in &view.tasks {
         let status = v.get("status").and_then(Value::as_str).unwrap_or("?");
@@ -619,6 +622,90 @@ pub async fn status(config: Config, plan_id: &str, json: bool) -> Result<i32> {
         t.add_row(vec![id.clone(), status.to_string(), detail]);
     }
     println!("{t}");
+    if let Some(usage) = &view.llm {
+        print_llm(usage);
+    }
+    Ok(0)
+}
+
+/// The LLM calls of a plan: one row per call (skips included), then totals.
+fn print_llm(usage: &wire::LlmUsage) {
+    let mut t = table(&[
+        "LLM", "MODEL", "PURPOSE", "OUTCOME", "IN", "OUT", "MS", "COST $",
+    ]);
+    for c in &usage.calls {
+        t.add_row(vec![
+            c.provider.clone(),
+            c.model.clone(),
+            c.purpose.clone(),
+            c.outcome.clone(),
+            c.input_tokens.to_string(),
+            c.output_tokens.to_string(),
+            c.latency_ms.to_string(),
+            format!("{:.6}", c.cost_usd),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "LLM total: {} input + {} output tokens, ${:.6}",
+        usage.input_tokens, usage.output_tokens, usage.cost_usd
+    );
+}
+
+/// `jetmesh plan goal`: a dry run of the goal; prints the plan and what
+/// planning cost. Exit 1 with the mesh's error (and, for
+/// `planning_failed`, the model's last answer and the errors).
+pub async fn plan_goal(config: Config, goal: String, json: bool) -> Result<i32> {
+    let timeout = Duration::from_millis(config.planner.timeout_ms + 10_000);
+    let client = client(&config).await?;
+    let request = serde_json::json!({"goal": goal, "dry_run": true});
+    let reply = client
+        .send_request(
+            config.names().plans_submit(),
+            async_nats::Request::new()
+                .payload(serde_json::to_vec(&request)?.into())
+                .timeout(Some(timeout)),
+        )
+        .await
+        .context("mesh.plans.submit failed (is a chief running?)")?;
+    let body: Value = serde_json::from_slice(&reply.payload)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    }
+    let planned: wire::DryRunReply = match wire::decode_reply(Encoding::Json, &reply.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            if !json {
+                eprintln!("error: {}: {}", e.code, e.message);
+                if let Some(d) = body.get("error").and_then(|e| e.get("details")) {
+                    eprintln!("{}", serde_json::to_string_pretty(d)?);
+                }
+            }
+            return Ok(1);
+        }
+    };
+    if json {
+        return Ok(0);
+    }
+    println!(
+        "plan {} ({} tasks, not run):",
+        planned.plan_id,
+        planned.plan.subtasks.len()
+    );
+    let mut t = table(&["TASK", "CAPABILITY", "ACTION", "DEPENDS ON", "PARAMETERS"]);
+    for s in &planned.plan.subtasks {
+        t.add_row(vec![
+            s.id.clone(),
+            s.capability.clone(),
+            s.action.clone(),
+            s.depends_on.join(", "),
+            Value::Object(s.params.clone()).to_string(),
+        ]);
+    }
+    println!("{t}");
+    if let Some(usage) = &planned.llm {
+        print_llm(usage);
+    }
     Ok(0)
 }
 
@@ -690,9 +777,20 @@ pub async fn submit(config: Config, args: SubmitArgs) -> Result<i32> {
         },
     )
     .await?;
+    // A goal is planned by a model first, which takes its time.
+    let timeout = if request.plan.subtasks.is_empty() {
+        Duration::from_millis(mesh.config.planner.timeout_ms + 10_000)
+    } else {
+        Duration::from_secs(10)
+    };
     let reply = mesh
         .client
-        .request(mesh.names.plans_submit(), codec::to_json(&request)?)
+        .send_request(
+            mesh.names.plans_submit(),
+            async_nats::Request::new()
+                .payload(codec::to_json(&request)?)
+                .timeout(Some(timeout)),
+        )
         .await
         .context("mesh.plans.submit failed (is a chief running?)")?;
     let accepted: SubmitReply = match wire::decode_reply(Encoding::Json, &reply.payload) {

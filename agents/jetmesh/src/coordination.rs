@@ -32,6 +32,14 @@ pub enum PlanCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Plan a goal with the LLM planner and show the plan, without running
+    /// it (a dry run): `jetmesh plan goal "sum 1 to 10, then ..."`.
+    Goal {
+        goal: String,
+        /// Print the reply as JSON (the plan in the form `jetmesh submit` takes).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -137,8 +145,13 @@ fn read_text(file: &PathBuf) -> Result<String> {
     }
 }
 
-pub fn plan(cmd: PlanCommand) -> Result<i32> {
-    let PlanCommand::Check { file, json } = cmd;
+pub async fn plan(config: jetmesh_shared::Config, cmd: PlanCommand) -> Result<i32> {
+    let (file, json) = match cmd {
+        PlanCommand::Check { file, json } => (file, json),
+        PlanCommand::Goal { goal, json } => {
+            return crate::client::plan_goal(config, goal, json).await;
+        }
+    };
     let text = read_text(&file)?;
     let ct = match file.extension().and_then(|e| e.to_str()) {
         Some("md") | Some("markdown") => Some("text/markdown"),

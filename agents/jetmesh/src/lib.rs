@@ -172,7 +172,34 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
     if quiet && telemetry_config.log == "info" {
         telemetry_config.log = "warn".into();
     }
-    telemetry::init(&telemetry_config);
+    telemetry::init(&telemetry_config, service_name(&cli.command));
+    let outcome = run_command(cli.command, config).await;
+    // Roles return here once stopped: the last spans go out (bounded).
+    telemetry::shutdown().await;
+    outcome
+}
+
+/// The `service.name` of a command's spans, unless `telemetry.service_name`
+/// sets one: `jetmesh-<role>`, `jetmesh-up` for every role in one process,
+/// `jetmesh` for the CLI.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Up(_) => "jetmesh-up",
+        Command::Demo(_) => "jetmesh-demo",
+        Command::Chief => "jetmesh-chief",
+        Command::Planner => "jetmesh-planner",
+        Command::Router => "jetmesh-router",
+        Command::Aggregator => "jetmesh-aggregator",
+        Command::Summary => "jetmesh-summary",
+        Command::Archiver => "jetmesh-archiver",
+        Command::Autoscaler => "jetmesh-autoscaler",
+        Command::Worker { .. } => "jetmesh-worker",
+        _ => "jetmesh",
+    }
+}
+
+/// Runs one command (a role until it stops, or a CLI command).
+async fn run_command(command: Command, config: Config) -> Result<i32> {
     let role = |identity: Identity| {
         let config = config.clone();
         async move {
@@ -182,7 +209,7 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
             Ok::<_, anyhow::Error>((mesh, shutdown))
         }
     };
-    match cli.command {
+    match command {
         Command::Up(args) => {
             let shutdown = shutdown::on_signal();
             shutdown::deadline(shutdown.clone(), config.runtime.shutdown_bound());
@@ -241,7 +268,7 @@ pub async fn main(cli: Cli, config: Config) -> Result<i32> {
         Command::Caps { actions, json } => client::caps(config, actions, json).await,
         Command::Pools { watch, json } => client::pools(config, watch, json).await,
         Command::Run(args) => client::run(config, args).await,
-        Command::Plan { command } => coordination::plan(command),
+        Command::Plan { command } => coordination::plan(config, command).await,
         Command::Epic { command } => coordination::epic_cmd(config, command).await,
         Command::Mail { command } => coordination::mail_cmd(config, command).await,
         Command::Reserve(args) => coordination::reserve(config, args).await,

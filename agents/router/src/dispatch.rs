@@ -3,6 +3,10 @@
 //! message the way the pool asked for, and publish it to
 //! `mesh.queue.<pool>.<priority>` with `Nats-Msg-Id = <plan>.<task>` so that a
 //! task dispatched twice (retry, restart, two routers) is stored once.
+//!
+//! Each publish is a `task.dispatch` span (a child of the plan's
+//! `plan.dispatch`, or a root for a single task) whose trace context goes in
+//! the task message's headers, so the worker's `task.execute` is its child.
 
 use crate::pick::Picker;
 use async_nats::jetstream::context::PublishAckFuture;
@@ -10,10 +14,11 @@ use async_nats::jetstream::message::PublishMessage;
 use jetmesh_shared::backoff::Policy;
 use jetmesh_shared::error::{Context, Result};
 use jetmesh_shared::wire::{Subtask, TaskMessageRef, TaskResult};
-use jetmesh_shared::{Error, ErrorCode, Mesh, refs, results, telemetry};
+use jetmesh_shared::{Error, ErrorCode, Mesh, refs, results, telemetry, trace};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -35,7 +40,32 @@ impl Dispatcher {
         deadline: Option<jiff::Timestamp>,
         fresh: bool,
     ) -> Result<PublishAckFuture> {
+        let span = tracing::info_span!(
+            "task.dispatch",
+            plan_id,
+            task_id = %task.id,
+            capability = %task.capability,
+            action = %task.action,
+            pool = tracing::field::Empty,
+            otel.kind = "producer",
+        );
+        self.publish(plan_id, task, deadline, fresh)
+            .instrument(span)
+            .await
+    }
+
+    /// [`Dispatcher::send`] inside its span.
+    async fn publish(
+        &self,
+        plan_id: &str,
+        task: &Subtask,
+        deadline: Option<jiff::Timestamp>,
+        fresh: bool,
+    ) -> Result<PublishAckFuture> {
         let (entry, reserved) = self.picker.pick(task, fresh).await?;
+        if trace::enabled() {
+            tracing::Span::current().record("pool", entry.pool.as_str());
+        }
         self.picker
             .gate
             .admit(&entry.pool, task.priority, reserved)
@@ -46,16 +76,12 @@ impl Dispatcher {
             attempt: 1,
             deadline,
         };
-        let mut publish = PublishMessage::build()
+        let mut headers = entry.encoding.headers().unwrap_or_default();
+        trace::inject(&mut headers);
+        let publish = PublishMessage::build()
             .payload(entry.encoding.encode(&message)?)
+            .headers(headers)
             .message_id(self.mesh.names.dispatch_msg_id(plan_id, &task.id));
-        if let Some(headers) = entry.encoding.headers() {
-            for (name, values) in headers.iter() {
-                for v in values {
-                    publish = publish.header(name.clone(), v.clone());
-                }
-            }
-        }
         let ack = self
             .mesh
             .js

@@ -28,7 +28,7 @@ use jetmesh_shared::supervise::Tasks;
 use jetmesh_shared::wire::{
     ErrorBody, PlanReady, PlanRecord, PlanStatus, RouterHeartbeat, SingleTask, Subtask, TaskResult,
 };
-use jetmesh_shared::{Error, ErrorCode, Mesh, ids, results, service, telemetry};
+use jetmesh_shared::{Error, ErrorCode, Mesh, ids, results, service, telemetry, trace};
 use pick::Picker;
 use plans::{Action, PlanRun};
 use std::collections::HashMap;
@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// How `mesh.run` reads again a result it was told about but cannot read
 /// yet: 1 ms doubling to 100 ms, for 2 s at most.
@@ -179,8 +180,10 @@ impl Router {
             return Ok(());
         }
         let deadline = jetmesh_shared::plan::deadline(record.created_at, record.plan.deadline_ms);
+        let trace = record.trace;
         let mut run = PlanRun::new(Arc::new(record.plan));
         run.deadline = deadline;
+        run.trace = trace.clone();
         let mut stored = Vec::new();
         for e in &recorded {
             if let Some((_, task)) = names::parse_task_key(&e.key) {
@@ -203,7 +206,7 @@ impl Router {
         if !run.has_waiting() {
             // Everything is dispatched (or done): no dependents to release, so
             // there is nothing to follow.
-            self.perform(&plan_id, deadline, actions);
+            self.perform(&plan_id, deadline, trace.as_deref(), actions);
             return Ok(());
         }
         metrics::gauge!(telemetry::PLANS_TRACKED).increment(1.0);
@@ -228,34 +231,52 @@ impl Router {
             metrics::gauge!(telemetry::PLANS_TRACKED).decrement(1.0);
             return Err(e);
         }
-        self.perform(&plan_id, deadline, actions);
+        self.perform(&plan_id, deadline, trace.as_deref(), actions);
         Ok(())
     }
 
     /// Dispatches or fails the tasks `actions` name, in the background: one
     /// plan's dispatches (and their retries) never hold up another plan.
-    fn perform(&self, plan_id: &str, deadline: Option<jiff::Timestamp>, actions: Vec<Action>) {
+    /// They are one `plan.dispatch` span, a child of the plan's stored trace
+    /// context `trace` (each release of dependents is another).
+    fn perform(
+        &self,
+        plan_id: &str,
+        deadline: Option<jiff::Timestamp>,
+        trace: Option<&str>,
+        actions: Vec<Action>,
+    ) {
         if actions.is_empty() {
             return;
         }
+        let span = tracing::info_span!(
+            parent: None,
+            "plan.dispatch",
+            plan_id,
+            tasks = actions.len() as i64
+        );
+        trace::set_parent_from(&span, trace);
         let (dispatcher, plan_id) = (self.dispatcher.clone(), plan_id.to_string());
         // Unbounded here: JetStream's in-flight limit bounds the publishes, and
         // the queue window holds what is beyond it, highest priority first.
-        self.dispatching.spawn(async move {
-            let (dispatcher, plan_id) = (&dispatcher, plan_id.as_str());
-            futures::stream::iter(actions)
-                .for_each_concurrent(None, |action| async move {
-                    match action {
-                        Action::Dispatch(task) => {
-                            dispatcher.dispatch(plan_id, &task, deadline).await
+        self.dispatching.spawn(
+            async move {
+                let (dispatcher, plan_id) = (&dispatcher, plan_id.as_str());
+                futures::stream::iter(actions)
+                    .for_each_concurrent(None, |action| async move {
+                        match action {
+                            Action::Dispatch(task) => {
+                                dispatcher.dispatch(plan_id, &task, deadline).await
+                            }
+                            Action::Fail { task_id, error } => {
+                                dispatcher.record_failure(plan_id, &task_id, &error).await
+                            }
                         }
-                        Action::Fail { task_id, error } => {
-                            dispatcher.record_failure(plan_id, &task_id, &error).await
-                        }
-                    }
-                })
-                .await;
-        });
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
     }
 
     /// Takes `plan_ready` events (durable consumer `router_plans`). Plans
@@ -320,7 +341,12 @@ impl Router {
             let Some((run, stop)) = plans.get_mut(plan_id) else {
                 return;
             };
-            let actions = (run.on_result(task_id, failure), run.deadline);
+            let actions = (
+                run.on_result(task_id, failure),
+                run.deadline,
+                // Only read when traces are exported.
+                trace::enabled().then(|| run.trace.clone()).flatten(),
+            );
             if !run.has_waiting() {
                 stop.cancel();
                 plans.remove(plan_id);
@@ -328,8 +354,8 @@ impl Router {
             }
             actions
         };
-        let (actions, deadline) = actions;
-        self.perform(plan_id, deadline, actions);
+        let (actions, deadline, trace) = actions;
+        self.perform(plan_id, deadline, trace.as_deref(), actions);
     }
 
     // ----- dead letters -----

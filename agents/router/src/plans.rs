@@ -29,6 +29,9 @@ pub struct PlanRun {
     plan: Arc<Plan>,
     /// The plan's deadline, passed on to workers with each task.
     pub deadline: Option<jiff::Timestamp>,
+    /// The plan's trace context (`PlanRecord::trace`), the parent of each
+    /// `plan.dispatch` span.
+    pub trace: Option<String>,
     index: HashMap<String, usize>,
     dependents: Vec<Vec<usize>>,
     waiting_on: Vec<usize>,
@@ -57,6 +60,7 @@ impl PlanRun {
         }
         PlanRun {
             deadline: None,
+            trace: None,
             waiting: plan.subtasks.len(),
             state: vec![State::Waiting; plan.subtasks.len()],
             plan,
@@ -164,6 +168,7 @@ mod tests {
             code: code.into(),
             message: "it broke".into(),
             retry_after_ms: None,
+            details: None,
         }
     }
 
@@ -243,6 +248,7 @@ mod tests {
             code: "dependency_failed".into(),
             message: "not run: task a failed (timeout: slow), and this task depends on it".into(),
             retry_after_ms: None,
+            details: None,
         };
         let mut p = run(json!({"plan_id":"p","subtasks":[
             {"id":"b","type":"m","action":"x"},

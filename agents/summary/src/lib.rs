@@ -8,9 +8,14 @@
 //! (`bundle_parts`, stored by the aggregator in `mesh_plans`), else from a
 //! scan of `task.<plan_id>.*`. A bundle that is missing, malformed or lacks a
 //! task is set aside for the scan. Its parts are removed once the report is out.
+//!
+//! With an LLM provider configured (`[planner] order`) and
+//! `summary.narrative` on, the report also gets a narrative ([`narrative`]).
 
+pub mod narrative;
 pub mod render;
 
+use jetmesh_llm::Llm;
 use jetmesh_shared::codec;
 use jetmesh_shared::consume::{self, Durable, Outcome};
 use jetmesh_shared::error::{Context, Result};
@@ -22,6 +27,7 @@ use jetmesh_shared::{Error, ErrorCode, Mesh, service, telemetry};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Runs the summary role until `shutdown`.
 pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
@@ -34,10 +40,24 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
         mesh.names.summary_consumer(),
         EventKind::AggregationReady,
     );
+    let narrator = match mesh.config.summary.narrative {
+        true => Llm::from_config(
+            &mesh.config.planner,
+            Some((mesh.plans.clone(), mesh.names.clone())),
+        )?,
+        false => None,
+    };
+    // Without a narrative a report is a few reads and writes: one at a time
+    // keeps them in order. A narrative waits on a model: several at once.
+    let concurrency = match narrator {
+        Some(_) => mesh.config.summary.concurrency.max(1),
+        None => 1,
+    };
     let m = mesh.clone();
-    let consumed = consume::durable(&mesh, durable, 1, &shutdown, move |msg| {
+    let consumed = consume::durable(&mesh, durable, concurrency, &shutdown, move |msg| {
         let mesh = m.clone();
-        async move { on_aggregation_ready(&mesh, &msg).await }
+        let narrator = narrator.clone();
+        async move { on_aggregation_ready(&mesh, narrator.as_ref(), &msg).await }
     })
     .await;
     mesh.publish_health("stopping").await;
@@ -46,10 +66,34 @@ pub async fn run(mesh: Mesh, shutdown: CancellationToken) -> Result<()> {
 }
 
 /// Writes the report an `aggregation_ready` event asks for.
-async fn on_aggregation_ready(mesh: &Mesh, msg: &async_nats::jetstream::Message) -> Outcome {
+async fn on_aggregation_ready(
+    mesh: &Mesh,
+    narrator: Option<&Llm>,
+    msg: &async_nats::jetstream::Message,
+) -> Outcome {
     let plan_id = names::last_token(&msg.subject).to_string();
     let outcome = match codec::from_json::<AggregationReady>(&msg.payload) {
-        Ok(event) => summarize(mesh, &plan_id, event.bundle_parts).await,
+        Ok(event) => {
+            let work = summarize(mesh, narrator, &plan_id, event.bundle_parts);
+            match narrator {
+                None => work.await,
+                // A model may take longer than the consumer's ack wait:
+                // say the event is being worked on.
+                Some(_) => {
+                    let mut work = std::pin::pin!(work);
+                    let mut tick = tokio::time::interval(Duration::from_secs(10));
+                    tick.tick().await;
+                    loop {
+                        tokio::select! {
+                            r = &mut work => break r,
+                            _ = tick.tick() => {
+                                let _ = msg.ack_with(async_nats::jetstream::AckKind::Progress).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
         Err(e) => Err(e),
     };
     match outcome {
@@ -70,7 +114,12 @@ type Results = HashMap<String, Option<TaskResult>>;
 
 /// Builds, stores and publishes the report of `plan_id`, reading its results
 /// from the `bundle_parts` parts of its result bundle when there are any.
-pub async fn summarize(mesh: &Mesh, plan_id: &str, bundle_parts: u32) -> Result<()> {
+pub async fn summarize(
+    mesh: &Mesh,
+    narrator: Option<&Llm>,
+    plan_id: &str,
+    bundle_parts: u32,
+) -> Result<()> {
     // A part holds at least one result: more parts than a plan may have
     // tasks is not a bundle the aggregator wrote.
     let bundle_parts = if bundle_parts as usize > mesh.config.mesh.max_subtasks {
@@ -122,8 +171,23 @@ pub async fn summarize(mesh: &Mesh, plan_id: &str, bundle_parts: u32) -> Result<
         .into_iter()
         .filter_map(|(id, r)| Some((id, r?)))
         .collect();
-    let report = render::report(&record, &results, jiff::Timestamp::now());
-    publish(mesh, &report).await?;
+    let span = tracing::info_span!("plan.report", plan_id);
+    jetmesh_shared::trace::set_parent_from(&span, record.trace.as_deref());
+    let mut report = render::report(&record, &results, jiff::Timestamp::now());
+    async {
+        if let Some(llm) = narrator {
+            let previous: Option<Report> = mesh
+                .get_json(&mesh.results, &mesh.names.report_key(plan_id))
+                .await
+                .ok()
+                .flatten();
+            narrative::add(mesh, llm, &record, &mut report, previous).await;
+            report.markdown = render::markdown(&report);
+        }
+        publish(mesh, &report).await
+    }
+    .instrument(span)
+    .await?;
     for part in 0..bundle_parts {
         if let Err(error) = mesh.plans.purge(mesh.names.bundle_key(plan_id, part)).await {
             tracing::debug!(%error, plan_id, part, "Cannot remove a result bundle part; it expires with the plan.");

@@ -58,6 +58,9 @@ pub fn report(
         created_at: record.created_at,
         finished_at: now,
         tasks,
+        narrative: None,
+        narrative_error: None,
+        llm: jetmesh_shared::wire::LlmUsage::of(record.llm.clone()),
         markdown: String::new(),
         truncated: false,
     };
@@ -77,6 +80,21 @@ pub fn markdown_header(r: &Report) -> String {
         "\n{} tasks: {} succeeded, {} failed, {} pending — {} ms\n",
         r.total_tasks, r.completed, r.failed, r.pending, r.duration_ms
     );
+    if let Some(n) = &r.narrative {
+        let _ = writeln!(md, "## Summary\n\n{n}\n\n## Tasks\n");
+    } else if let Some(e) = &r.narrative_error {
+        let _ = writeln!(md, "_No narrative: {} ({})._\n", e.message, e.code);
+    }
+    if let Some(u) = &r.llm {
+        let _ = writeln!(
+            md,
+            "LLM: {} calls, {} input and {} output tokens, ${:.6}\n",
+            u.calls.iter().filter(|c| c.called()).count(),
+            u.input_tokens,
+            u.output_tokens,
+            u.cost_usd
+        );
+    }
     md
 }
 
@@ -177,6 +195,8 @@ mod tests {
             finished_at: None,
             accepted_by: None,
             term: None,
+            llm: Vec::new(),
+            trace: None,
         };
         let mut results = HashMap::new();
         let mut ok = TaskResult::success(json!(6));

@@ -18,12 +18,13 @@ use jetmesh_shared::consume::{self, Outcome, Source};
 use jetmesh_shared::error::{Error, ErrorCode, Result};
 use jetmesh_shared::results::{self, Recorded};
 use jetmesh_shared::wire::{DeadLetter, TaskMessage, TaskResult};
-use jetmesh_shared::{Mesh, dlq, ids, registry, service, telemetry};
+use jetmesh_shared::{Mesh, dlq, ids, registry, service, telemetry, trace};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// A running pool: its name, capabilities and identity.
 struct Pool {
@@ -243,10 +244,36 @@ impl Pool {
             return Box::pin(self.poison(&msg, None, &error)).await;
         }
         let attempt = delivered.max(task.attempt);
+        // A child of the router's `task.dispatch` when the message carries
+        // its trace context; the action runs inside it.
+        let span = tracing::info_span!(
+            parent: None,
+            "task.execute",
+            plan_id = %task.plan_id,
+            task_id = %task.task.id,
+            capability = %task.task.capability,
+            action = %task.task.action,
+            attempt = i64::from(attempt),
+            pool = %self.name,
+            otel.kind = "consumer",
+            otel.status_description = tracing::field::Empty,
+        );
+        trace::set_parent(&span, msg.headers.as_ref());
+        self.run_task(&msg, &task, attempt).instrument(span).await
+    }
+
+    /// Runs a decoded task and records its result (or gives it back for a
+    /// retry), inside its `task.execute` span.
+    async fn run_task(&self, msg: &Message, task: &TaskMessage, attempt: u32) -> Outcome {
         let started = Instant::now();
-        let outcome = self.execute(&msg, &task).await;
+        let outcome = self.execute(msg, task).await;
         let elapsed = started.elapsed();
         self.ran(elapsed);
+        if let Err(e) = &outcome
+            && trace::enabled()
+        {
+            tracing::Span::current().record("otel.status_description", e.to_string());
+        }
 
         let retries = task.task.retries.unwrap_or(0);
         let past_deadline = task.deadline.is_some_and(|d| d <= jiff::Timestamp::now());

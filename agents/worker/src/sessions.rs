@@ -26,12 +26,13 @@ use jetmesh_shared::capability::{Call, Capability};
 use jetmesh_shared::error::{Error, ErrorCode, Result};
 use jetmesh_shared::names::{EventKind, Names};
 use jetmesh_shared::wire::{TaskMessage, TaskResult};
-use jetmesh_shared::{Mesh, codec};
+use jetmesh_shared::{Mesh, codec, trace};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The header of a ping: "are you still there?".
 const PING: &str = "Jetmesh-Session-Ping";
@@ -221,12 +222,18 @@ impl Sessions {
             Err(e) => return Forwarded::Answered(Err(e)),
         };
         let client = &self.mesh.client;
-        let request = client.send_request(
-            subject.to_string(),
-            async_nats::Request::new()
-                .payload(payload)
-                .timeout(Some(limit)),
-        );
+        let mut request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(limit));
+        // The holder's span joins this task's trace.
+        if trace::enabled() {
+            let mut headers = HeaderMap::new();
+            trace::inject(&mut headers);
+            if !headers.is_empty() {
+                request = request.headers(headers);
+            }
+        }
+        let request = client.send_request(subject.to_string(), request);
         tokio::pin!(request);
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
@@ -293,6 +300,16 @@ async fn serve(mesh: &Mesh, cap: &dyn Capability, msg: async_nats::Message) {
     let result = match codec::from_json::<TaskMessage>(&msg.payload) {
         Ok(task) => {
             let t = &task.task;
+            let span = tracing::info_span!(
+                parent: None,
+                "session.execute",
+                plan_id = %task.plan_id,
+                task_id = %t.id,
+                capability = %t.capability,
+                action = %t.action,
+                otel.kind = "server",
+            );
+            trace::set_parent(&span, msg.headers.as_ref());
             cap.execute(Call {
                 action: &t.action,
                 params: &t.params,
@@ -300,6 +317,7 @@ async fn serve(mesh: &Mesh, cap: &dyn Capability, msg: async_nats::Message) {
                 task_id: &t.id,
                 session: t.session.as_deref().unwrap_or(&task.plan_id),
             })
+            .instrument(span)
             .await
         }
         Err(e) => Err(e),

@@ -122,6 +122,7 @@ pub fn decode_reply<T: serde::de::DeserializeOwned>(
             .unwrap_or(ErrorCode::Internal);
         let mut error = Error::new(code, body.message);
         error.retry_after_ms = body.retry_after_ms;
+        error.details = body.details;
         return Err(error);
     }
     enc.decode::<T>(payload)

@@ -79,6 +79,9 @@ pub struct SubmitRequest {
     /// With `wait`: how long to wait for the report, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_timeout_ms: Option<u64>,
+    /// Plan (and validate) only: the reply is the plan, nothing is stored or run.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dry_run: bool,
 }
 
 /// How a submit request is read: the same fields, flat, so that a plan of
@@ -99,6 +102,8 @@ struct SubmitRequestWire {
     wait: bool,
     #[serde(default)]
     wait_timeout_ms: Option<u64>,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 impl From<SubmitRequestWire> for SubmitRequest {
@@ -113,6 +118,7 @@ impl From<SubmitRequestWire> for SubmitRequest {
             },
             wait: w.wait,
             wait_timeout_ms: w.wait_timeout_ms,
+            dry_run: w.dry_run,
         }
     }
 }
@@ -132,6 +138,10 @@ pub struct SubmitReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannerRequest<P = Plan> {
     pub plan: P,
+    /// The plan will not run: it is planned and validated, but not admitted
+    /// (no live workers are needed).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dry_run: bool,
 }
 
 /// The planner's answer. `plan` is left out when the plan it was sent is
@@ -141,6 +151,83 @@ pub struct PlannerRequest<P = Plan> {
 pub struct PlannerReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
+    /// The LLM calls planning made (none for an explicit plan).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub llm: Vec<LlmCall>,
+}
+
+/// The reply of `mesh.plans.submit` with `dry_run`: the plan as it would
+/// run, and what planning it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunReply {
+    pub plan_id: String,
+    /// `planned`.
+    pub status: String,
+    pub plan: Plan,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmUsage>,
+}
+
+/// One call to an LLM provider (or one provider skipped), as recorded with
+/// the plan and the report.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LlmCall {
+    /// The provider's name in `[planner.providers]`.
+    pub provider: String,
+    pub model: String,
+    /// `plan`, `repair` or `narrative`.
+    pub purpose: String,
+    /// `ok`, or why the chain moved on: `rate_limited`, `server_error`,
+    /// `timeout`, `unreachable`, `refused`, `unusable`, `client_error`, and
+    /// for a provider not called at all `circuit_open`, `cooling_down`,
+    /// `busy`, `local_rate_limit`, `budget_exceeded`.
+    pub outcome: String,
+    /// The HTTP status, when there was an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// In US dollars, from `[planner.prices]`; 0 when the model has no price.
+    #[serde(default)]
+    pub cost_usd: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at: Timestamp,
+}
+
+impl LlmCall {
+    /// Whether the provider was called (as opposed to skipped).
+    pub fn called(&self) -> bool {
+        self.http_status.is_some() || self.latency_ms > 0 || self.outcome == "ok"
+    }
+}
+
+/// The LLM calls of a plan and their totals.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LlmUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub calls: Vec<LlmCall>,
+}
+
+impl LlmUsage {
+    /// The totals of `calls`; `None` when there are none.
+    pub fn of(calls: Vec<LlmCall>) -> Option<LlmUsage> {
+        if calls.is_empty() {
+            return None;
+        }
+        Some(LlmUsage {
+            input_tokens: calls.iter().map(|c| c.input_tokens).sum(),
+            output_tokens: calls.iter().map(|c| c.output_tokens).sum(),
+            cost_usd: calls.iter().map(|c| c.cost_usd).sum(),
+            calls,
+        })
+    }
 }
 
 /// Lifecycle of a plan.
@@ -201,6 +288,13 @@ pub struct PlanRecord<P = Plan> {
     /// That chief's lease term (fencing token) when it stored the plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<u64>,
+    /// The LLM calls that planned it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub llm: Vec<LlmCall>,
+    /// The plan's trace context (W3C `traceparent`), so that every role's
+    /// spans for it join one trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// The results of one plan as the aggregator counted them, handed to the
@@ -347,6 +441,15 @@ pub struct Report {
     /// Per task, in plan order. Empty when `truncated`.
     #[serde(default)]
     pub tasks: Vec<ReportTask>,
+    /// An LLM-written account of the results, when a provider is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrative: Option<String>,
+    /// Why there is no narrative although a provider is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrative_error: Option<ErrorBody>,
+    /// The LLM calls of the plan: planning, repairs and the narrative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmUsage>,
     /// The same report as markdown, for people.
     pub markdown: String,
     /// Set when the per-task list was left out to fit the server's payload limit;
@@ -368,6 +471,9 @@ pub struct PlanView {
     pub tasks: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goal: Option<String>,
+    /// The LLM calls of the plan so far, with their totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmUsage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<Report>,
 }

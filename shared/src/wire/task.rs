@@ -159,6 +159,9 @@ pub struct ErrorBody {
     /// For `overloaded`: how long to wait before trying again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// Structured detail (`planning_failed`: the last answer and the errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Box<Value>>,
 }
 
 impl From<&Error> for ErrorBody {
@@ -167,6 +170,7 @@ impl From<&Error> for ErrorBody {
             code: e.code.as_str().to_string(),
             message: e.message.clone(),
             retry_after_ms: e.retry_after_ms,
+            details: e.details.clone(),
         }
     }
 }
