@@ -702,3 +702,126 @@ api_key_env = "TEST_OPENAI_KEY"
         assert!(!stored.contains(key), "a key is in the report");
     }
 }
+
+/// A capability registered while the mesh runs is plannable at once: the
+/// prompt and the answer's schema come from the live registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capability_registered_later_is_plannable_with_no_code_change() {
+    let server = NatsServer::start();
+    let emu = LlmEmulator::start();
+    let keys = tempfile::tempdir().unwrap();
+    let mut c = config(
+        &server.url(),
+        &emu,
+        &keys,
+        &[P("o", Api::OpenAi, "m-weather")],
+    );
+    c.planner.repair_rounds = 0;
+    emu.default_reply(
+        "m-weather",
+        Reply::Json(json!({"subtasks": [
+            {"id": "w", "type": "weather", "action": "forecast", "city": "Lyon", "days": 3}]})),
+    )
+    .await;
+    let mesh = InProcessMesh::start(c).await;
+    let mut schemas = std::collections::BTreeMap::new();
+    schemas.insert(
+        "forecast".to_string(),
+        jetmesh_shared::wire::ActionSchema {
+            description: Some("The weather forecast of a city.".into()),
+            params: Some(json!({"type": "object", "required": ["city"], "properties": {
+                "city": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 7}}})),
+        },
+    );
+    jetmesh_shared::registry::register(
+        &mesh.mesh,
+        &jetmesh_shared::wire::CapabilityEntry {
+            capability: "weather".into(),
+            actions: vec!["forecast".into()],
+            pool: "weather".into(),
+            encoding: Default::default(),
+            description: Some("Weather data (a foreign worker).".into()),
+            registered_at: Some(jiff::Timestamp::now()),
+            schemas,
+            sessions: false,
+        },
+    )
+    .await
+    .unwrap();
+    let client = server.client().await;
+    // The planner follows the registry: within moments the new capability
+    // is in its prompt (before that, the answer is refused as unknown).
+    let mut reply = Value::Null;
+    for _ in 0..50 {
+        reply = submit(
+            &client,
+            json!({"goal": "forecast for Lyon", "dry_run": true}),
+        )
+        .await;
+        if reply["status"] == "planned" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reply["status"], "planned", "{reply:#}");
+    assert_eq!(reply["plan"]["subtasks"][0]["type"], "weather");
+    let last = emu.received().await.pop().unwrap().body;
+    let system = last["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains("The weather forecast of a city."),
+        "{system}"
+    );
+    let schema = last["response_format"]["json_schema"]["schema"].to_string();
+    assert!(schema.contains(r#""enum":["weather"]"#) && schema.contains(r#""enum":["forecast"]"#));
+    mesh.stop().await;
+}
+
+/// A slow model holds up only its own goal: an explicit plan submitted
+/// while a goal waits on the model is accepted, run and reported first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_provider_never_blocks_other_requests() {
+    let server = NatsServer::start();
+    let emu = LlmEmulator::start();
+    let keys = tempfile::tempdir().unwrap();
+    let mut c = config(&server.url(), &emu, &keys, &[P("o", Api::OpenAi, "m-slow")]);
+    c.summary.narrative = false;
+    emu.default_reply(
+        "m-slow",
+        Reply::Delay(
+            Duration::from_secs(4),
+            Box::new(Reply::Json(sum_then_multiply())),
+        ),
+    )
+    .await;
+    let mesh = InProcessMesh::start(c).await;
+    let client = server.client().await;
+    let goal = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            submit(
+                &client,
+                json!({"plan_id": "slow_goal", "goal": "sum and scale", "wait": true}),
+            )
+            .await
+        })
+    };
+    // The goal is with the model (the emulator has its request) ...
+    for _ in 0..100 {
+        if emu.count("m-slow").await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(emu.count("m-slow").await, 1);
+    // ... while an explicit plan goes all the way through.
+    let explicit = submit(
+        &client,
+        json!({"wait": true, "subtasks": [{"type": "math", "action": "sum", "args": [2, 3]}]}),
+    )
+    .await;
+    assert_eq!(explicit["completed"], 1, "{explicit:#}");
+    assert!(!goal.is_finished(), "the goal was still planning");
+    let goal = goal.await.unwrap();
+    assert_eq!(goal["completed"], 2, "{goal:#}");
+    mesh.stop().await;
+}
