@@ -77,7 +77,9 @@ fn check_plan(mut p: Plan) {
 /// `PlannerRequest`, in MessagePack (`ask_planner` in agents/chief): the
 /// planner must read the plan the chief accepted.
 fn ask_planner(plan: Plan) {
-    let request = PlannerRequest { plan };
+    // Both forms of the request: to run, and a dry run.
+    let dry_run = plan.subtasks.len() % 2 == 1;
+    let request = PlannerRequest { plan, dry_run };
     for enc in [Encoding::Msgpack, Encoding::Json] {
         let bytes = enc.encode(&request).expect("a planner request encodes");
         match enc.decode::<PlannerRequest>(&bytes) {
