@@ -159,3 +159,65 @@ fn collect(v: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetmesh_shared::wire::{PlanStatus, ReportTask, TaskStatus};
+
+    fn task(id: &str, output: Value) -> ReportTask {
+        ReportTask {
+            id: id.into(),
+            capability: "web".into(),
+            action: "screenshot".into(),
+            status: TaskStatus::Success,
+            output: Some(output),
+            error: None,
+            duration_ms: 5,
+            worker: None,
+            attempt: 1,
+            depends_on: vec![],
+        }
+    }
+
+    #[test]
+    fn large_and_stored_outputs_are_references_never_inlined() {
+        let t0 = jiff::Timestamp::now();
+        let shot = json!({"object": {"bucket": "mesh_objects", "key": "p/s/screenshot.png",
+            "size": 48213, "sha256": "ab", "content_type": "image/png"}, "width": 1280});
+        let report = Report {
+            plan_id: "p".into(),
+            goal: Some("g".into()),
+            status: PlanStatus::Completed,
+            total_tasks: 3,
+            completed: 3,
+            failed: 0,
+            pending: 0,
+            duration_ms: 9,
+            created_at: t0,
+            finished_at: t0,
+            tasks: vec![
+                task("small", json!({"title": "Example"})),
+                task("big", json!("x".repeat(5000))),
+                task("s", shot),
+            ],
+            narrative: None,
+            narrative_error: None,
+            llm: None,
+            markdown: String::new(),
+            truncated: false,
+        };
+        let facts: Value = serde_json::from_str(&facts(&report, 100, "task.p.*")).unwrap();
+        let tasks = facts["tasks"].as_array().unwrap();
+        assert_eq!(tasks[0]["output"], json!({"title": "Example"}));
+        assert!(tasks[1].get("output").is_none());
+        assert_eq!(tasks[1]["output_reference"]["stored_as"], "task.p.big");
+        assert_eq!(tasks[1]["output_reference"]["bytes"], 5002);
+        assert!(tasks[2].get("output").is_none());
+        assert_eq!(
+            tasks[2]["output_reference"]["objects"],
+            json!(["p/s/screenshot.png (image/png, 48213 bytes)"])
+        );
+        assert!(!facts.to_string().contains("xxxxxxxxxx"));
+    }
+}
