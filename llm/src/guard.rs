@@ -51,12 +51,16 @@ struct State {
     failures: u32,
     /// Open until then; after it, one trial call (half-open).
     open_until: Option<Instant>,
-    /// The half-open trial call is in flight.
-    probing: bool,
+    /// The half-open trial call in flight, since when. A trial whose caller
+    /// went away (its future dropped) never reports; after `probe_ttl`
+    /// another call may try.
+    probing: Option<Instant>,
     /// A 429's `Retry-After`.
     cooling_until: Option<Instant>,
-    /// Calls of the last minute: when, and the tokens they spent.
-    window: VecDeque<(Instant, u64)>,
+    /// When the calls of the last minute started.
+    requests: VecDeque<Instant>,
+    /// The tokens of the last minute, stamped when they were spent.
+    tokens: VecDeque<(Instant, u64)>,
 }
 
 /// One provider's guard, shared by every call of the process.
@@ -66,17 +70,23 @@ pub struct Guard {
     slots: Arc<Semaphore>,
     failures_to_open: u32,
     cooldown: Duration,
+    /// How long a trial call may take (the provider's call timeout).
+    probe_ttl: Duration,
     rpm: u32,
     tpm: u64,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// The longest a provider is skipped for on its own word (`Retry-After`).
+pub const MAX_COOLING: Duration = Duration::from_secs(600);
+
 impl Guard {
     pub fn new(
         max_concurrent: usize,
         failures_to_open: u32,
         cooldown: Duration,
+        probe_ttl: Duration,
         rpm: u32,
         tpm: u64,
     ) -> Guard {
@@ -85,6 +95,7 @@ impl Guard {
             slots: Arc::new(Semaphore::new(max_concurrent)),
             failures_to_open: failures_to_open.max(1),
             cooldown,
+            probe_ttl,
             rpm,
             tpm,
         }
@@ -99,8 +110,11 @@ impl Guard {
             if now < until {
                 return Err(Skip::CircuitOpen(until - now));
             }
-            if s.probing {
-                return Err(Skip::CircuitOpen(self.cooldown));
+            if let Some(since) = s.probing {
+                let age = now.saturating_duration_since(since);
+                if age < self.probe_ttl {
+                    return Err(Skip::CircuitOpen(self.probe_ttl - age));
+                }
             }
         }
         if let Some(until) = s.cooling_until {
@@ -109,27 +123,32 @@ impl Guard {
             }
             s.cooling_until = None;
         }
-        while s
-            .window
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= MINUTE)
-        {
-            s.window.pop_front();
+        let age = |t: Instant| now.saturating_duration_since(t);
+        while s.requests.front().is_some_and(|t| age(*t) >= MINUTE) {
+            s.requests.pop_front();
         }
-        let oldest = s
-            .window
-            .front()
-            .map(|(t, _)| MINUTE.saturating_sub(now.duration_since(*t)));
-        if self.rpm > 0 && s.window.len() >= self.rpm as usize {
-            return Err(Skip::LocalRateLimit(oldest.unwrap_or(MINUTE)));
+        while s.tokens.front().is_some_and(|(t, _)| age(*t) >= MINUTE) {
+            s.tokens.pop_front();
         }
-        if self.tpm > 0 && s.window.iter().map(|(_, n)| n).sum::<u64>() >= self.tpm {
-            return Err(Skip::LocalRateLimit(oldest.unwrap_or(MINUTE)));
+        if self.rpm > 0 && s.requests.len() >= self.rpm as usize {
+            let wait = s
+                .requests
+                .front()
+                .map_or(MINUTE, |t| MINUTE.saturating_sub(age(*t)));
+            return Err(Skip::LocalRateLimit(wait));
+        }
+        let spent = s.tokens.iter().fold(0u64, |a, (_, n)| a.saturating_add(*n));
+        if self.tpm > 0 && spent >= self.tpm {
+            let wait = s
+                .tokens
+                .front()
+                .map_or(MINUTE, |(t, _)| MINUTE.saturating_sub(age(*t)));
+            return Err(Skip::LocalRateLimit(wait));
         }
         if s.open_until.is_some() {
-            s.probing = true;
+            s.probing = Some(now);
         }
-        s.window.push_back((now, 0));
+        s.requests.push_back(now);
         Ok(())
     }
 
@@ -147,12 +166,11 @@ impl Guard {
             .expect("the semaphore is never closed")
     }
 
-    /// Counts the `tokens` of the call admitted at `admitted` against the
-    /// per-minute token limit.
-    pub fn spent(&self, admitted: Instant, tokens: u64) {
-        let mut s = self.state.lock().expect("llm guard");
-        if let Some(entry) = s.window.iter_mut().find(|(t, n)| *t == admitted && *n == 0) {
-            entry.1 = tokens;
+    /// Counts `tokens`, spent now, against the per-minute token limit.
+    pub fn spent(&self, now: Instant, tokens: u64) {
+        if tokens > 0 {
+            let mut s = self.state.lock().expect("llm guard");
+            s.tokens.push_back((now, tokens));
         }
     }
 
@@ -161,37 +179,40 @@ impl Guard {
         let mut s = self.state.lock().expect("llm guard");
         s.failures = 0;
         s.open_until = None;
-        s.probing = false;
+        s.probing = None;
         Breaker::Closed
     }
 
-    /// The provider failed (429, 5xx, timeout, unreachable, other HTTP
-    /// errors); `retry_after` is what a 429 asked for. Returns the breaker's
-    /// state after it.
+    /// The provider failed (429, 5xx, its own timeout, unreachable, auth or
+    /// not-found errors); `retry_after` is what a 429 asked for. Returns the
+    /// breaker's state after it.
     pub fn failed(&self, now: Instant, retry_after: Option<Duration>) -> Breaker {
         let mut s = self.state.lock().expect("llm guard");
         if let Some(d) = retry_after {
             // A provider asking for hours is skipped for ten minutes at a
             // time, then asked again.
-            s.cooling_until = Some(now + d.min(Duration::from_secs(600)));
+            s.cooling_until = Some(now + d.min(MAX_COOLING));
         }
         s.failures = s.failures.saturating_add(1);
-        if s.probing || s.failures >= self.failures_to_open {
+        if s.probing.is_some() || s.failures >= self.failures_to_open {
             s.open_until = Some(now + self.cooldown);
-            s.probing = false;
+            s.probing = None;
         }
         state_of(&s)
     }
 
-    /// The trial call ended without saying anything about the provider's
-    /// health (a refusal, an unusable answer): let another call try.
-    pub fn neutral(&self) {
+    /// The call ended without saying anything against the provider's
+    /// health (a refusal, an unusable answer, a request it could not take,
+    /// the caller's own deadline). A trial call counts as a good one: the
+    /// provider answered.
+    pub fn neutral(&self) -> Breaker {
         let mut s = self.state.lock().expect("llm guard");
-        if s.probing {
-            s.probing = false;
+        if s.probing.is_some() {
+            s.probing = None;
             s.failures = 0;
             s.open_until = None;
         }
+        state_of(&s)
     }
 
     pub fn breaker(&self) -> Breaker {
@@ -202,7 +223,7 @@ impl Guard {
 fn state_of(s: &State) -> Breaker {
     match s.open_until {
         None => Breaker::Closed,
-        Some(_) if s.probing => Breaker::HalfOpen,
+        Some(_) if s.probing.is_some() => Breaker::HalfOpen,
         Some(_) => Breaker::Open,
     }
 }
@@ -213,7 +234,7 @@ mod tests {
 
     #[test]
     fn breaker_opens_after_consecutive_failures_and_closes_after_a_good_trial() {
-        let g = Guard::new(4, 2, Duration::from_secs(10), 0, 0);
+        let g = Guard::new(4, 2, Duration::from_secs(10), Duration::from_secs(5), 0, 0);
         let t0 = Instant::now();
         assert!(g.admit(t0).is_ok());
         assert_eq!(g.failed(t0, None), Breaker::Closed);
@@ -233,8 +254,22 @@ mod tests {
     }
 
     #[test]
+    fn a_trial_whose_caller_went_away_does_not_hold_the_breaker_open() {
+        let g = Guard::new(4, 1, Duration::from_secs(10), Duration::from_secs(5), 0, 0);
+        let t0 = Instant::now();
+        g.admit(t0).unwrap();
+        g.failed(t0, None);
+        let t1 = t0 + Duration::from_secs(10);
+        g.admit(t1).unwrap();
+        // The trial's future is dropped: nothing reports. Until it would
+        // have timed out, no other trial; then another may try.
+        assert!(g.admit(t1 + Duration::from_secs(4)).is_err());
+        assert!(g.admit(t1 + Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
     fn a_failed_trial_reopens_at_once() {
-        let g = Guard::new(4, 3, Duration::from_secs(10), 0, 0);
+        let g = Guard::new(4, 3, Duration::from_secs(10), Duration::from_secs(5), 0, 0);
         let t0 = Instant::now();
         for _ in 0..3 {
             g.admit(t0).unwrap();
@@ -251,7 +286,7 @@ mod tests {
 
     #[test]
     fn retry_after_cools_the_provider_down() {
-        let g = Guard::new(4, 10, Duration::from_secs(10), 0, 0);
+        let g = Guard::new(4, 10, Duration::from_secs(10), Duration::from_secs(5), 0, 0);
         let t0 = Instant::now();
         g.admit(t0).unwrap();
         g.failed(t0, Some(Duration::from_secs(3)));
@@ -264,17 +299,27 @@ mod tests {
 
     #[test]
     fn requests_and_tokens_per_minute() {
-        let g = Guard::new(4, 10, Duration::from_secs(10), 2, 0);
+        let g = Guard::new(4, 10, Duration::from_secs(10), Duration::from_secs(5), 2, 0);
         let t0 = Instant::now();
         g.admit(t0).unwrap();
         g.admit(t0).unwrap();
         assert!(matches!(g.admit(t0), Err(Skip::LocalRateLimit(_))));
         assert!(g.admit(t0 + MINUTE).is_ok());
 
-        let g = Guard::new(4, 10, Duration::from_secs(10), 0, 100);
+        let g = Guard::new(
+            4,
+            10,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            0,
+            100,
+        );
         g.admit(t0).unwrap();
-        g.spent(t0, 150);
-        assert!(matches!(g.admit(t0), Err(Skip::LocalRateLimit(_))));
-        assert!(g.admit(t0 + MINUTE).is_ok());
+        // A slow call's tokens count from when they were spent.
+        let done = t0 + Duration::from_secs(50);
+        g.spent(done, 150);
+        assert!(matches!(g.admit(done), Err(Skip::LocalRateLimit(_))));
+        assert!(matches!(g.admit(t0 + MINUTE), Err(Skip::LocalRateLimit(_))));
+        assert!(g.admit(done + MINUTE).is_ok());
     }
 }

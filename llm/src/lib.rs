@@ -205,6 +205,8 @@ impl Llm {
                     p.max_concurrent,
                     config.breaker_failures,
                     Duration::from_millis(config.breaker_cooldown_ms),
+                    // A trial call lasts at most its timeout.
+                    Duration::from_millis(p.timeout_ms) + Duration::from_secs(1),
                     p.requests_per_minute,
                     p.tokens_per_minute,
                 ),
@@ -214,6 +216,10 @@ impl Llm {
         }
         let http = reqwest::Client::builder()
             .user_agent(concat!("jetmesh/", env!("CARGO_PKG_VERSION")))
+            // A redirect would take the key header (x-api-key,
+            // x-goog-api-key: reqwest strips only Authorization) to another
+            // host: a 3xx is an error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::unavailable("cannot build the HTTP client", e))?;
         Ok(Some(Llm {
@@ -255,7 +261,8 @@ impl Llm {
         let mut refused: Option<String> = None;
         // Some provider failed for a reason other than refusing.
         let mut failed_otherwise = false;
-        let mut budget = false;
+        // Providers skipped for their daily budget (or the plan's).
+        let mut budget_skips = 0usize;
         let mut called = false;
         let mut retry_after: Option<Duration> = None;
         let mut busy: Vec<usize> = Vec::new();
@@ -273,12 +280,12 @@ impl Llm {
                 let p = &self.providers[i - 1];
                 if ledger.exhausted() {
                     self.skip(ledger, p, req.purpose, "budget_exceeded");
-                    budget = true;
+                    budget_skips += 1;
                     continue;
                 }
                 if !self.daily_budget_left(p).await {
                     self.skip(ledger, p, req.purpose, "budget_exceeded");
-                    budget = true;
+                    budget_skips += 1;
                     continue;
                 }
                 let Some(permit) = p.guard.try_slot() else {
@@ -318,7 +325,8 @@ impl Llm {
                 Ok(a) => ("ok", (a.input_tokens, a.output_tokens)),
                 Err(f) => (f.outcome(), f.tokens()),
             };
-            p.guard.spent(now, tokens.0 + tokens.1);
+            p.guard
+                .spent(Instant::now(), tokens.0.saturating_add(tokens.1));
             // The answer, if there is one, must be usable to the caller.
             let accepted = match result {
                 Ok(answer) => match accept(&answer.content) {
@@ -371,7 +379,11 @@ impl Llm {
                     });
                 }
                 Err(f) => {
-                    if f.is_health() {
+                    // A timeout of the caller's own deadline, shorter than
+                    // the provider's, says nothing about the provider.
+                    let ours = matches!(f, Failure::Timeout)
+                        && timeout < Duration::from_millis(p.config.timeout_ms);
+                    if f.is_health() && !ours {
                         let asked = match &f {
                             Failure::RateLimited { retry_after, .. } => *retry_after,
                             _ => None,
@@ -381,7 +393,7 @@ impl Llm {
                         }
                         self.breaker_moved(p, p.guard.failed(Instant::now(), asked));
                     } else {
-                        p.guard.neutral();
+                        self.breaker_moved(p, p.guard.neutral());
                     }
                     if let Failure::Refused { message, .. } = &f {
                         refused.get_or_insert_with(|| redact(message, p.key.as_deref()));
@@ -397,19 +409,15 @@ impl Llm {
                 }
             }
         }
-        if Instant::now() >= deadline {
-            return Err(Error::new(
-                ErrorCode::Timeout,
-                format!("no LLM provider answered in time (last: {last_error})"),
-            ));
-        }
         if let Some(why) = refused.filter(|_| !failed_otherwise) {
             return Err(Error::new(
                 ErrorCode::GoalRefused,
                 format!("the model declined: {why}"),
             ));
         }
-        if budget && !called {
+        // Budgets, and only budgets, stopped it: the plan's is spent, or
+        // every provider's for the day.
+        if ledger.exhausted() || budget_skips == self.providers.len() {
             return Err(Error::new(
                 ErrorCode::BudgetExceeded,
                 "the LLM budget is spent (per plan: planner.budget_per_plan_usd; per provider \
@@ -426,8 +434,14 @@ impl Llm {
                 format!("no LLM provider gave a usable answer (last: {last_error})")
             },
         );
+        if Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorCode::Timeout,
+                format!("no LLM provider answered in time (last: {last_error})"),
+            ));
+        }
         if let Some(d) = retry_after {
-            e = e.retry_after(d.as_millis().max(1) as u64);
+            e = e.retry_after(d.min(guard::MAX_COOLING).as_millis().max(1) as u64);
         }
         Err(e)
     }
@@ -560,22 +574,32 @@ impl Llm {
             v.set_sensitive(true);
             builder = builder.header(name, v);
         }
-        let response = builder
+        let mut response = builder
             .send()
             .await
-            .map_err(|e| transport(&e, p.key.as_deref()))?;
+            .map_err(|e| transport(e, p.key.as_deref()))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64);
-        let body = response
-            .bytes()
+            .and_then(wire::retry_after);
+        // An answer is a few KB; a server that sends more is not answering.
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| transport(&e, p.key.as_deref()))?;
+            .map_err(|e| transport(e, p.key.as_deref()))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(Failure::Unusable {
+                    message: format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"),
+                    input_tokens: 0,
+                    output_tokens: 0,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
         wire::parse(p.config.kind, status, retry_after, &body).map_err(|f| match f {
             Failure::RateLimited {
                 status,
@@ -660,14 +684,18 @@ fn today() -> String {
         .to_string()
 }
 
-fn transport(e: &reqwest::Error, key: Option<&str>) -> Failure {
+/// The most bytes of one answer read.
+const MAX_ANSWER_BYTES: usize = 8 << 20;
+
+fn transport(e: reqwest::Error, key: Option<&str>) -> Failure {
     if e.is_timeout() {
         return Failure::Timeout;
     }
-    // reqwest's message names the URL, never headers; the key is taken out
-    // anyway in case a base_url carries it.
+    // Without the URL (it could carry credentials); the key is taken out
+    // anyway.
+    let e = e.without_url();
     let mut message = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         message.push_str(&format!(": {s}"));
         source = s.source();

@@ -130,9 +130,16 @@ impl Failure {
         }
     }
 
-    /// Whether it says the provider is unwell (for its breaker).
+    /// Whether it says the provider is unwell or misconfigured (for its
+    /// breaker). A refusal, an unusable answer, or a 4xx about this one
+    /// request (400, 413, 422: a prompt too long, say) does not: one
+    /// hostile request must not take a provider out for everyone.
     pub fn is_health(&self) -> bool {
-        !matches!(self, Failure::Refused { .. } | Failure::Unusable { .. })
+        match self {
+            Failure::Refused { .. } | Failure::Unusable { .. } => false,
+            Failure::Client { status, .. } => matches!(status, 0 | 401 | 402 | 403 | 404),
+            _ => true,
+        }
     }
 
     pub fn tokens(&self) -> (u64, u64) {
@@ -482,6 +489,27 @@ fn error_message(v: &Value) -> Option<String> {
     }
 }
 
+/// A `Retry-After` value: seconds (`120`, `1.5`) or an HTTP date, capped
+/// at [`crate::guard::MAX_COOLING`]; `None` when it is neither.
+pub fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs >= 0.0)
+            .then(|| Duration::try_from_secs_f64(secs.min(1e6)).ok())
+            .flatten()
+            .map(|d| d.min(crate::guard::MAX_COOLING));
+    }
+    let at = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(value)
+        .ok()?;
+    let wait = at.duration_since(jiff::Timestamp::now());
+    Some(
+        Duration::try_from(wait)
+            .unwrap_or_default()
+            .min(crate::guard::MAX_COOLING),
+    )
+}
+
 /// Gemini's 429 says when in `google.rpc.RetryInfo` (`"retryDelay": "7s"`).
 fn gemini_retry_delay(v: &Value) -> Option<Duration> {
     v.get("error")?
@@ -495,11 +523,8 @@ fn gemini_retry_delay(v: &Value) -> Option<Duration> {
         })?
         .get("retryDelay")?
         .as_str()?
-        .strip_suffix('s')?
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .strip_suffix('s')
+        .and_then(retry_after)
 }
 
 fn parse_openai(v: &Value) -> Result<Answer, Failure> {
@@ -733,6 +758,38 @@ mod tests {
         assert_eq!(
             c.body["generationConfig"]["responseMimeType"],
             "application/json"
+        );
+    }
+
+    #[test]
+    fn retry_after_values_hostile_or_not() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(" 1.5 "), Some(Duration::from_millis(1500)));
+        assert_eq!(retry_after("1e300"), Some(crate::guard::MAX_COOLING));
+        assert_eq!(retry_after("inf"), Some(crate::guard::MAX_COOLING));
+        assert_eq!(retry_after("-3"), None);
+        assert_eq!(retry_after("NaN"), None);
+        assert_eq!(retry_after("soon"), None);
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(120);
+        let date = jiff::fmt::rfc2822::to_string(&later.to_zoned(jiff::tz::TimeZone::UTC)).unwrap();
+        let d = retry_after(&date).unwrap();
+        assert!(
+            d > Duration::from_secs(110) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        let e = parse(
+            ProviderKind::Gemini,
+            429,
+            None,
+            br#"{"error":{"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1e309s"}]}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, Failure::RateLimited { retry_after: Some(d), .. } if d == crate::guard::MAX_COOLING)
         );
     }
 

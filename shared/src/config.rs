@@ -734,6 +734,9 @@ pub struct PlannerConfig {
     pub prices: BTreeMap<String, PriceConfig>,
     /// The most tasks a plan made from a goal may have.
     pub max_tasks: usize,
+    /// The longest goal planned, in characters (`payload_too_large` past
+    /// it): a goal is sent to a paid model, in every repair round.
+    pub max_goal_chars: usize,
     /// How often an invalid plan is sent back to the model with the
     /// validation errors before the goal fails with `planning_failed`.
     pub repair_rounds: u32,
@@ -762,6 +765,7 @@ impl Default for PlannerConfig {
             providers: BTreeMap::new(),
             prices: BTreeMap::new(),
             max_tasks: 20,
+            max_goal_chars: 8_000,
             repair_rounds: 2,
             timeout_ms: 120_000,
             max_output_tokens: 4096,
@@ -789,6 +793,16 @@ impl PlannerConfig {
                 return bad(format!("planner.providers.{name}.model is empty"));
             }
             let http = p.base_url.starts_with("http://") || p.base_url.starts_with("https://");
+            let userinfo = p
+                .base_url
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.split('/').next().is_some_and(|h| h.contains('@')));
+            if userinfo {
+                return bad(format!(
+                    "planner.providers.{name}.base_url holds credentials (user@host): give \
+                     the key with api_key_env or api_key_file"
+                ));
+            }
             if !p.base_url.is_empty() && !http {
                 return bad(format!(
                     "planner.providers.{name}.base_url must start with http:// or https://"
@@ -813,9 +827,13 @@ impl PlannerConfig {
                 ));
             }
         }
-        if self.max_tasks == 0 || self.timeout_ms == 0 || self.max_concurrent == 0 {
+        if self.max_tasks == 0
+            || self.max_goal_chars == 0
+            || self.timeout_ms == 0
+            || self.max_concurrent == 0
+        {
             return bad(
-                "planner.max_tasks, planner.timeout_ms and planner.max_concurrent must be above 0"
+                "planner.max_tasks, max_goal_chars, timeout_ms and max_concurrent must be above 0"
                     .into(),
             );
         }
@@ -1448,6 +1466,39 @@ mod tests {
         assert!(Config::from_toml("[pools.math]\nmin = 5\nmax = 2").is_err());
         assert!(Config::from_toml("[pools.math]\nspill_to = \"math\"").is_err());
         assert!(Config::from_toml("[router]\nstrategy = \"random\"").is_err());
+    }
+
+    #[test]
+    fn planner_providers_are_checked() {
+        let ok =
+            "[planner]\norder = [\"a\"]\n[planner.providers.a]\nkind = \"gemini\"\nmodel = \"m\"\n";
+        let c = Config::from_toml(ok).unwrap();
+        assert_eq!(c.planner.providers["a"].kind, ProviderKind::Gemini);
+        for (bad, says) in [
+            ("[planner]\norder = [\"b\"]", "not in [planner.providers]"),
+            ("[planner.providers.a]\nmodel = \"\"", "model is empty"),
+            (
+                "[planner.providers.a]\nmodel = \"m\"\nkind = \"mistral\"",
+                "mistral",
+            ),
+            (
+                "[planner.providers.a]\nmodel = \"m\"\nbase_url = \"https://u:secret@gw/v1\"",
+                "holds credentials",
+            ),
+            (
+                "[planner.providers.a]\nmodel = \"m\"\nbase_url = \"ftp://x\"",
+                "http://",
+            ),
+            (
+                "[planner.prices]\nm = { input_per_mtok = -1.0 }",
+                "0 or more",
+            ),
+            ("[planner]\nmax_goal_chars = 0", "above 0"),
+        ] {
+            let e = Config::from_toml(bad).unwrap_err();
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+            assert!(!e.message.contains("secret"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -52,9 +52,9 @@ pub const MESSAGES_HANDLED: &str = "jetmesh_messages_handled_total";
 pub const RESULTS_UNRECORDED: &str = "jetmesh_results_unrecorded_total";
 pub const DEGRADED: &str = "jetmesh_degraded";
 pub const REGISTRY_INVALID: &str = "jetmesh_registry_invalid_total";
-/// LLM calls by `provider`, `model`, `purpose` and `outcome`.
+/// LLM calls (and skips) by `provider`, `model` and `outcome`.
 pub const LLM_CALLS: &str = "jetmesh_llm_calls_total";
-/// LLM tokens by `provider`, `model` and `direction` (`input`, `output`).
+/// LLM tokens by `provider`, `model` and `kind` (`input`, `output`).
 pub const LLM_TOKENS: &str = "jetmesh_llm_tokens_total";
 /// LLM cost in millionths of a US dollar, by `provider` and `model`.
 pub const LLM_COST: &str = "jetmesh_llm_cost_microdollars_total";

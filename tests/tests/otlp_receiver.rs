@@ -310,6 +310,18 @@ fn dropping_the_receiver_closes_both_listeners() {
         |url: &str| std::net::TcpStream::connect(url.strip_prefix("http://").unwrap()).is_ok();
     assert!(connects(&http_url) && connects(&grpc_url));
     drop(rx);
-    assert!(!connects(&http_url), "HTTP still listens");
-    assert!(!connects(&grpc_url), "gRPC still listens");
+    // Refused within a second (a CI run once found the gRPC port still
+    // open right after the drop; the kernel closes a listener a moment
+    // after its last handle goes).
+    let closed = |url: &str| {
+        (0..50).any(|_| {
+            let refused = !connects(url);
+            if !refused {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            refused
+        })
+    };
+    assert!(closed(&http_url), "HTTP still listens");
+    assert!(closed(&grpc_url), "gRPC still listens");
 }

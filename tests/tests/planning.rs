@@ -472,6 +472,12 @@ async fn a_prompt_injection_goal_yields_only_a_valid_plan_or_a_refusal() {
 
     let r = submit(&client, json!({"goal": goal, "dry_run": true})).await;
     assert_eq!(r["error"]["code"], "goal_refused", "{r:#}");
+    // A goal past planner.max_goal_chars never reaches a model.
+    let calls = emu.received().await.len();
+    let long = "plan this: ".repeat(800);
+    let r = submit(&client, json!({"goal": long, "dry_run": true})).await;
+    assert_eq!(r["error"]["code"], "payload_too_large", "{r:#}");
+    assert_eq!(emu.received().await.len(), calls);
     mesh.stop().await;
 }
 

@@ -8,7 +8,7 @@
 //! docs/adr/0020-goal-planning.md.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jetmesh_llm::{Content, Ledger, Llm, Output, Request, Turn};
 use jetmesh_shared::registry::{Registered, Registry};
@@ -44,19 +44,29 @@ answer {\"subtasks\": [], \"refusal\": \"<one sentence saying why>\"}.
 
 Answer with one JSON object: {\"subtasks\": [ ... ]}.";
 
-/// Plans `plan.goal`: the plan (ids, defaults and order as for an explicit
-/// plan) and the calls, recorded in `ledger`.
+/// Plans `plan.goal` by `deadline`: the plan (ids, defaults and order as
+/// for an explicit plan) and the calls, recorded in `ledger`.
 pub async fn plan_goal(
     mesh: &Mesh,
     registry: &Registry,
     llm: &Llm,
     mut plan: Plan,
     ledger: &mut Ledger,
+    deadline: Instant,
 ) -> Result<Plan, Error> {
     let cfg = &mesh.config.planner;
     let started = Instant::now();
-    let deadline = started + Duration::from_millis(cfg.timeout_ms);
     let goal = plan.goal.clone().unwrap_or_default();
+    let chars = goal.chars().count();
+    if chars > cfg.max_goal_chars {
+        return Err(Error::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the goal has {chars} characters; planner.max_goal_chars allows {}",
+                cfg.max_goal_chars
+            ),
+        ));
+    }
     let catalog = registry.all();
     if catalog.is_empty() {
         return Err(Error::new(
@@ -92,12 +102,22 @@ pub async fn plan_goal(
                     format!("the planner declined the goal: {why}"),
                 ));
             }
-            Answer::Subtasks(subtasks) => {
+            Answer::Subtasks(mut subtasks) => {
+                // What the schema does not offer, a model does not set:
+                // another plan's session (a browser page), retries or
+                // timeouts come from people, not from a goal's text.
+                for t in &mut subtasks {
+                    t.session = None;
+                    t.retries = None;
+                    t.timeout_ms = None;
+                }
                 let mut candidate = plan.clone();
                 candidate.subtasks = subtasks;
                 match check(mesh, registry, &mut candidate, max_tasks).await {
-                    Ok(()) => break Ok(candidate),
-                    Err(errors) => errors,
+                    Ok(Ok(())) => break Ok(candidate),
+                    Ok(Err(errors)) => errors,
+                    // The registry could not be read: not the model's fault.
+                    Err(e) => break Err(e),
                 }
             }
         };
@@ -186,23 +206,24 @@ pub fn parse_answer(content: &Content) -> Result<Answer, String> {
 }
 
 /// The checks of an explicit plan, collecting every error it can (for the
-/// repair round), and the order sessions need.
+/// repair round), and the order sessions need. The outer error is the
+/// mesh's (the registry cannot be read), the inner one the plan's.
 pub async fn check(
     mesh: &Mesh,
     registry: &Registry,
     plan: &mut Plan,
     max_tasks: usize,
-) -> Result<(), Vec<String>> {
+) -> Result<Result<(), Vec<String>>, Error> {
     if plan.subtasks.is_empty() {
-        return Err(vec![
+        return Ok(Err(vec![
             "the plan has no subtasks (to decline, give a \"refusal\")".into(),
-        ]);
+        ]));
     }
     if plan.subtasks.len() > max_tasks {
-        return Err(vec![format!(
+        return Ok(Err(vec![format!(
             "the plan has {} subtasks; at most {max_tasks} are allowed",
             plan.subtasks.len()
-        )]);
+        )]));
     }
     let mut errors = Vec::new();
     let mut known = std::collections::HashMap::new();
@@ -215,12 +236,15 @@ pub async fn check(
                 known.insert(task.capability.clone(), e);
             }
             Ok(None) => {}
-            Err(e) => errors.push(e.message),
+            // An invalid registry entry is the model's problem only in that
+            // it cannot use it; anything else is ours.
+            Err(e) if e.code == ErrorCode::BadRegistration => errors.push(e.message),
+            Err(e) => return Err(e),
         }
     }
     if let Err(e) = plan::normalize(plan, mesh.config.mesh.max_subtasks) {
         errors.push(e.message);
-        return Err(errors);
+        return Ok(Err(errors));
     }
     for task in &plan.subtasks {
         let lookup = |c: &str| known.get(c).map(|e| &**e);
@@ -236,11 +260,13 @@ pub async fn check(
         }
     }
     if !errors.is_empty() {
-        return Err(errors);
+        return Ok(Err(errors));
     }
-    plan::order_sessions(plan, |c| known.get(c).is_some_and(|e| e.sessions))
-        .map(|_| ())
-        .map_err(|e| vec![e.message])
+    Ok(
+        plan::order_sessions(plan, |c| known.get(c).is_some_and(|e| e.sessions))
+            .map(|_| ())
+            .map_err(|e| vec![e.message]),
+    )
 }
 
 /// The system prompt: the rules, then every registered capability with

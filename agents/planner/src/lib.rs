@@ -14,7 +14,7 @@
 pub mod goal;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jetmesh_llm::{Ledger, Llm};
@@ -168,8 +168,9 @@ impl Planner {
 
     async fn goal(&self, req: PlannerRequest) -> Result<PlannerReply> {
         let llm = self.llm.as_ref().expect("goals are planned with an LLM");
-        let wait = Duration::from_millis(self.mesh.config.planner.timeout_ms);
-        let _permit = tokio::time::timeout(wait, self.goals.acquire())
+        // One deadline from the request's arrival, as the chief waits.
+        let deadline = Instant::now() + Duration::from_millis(self.mesh.config.planner.timeout_ms);
+        let _permit = tokio::time::timeout_at(deadline.into(), self.goals.acquire())
             .await
             .map_err(|_| {
                 Error::new(
@@ -180,10 +181,27 @@ impl Planner {
             })?
             .expect("the semaphore is never closed");
         let mut ledger = Ledger::new(self.mesh.config.planner.budget_per_plan_usd, Vec::new());
-        let planned = goal::plan_goal(&self.mesh, &self.registry, llm, req.plan, &mut ledger).await;
-        let plan = match planned {
-            Ok(plan) => plan,
-            // The calls a failed goal made are in its error, for the record.
+        let planned = goal::plan_goal(
+            &self.mesh,
+            &self.registry,
+            llm,
+            req.plan,
+            &mut ledger,
+            deadline,
+        )
+        .await;
+        let admitted = match planned {
+            Ok(plan) if !req.dry_run => admit(&self.registry, &self.view, &plan)
+                .await
+                .map(|()| plan),
+            other => other,
+        };
+        match admitted {
+            Ok(plan) => Ok(PlannerReply {
+                plan: Some(plan),
+                llm: ledger.calls,
+            }),
+            // The calls a failed goal made (and paid for) are in its error.
             Err(mut e) => {
                 let calls = serde_json::to_value(&ledger.calls).unwrap_or_default();
                 let mut details = e
@@ -193,16 +211,9 @@ impl Planner {
                 if let Some(d) = details.as_object_mut() {
                     d.insert("llm".into(), calls);
                 }
-                return Err(e.with_details(details));
+                Err(e.with_details(details))
             }
-        };
-        if !req.dry_run {
-            admit(&self.registry, &self.view, &plan).await?;
         }
-        Ok(PlannerReply {
-            plan: Some(plan),
-            llm: ledger.calls,
-        })
     }
 }
 

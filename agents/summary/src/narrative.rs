@@ -72,59 +72,79 @@ pub async fn add(
     report.llm = LlmUsage::of(ledger.calls);
 }
 
+/// The narrative as it goes into the report: without control characters
+/// (it is printed to terminals), images turned into plain links (a rendered
+/// report must not fetch what a model chose), at most `MAX_NARRATIVE`
+/// characters.
 fn accept(c: &Content) -> Result<String, String> {
     let text = c.text();
-    let text = text.trim();
-    if text.is_empty() {
+    let clean: String = text
+        .trim()
+        .chars()
+        .filter(|ch| !ch.is_control() || *ch == '\n' || *ch == '\t')
+        .take(MAX_NARRATIVE)
+        .collect();
+    let clean = clean.replace("![", "[");
+    if clean.trim().is_empty() {
         return Err("the narrative is empty".into());
     }
-    let mut end = text.len().min(MAX_NARRATIVE);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Ok(text[..end].to_string())
+    Ok(clean)
 }
+
+/// The most characters of the goal and of an error message shown.
+const MAX_TEXT: usize = 1_000;
 
 /// What the model is shown: the goal, the counts, and per task its
 /// outcome, with each output inline when it is short and a reference
-/// otherwise.
+/// otherwise. The tasks stop at 32 × `max_chars` characters in all; the
+/// rest are counted.
 pub fn facts(report: &Report, max_chars: usize, results_key: &str) -> String {
-    let tasks: Vec<Value> = report
-        .tasks
-        .iter()
-        .map(|t| {
-            let mut v = json!({
-                "id": t.id, "type": t.capability, "action": t.action,
-                "status": t.status, "duration_ms": t.duration_ms,
-            });
-            if let Some(out) = &t.output {
-                let text = serde_json::to_string(out).unwrap_or_default();
-                if text.len() <= max_chars && !holds_object(out) {
-                    v["output"] = out.clone();
-                } else {
-                    v["output_reference"] = json!({
-                        "stored_as": results_key.replace('*', &t.id),
-                        "bytes": text.len(),
-                        "objects": objects(out),
-                    });
-                }
+    let budget = max_chars.saturating_mul(32).max(4_096);
+    let mut used = 0usize;
+    let mut tasks = Vec::new();
+    for t in &report.tasks {
+        let mut v = json!({
+            "id": t.id, "type": t.capability, "action": t.action,
+            "status": t.status, "duration_ms": t.duration_ms,
+        });
+        if let Some(out) = &t.output {
+            let text = serde_json::to_string(out).unwrap_or_default();
+            if text.len() <= max_chars && !holds_object(out) {
+                v["output"] = out.clone();
+            } else {
+                v["output_reference"] = json!({
+                    "stored_as": results_key.replace('*', &t.id),
+                    "bytes": text.len(),
+                    "objects": objects(out),
+                });
             }
-            if let Some(e) = &t.error {
-                v["error"] = json!({"code": e.code, "message": e.message});
-            }
-            v
-        })
-        .collect();
-    serde_json::to_string(&json!({
-        "goal": report.goal,
+        }
+        if let Some(e) = &t.error {
+            v["error"] = json!({"code": e.code, "message": cut(&e.message)});
+        }
+        used += v.to_string().len();
+        if used > budget {
+            break;
+        }
+        tasks.push(v);
+    }
+    let mut facts = json!({
+        "goal": report.goal.as_deref().map(cut),
         "status": report.status,
         "total_tasks": report.total_tasks,
         "completed": report.completed,
         "failed": report.failed,
         "duration_ms": report.duration_ms,
-        "tasks": tasks,
-    }))
-    .unwrap_or_default()
+    });
+    if tasks.len() < report.tasks.len() {
+        facts["tasks_not_shown"] = json!(report.tasks.len() - tasks.len());
+    }
+    facts["tasks"] = Value::Array(tasks);
+    facts.to_string()
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(MAX_TEXT).collect()
 }
 
 /// Whether `v` holds an object-store reference (a screenshot, a file).
@@ -207,8 +227,8 @@ mod tests {
             markdown: String::new(),
             truncated: false,
         };
-        let facts: Value = serde_json::from_str(&facts(&report, 100, "task.p.*")).unwrap();
-        let tasks = facts["tasks"].as_array().unwrap();
+        let shown: Value = serde_json::from_str(&facts(&report, 100, "task.p.*")).unwrap();
+        let tasks = shown["tasks"].as_array().unwrap();
         assert_eq!(tasks[0]["output"], json!({"title": "Example"}));
         assert!(tasks[1].get("output").is_none());
         assert_eq!(tasks[1]["output_reference"]["stored_as"], "task.p.big");
@@ -218,6 +238,27 @@ mod tests {
             tasks[2]["output_reference"]["objects"],
             json!(["p/s/screenshot.png (image/png, 48213 bytes)"])
         );
-        assert!(!facts.to_string().contains("xxxxxxxxxx"));
+        assert!(!shown.to_string().contains("xxxxxxxxxx"));
+
+        // Ten thousand tasks: the prompt stays bounded, the rest counted.
+        let mut many = report.clone();
+        many.tasks = (0..10_000)
+            .map(|i| task(&format!("t{i}"), json!(i)))
+            .collect();
+        let text = facts(&many, 100, "task.p.*");
+        assert!(text.len() < 8_000, "{}", text.len());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let shown = v["tasks"].as_array().unwrap().len();
+        assert_eq!(v["tasks_not_shown"], json!(10_000 - shown));
+    }
+
+    #[test]
+    fn a_narrative_is_cleaned_of_control_characters_and_images() {
+        let n = accept(&Content::Text(
+            "Done.\u{1b}]8;;http://evil\u{7}x ![t](http://evil/p.png)\n".into(),
+        ))
+        .unwrap();
+        assert_eq!(n, "Done.]8;;http://evilx [t](http://evil/p.png)");
+        assert!(accept(&Content::Text(" \u{1b} ".into())).is_err());
     }
 }
