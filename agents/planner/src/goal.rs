@@ -13,7 +13,7 @@ use std::time::Instant;
 use jetmesh_llm::{Content, Ledger, Llm, Output, Request, Turn};
 use jetmesh_shared::registry::{Registered, Registry};
 use jetmesh_shared::wire::{Plan, Subtask};
-use jetmesh_shared::{Error, ErrorCode, Mesh, ids, plan, telemetry};
+use jetmesh_shared::{Error, ErrorCode, Mesh, telemetry};
 use serde_json::{Map, Value, json};
 
 /// The name of the answer's schema (and of the forced tool).
@@ -205,9 +205,10 @@ pub fn parse_answer(content: &Content) -> Result<Answer, String> {
         .map_err(|e| format!("the subtasks are not in the plan format: {e}"))
 }
 
-/// The checks of an explicit plan, collecting every error it can (for the
-/// repair round), and the order sessions need. The outer error is the
-/// mesh's (the registry cannot be read), the inner one the plan's.
+/// The checks of an explicit plan ([`crate::validate`]), with every error
+/// it finds quoted for the repair round, and the limits of a goal's plan.
+/// The outer error is the mesh's (the registry cannot be read), the inner
+/// one the plan's.
 pub async fn check(
     mesh: &Mesh,
     registry: &Registry,
@@ -225,48 +226,11 @@ pub async fn check(
             plan.subtasks.len()
         )]));
     }
-    let mut errors = Vec::new();
-    let mut known = std::collections::HashMap::new();
-    for task in &plan.subtasks {
-        if !ids::is_valid(&task.capability) || known.contains_key(&task.capability) {
-            continue;
-        }
-        match registry.resolve(&task.capability).await {
-            Ok(Some(e)) => {
-                known.insert(task.capability.clone(), e);
-            }
-            Ok(None) => {}
-            // An invalid registry entry is the model's problem only in that
-            // it cannot use it; anything else is ours.
-            Err(e) if e.code == ErrorCode::BadRegistration => errors.push(e.message),
-            Err(e) => return Err(e),
-        }
-    }
-    if let Err(e) = plan::normalize(plan, mesh.config.mesh.max_subtasks) {
-        errors.push(e.message);
-        return Ok(Err(errors));
-    }
-    for task in &plan.subtasks {
-        let lookup = |c: &str| known.get(c).map(|e| &**e);
-        match plan::check_one(&task.id, &task.capability, &task.action, lookup) {
-            Ok(entry) => {
-                if !jetmesh_shared::refs::has_refs(&task.params, &task.depends_on)
-                    && let Err(e) = entry.check_params(&task.id, &task.action, &task.params)
-                {
-                    errors.push(e.message);
-                }
-            }
-            Err(e) => errors.push(e.message),
-        }
-    }
-    if !errors.is_empty() {
-        return Ok(Err(errors));
-    }
-    Ok(
-        plan::order_sessions(plan, |c| known.get(c).is_some_and(|e| e.sessions))
-            .map(|_| ())
-            .map_err(|e| vec![e.message]),
-    )
+    let (problems, _) = crate::validate(mesh, registry, plan).await?;
+    Ok(match problems.is_empty() {
+        true => Ok(()),
+        false => Err(problems.into_iter().map(|e| e.message).collect()),
+    })
 }
 
 /// The system prompt: the rules, then every registered capability with

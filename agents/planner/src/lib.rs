@@ -232,20 +232,64 @@ pub async fn make_plan(mesh: &Mesh, registry: &Registry, mut plan: Plan) -> Resu
             )),
         };
     }
-    plan::normalize(&mut plan, mesh.config.mesh.max_subtasks)?;
+    let (problems, ordered) = validate(mesh, registry, &mut plan).await?;
+    match problems.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok((plan, ordered)),
+    }
+}
+
+/// Every check of a plan, explicit or made from a goal: it is normalized
+/// (ids, defaults, dependencies, cycles), and each task's capability,
+/// action and parameters are checked against the registry; then the tasks
+/// of each session (a browser page) are chained to run in turn. Returns
+/// the problems in task order (empty: valid) and whether dependencies were
+/// added; `Err` only when the registry cannot be read.
+pub async fn validate(
+    mesh: &Mesh,
+    registry: &Registry,
+    plan: &mut Plan,
+) -> Result<(Vec<Error>, bool)> {
+    if let Err(e) = plan::normalize(plan, mesh.config.mesh.max_subtasks) {
+        return Ok((vec![e], false));
+    }
+    let mut problems = Vec::new();
     // Resolve each capability once (the view, or the bucket on a miss).
     let mut known = std::collections::HashMap::new();
     for task in &plan.subtasks {
-        if !known.contains_key(&task.capability)
-            && let Some(entry) = registry.resolve(&task.capability).await?
-        {
-            known.insert(task.capability.clone(), entry);
+        if known.contains_key(&task.capability) {
+            continue;
+        }
+        match registry.resolve(&task.capability).await {
+            Ok(Some(entry)) => {
+                known.insert(task.capability.clone(), entry);
+            }
+            Ok(None) => {}
+            Err(e) if e.code == ErrorCode::BadRegistration => problems.push(e),
+            Err(e) => return Err(e),
         }
     }
-    plan::check_capabilities(&plan, |c| known.get(c).map(|e| &**e))?;
+    let lookup = |c: &str| known.get(c).map(|e| &**e);
+    for task in &plan.subtasks {
+        match plan::check_one(&task.id, &task.capability, &task.action, lookup) {
+            Ok(entry) => {
+                if !jetmesh_shared::refs::has_refs(&task.params, &task.depends_on)
+                    && let Err(e) = entry.check_params(&task.id, &task.action, &task.params)
+                {
+                    problems.push(e);
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if !problems.is_empty() {
+        return Ok((problems, false));
+    }
     // Tasks of one session (a browser page) run one at a time, in order.
-    let ordered = plan::order_sessions(&mut plan, |c| known.get(c).is_some_and(|e| e.sessions))?;
-    Ok((plan, ordered > 0))
+    match plan::order_sessions(plan, |c| known.get(c).is_some_and(|e| e.sessions)) {
+        Ok(added) => Ok((problems, added > 0)),
+        Err(e) => Ok((vec![e], false)),
+    }
 }
 
 /// Backpressure for a new plan: every capability it uses needs a live pool
